@@ -1,0 +1,66 @@
+"""The options of an initialization, validated once and recorded with the adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .methods import METHODS
+
+SOLVERS = ("adam", "svd", "svd_randomized")
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    """Everything besides the ``LoraConfig`` that decides the initial factors.
+
+    Defaults reproduce the published IniLoRA procedure (SPEC.md): Adam, lr 5e-4, 20,000 steps,
+    learning rate × 0.9 every 5,000 steps, factors drawn with the per-module σ rule.
+    """
+
+    method: str = "inilora"
+    seed: int = 0
+    # IniLoRA fit
+    solver: str = "adam"
+    steps: int = 20_000
+    lr: float = 5e-4
+    lr_decay: float = 0.9
+    lr_decay_every: int = 5_000
+    fit_scaled: bool = True  # fit s·B0·A0 ≈ W; False: fit B0·A0 ≈ W as published (same when s = 1)
+    early_stop_tol: float | None = None  # opt-in: stop when the loss improves by less than this (relative)
+    early_stop_every: int = 500
+    randomized_oversample: int = 16
+    randomized_niter: int = 4
+    chunk_mb: float = 64.0  # memory for one batch of fp32 weight copies during the fit
+    # residual
+    residual_fp32: bool = False  # keep the frozen residual in fp32 even when the base is bf16/fp16
+    drift_warn_threshold: float = 1e-2  # warn when a layer's relative weight drift exceeds this
+    # user experience
+    progress: bool = True
+    cache_dir: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"Unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}.")
+        positive = {"steps": self.steps, "lr": self.lr, "lr_decay_every": self.lr_decay_every,
+                    "chunk_mb": self.chunk_mb, "early_stop_every": self.early_stop_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"Option {name} must be positive, got {value!r}.")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"Option lr_decay must be in (0, 1], got {self.lr_decay!r}.")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"Option seed must be an int, got {self.seed!r}.")
+
+    @classmethod
+    def from_kwargs(cls, method: str, options: dict) -> "InitOptions":
+        known = {f.name for f in dataclasses.fields(cls)} - {"method"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"Unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}.")
+        return cls(method=method, **options)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "cache_dir")}

@@ -1,0 +1,114 @@
+"""Solvers for the IniLoRA fit ``min ‖U Pᵀ − W‖²`` (SPEC.md "The IniLoRA fit, as published").
+
+- :func:`fit_adam` — the published procedure (σ-scaled Gaussian start, Adam, StepLR), run on a batch
+  of same-shape matrices at once on their device, with no host sync unless early stop is asked for.
+- :func:`fit_adam_published` — the published loop, one matrix, autograd, ``loss.item()`` every step:
+  the reference the batched solver is tested and benchmarked against.
+- :func:`fit_svd` / :func:`fit_svd_randomized` — the closed-form optimum (Eckart–Young), factored
+  with √S on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .methods import relative_tail_energy, split_singular_triplets
+
+
+@dataclass(frozen=True)
+class AdamSchedule:
+    steps: int = 20_000
+    lr: float = 5e-4
+    lr_decay: float = 0.9
+    lr_decay_every: int = 5_000
+    early_stop_tol: float | None = None
+    early_stop_every: int = 500
+
+
+def draw_start(shape: tuple[int, int], r: int, sigma: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The published start: ``U (out × r)`` then ``P (in × r)``, i.i.d. N(0, σ²), drawn on the CPU."""
+    U = torch.randn(shape[0], r, generator=generator) * sigma
+    P = torch.randn(shape[1], r, generator=generator) * sigma
+    return U, P
+
+
+def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> tuple[Tensor, Tensor, int]:
+    """Fit a batch ``targets (n, out, in)`` from starts ``U (n, out, r)``, ``P (n, in, r)``.
+
+    Each matrix's loss is the mean over its entries, so the batch's summed loss gives every matrix
+    exactly its own gradient, and Adam — elementwise — takes exactly its own step. The gradient is
+    computed in Gram form, ``2/N · (U (PᵀP) − W P)``, which never materializes ``U Pᵀ − W``.
+    Returns ``(A0 (n, r, in), B0 (n, out, r), steps_taken)``.
+    """
+    targets = targets.float()
+    n, out_f, in_f = targets.shape
+    U = U.to(targets).clone().requires_grad_(False)
+    P = P.to(targets).clone().requires_grad_(False)
+    U.grad = torch.zeros_like(U)
+    P.grad = torch.zeros_like(P)
+    # the fused kernel is the same update as the default one, in one launch per step
+    optimizer = torch.optim.Adam([U, P], lr=schedule.lr, fused=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.lr_decay_every, schedule.lr_decay)
+    grad_scale = 2.0 / (out_f * in_f)
+    target_energy = targets.square().sum(dim=(1, 2))
+    last_loss = None
+    step = 0
+    for step in range(1, schedule.steps + 1):
+        WP = torch.bmm(targets, P)  # (n, out, r)
+        WtU = torch.bmm(targets.transpose(1, 2), U)  # (n, in, r)
+        torch.baddbmm(WP, U, torch.bmm(P.transpose(1, 2), P), beta=-grad_scale, alpha=grad_scale, out=U.grad)
+        torch.baddbmm(WtU, P, torch.bmm(U.transpose(1, 2), U), beta=-grad_scale, alpha=grad_scale, out=P.grad)
+        if schedule.early_stop_tol is not None and step % schedule.early_stop_every == 0:
+            # ‖UPᵀ − W‖² = ‖W‖² − 2 tr(Uᵀ W P) + tr(UᵀU PᵀP), all from products we already have
+            loss = target_energy - 2 * (U * WP).sum(dim=(1, 2)) + (
+                torch.bmm(U.transpose(1, 2), U) * torch.bmm(P.transpose(1, 2), P)).sum(dim=(1, 2))
+            loss = loss.max().item()
+            if last_loss is not None and last_loss - loss <= schedule.early_stop_tol * abs(last_loss):
+                break
+            last_loss = loss
+        optimizer.step()
+        scheduler.step()
+    return P.transpose(1, 2).contiguous(), U.contiguous(), step
+
+
+def fit_adam_published(target: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> tuple[Tensor, Tensor, list[float]]:
+    """The published procedure verbatim: one matrix, autograd on the mean squared error, and the loss
+    read back to the host every step. Kept as the reference for tests and the fit benchmark."""
+    target = target.float()
+    U = U.to(target).clone().requires_grad_(True)
+    P = P.to(target).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([U, P], lr=schedule.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.lr_decay_every, schedule.lr_decay)
+    losses = []
+    for _ in range(schedule.steps):
+        optimizer.zero_grad()
+        loss = torch.mean((U @ P.T - target) ** 2)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    return P.detach().T.contiguous(), U.detach().contiguous(), losses
+
+
+def fit_svd(target: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
+    """Closed form: the truncated SVD of ``target`` split √S/√S. Returns ``(A0, B0, optimum)``."""
+    U, S, Vh = torch.linalg.svd(target.float(), full_matrices=False)
+    A0, B0 = split_singular_triplets(U[:, :r], S[:r], Vh[:r], 1.0)
+    return A0, B0, relative_tail_energy(S, r)
+
+
+def fit_svd_randomized(target: Tensor, r: int, oversample: int, niter: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Randomized range finder (Halko et al.) with ``niter`` power iterations, then an exact SVD of the
+    small projected matrix. Seeded, so the same call gives the same factors."""
+    target = target.float()
+    k = min(r + oversample, *target.shape)
+    omega = torch.randn(target.shape[1], k, generator=generator).to(target)
+    Q, _ = torch.linalg.qr(target @ omega)
+    for _ in range(niter):
+        Q, _ = torch.linalg.qr(target.T @ Q)
+        Q, _ = torch.linalg.qr(target @ Q)
+    Ub, S, Vh = torch.linalg.svd(Q.T @ target, full_matrices=False)
+    return split_singular_triplets((Q @ Ub)[:, :r], S[:r], Vh[:r], 1.0)

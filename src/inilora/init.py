@@ -1,0 +1,108 @@
+"""``get_peft_model``: find the target layers, compute each method's initial factors, then let PEFT
+wrap the layers and install the factors and the fp32-computed residual. Everything that can fail on
+bad input is checked before the model is touched."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import peft
+import torch
+from peft import LoraConfig, PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .config import InitOptions
+from .errors import InitError
+from .factors import compute_factors
+from .methods import RANK_LIMITED_METHODS, RESIDUAL_METHODS, Factors
+from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
+from .report import InitReport, LayerReport
+from .state import InitState, LayerState, fingerprint
+
+logger = logging.getLogger("inilora")
+
+
+class InitDriftWarning(UserWarning):
+    """The initialized model differs from the base by more than the stated threshold (rounding of a
+    low-precision residual); ``residual_fp32=True`` removes it."""
+
+
+def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
+                  method: str, keep_fp32: bool, optimum: float | None) -> LayerReport:
+    """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
+    measure what that did. The adapter's own A/B are not touched."""
+    base = layer.get_base_layer()
+    s = layer.scaling[adapter_name]
+    W = weight_view(base).detach().float()
+    product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
+    norm = float(torch.linalg.matrix_norm(W)) or 1.0
+    init_error = float(torch.linalg.matrix_norm(W - product)) / norm
+    if method in RESIDUAL_METHODS:
+        set_residual(base, W - product, method, keep_fp32)
+    difference = weight_view(base).detach().float() + product - W
+    return LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
+                       float(torch.linalg.matrix_norm(difference)) / norm, float(difference.abs().max()))
+
+
+def _wrapped_layer_names(peft_model: PeftModel, adapter_name: str) -> set[str]:
+    return {name for name, module in peft_model.base_model.model.named_modules()
+            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {})}
+
+
+def warn_on_drift(report: InitReport) -> None:
+    drifting = report.drifting_layers()
+    if drifting:
+        worst = max(drifting, key=lambda layer: layer.drift)
+        warnings.warn(
+            f"{report.method}: {len(drifting)} layer(s) drift from the base model by more than "
+            f"{report.drift_warn_threshold:g} (relative Frobenius norm; worst {worst.name!r}: {worst.drift:.3g}). "
+            "The residual lost precision in the model's dtype; pass residual_fp32=True to keep it in fp32.",
+            InitDriftWarning, stacklevel=3)
+
+
+def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "inilora", *,
+                   adapter_name: str = "default", **options) -> PeftModel:
+    """Wrap ``model`` with PEFT LoRA layers initialized by ``method``.
+
+    ``method`` is one of ``lora``, ``pissa``, ``milora``, ``inilora``, ``inilora-alpha``,
+    ``inilora-beta``. Options (see :class:`inilora.InitOptions`): ``seed``; for ``inilora``
+    ``solver`` (``"adam"``, the published procedure, or ``"svd"``, its closed-form optimum),
+    ``steps``, ``lr``, ``fit_scaled``; ``residual_fp32``; ``progress``.
+
+    Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
+    factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified
+    in place, as with ``peft.get_peft_model``; on any error it is left untouched. The per-layer
+    :class:`~inilora.InitReport` is at ``peft_model.inilora.report``.
+    """
+    opts = InitOptions.from_kwargs(method, options)
+    config = resolve_config(lora_config, model)
+    targets = collect_targets(model, config, method, rank_limited=method in RANK_LIMITED_METHODS,
+                              residual=method in RESIDUAL_METHODS)
+    fingerprints = {t.name: fingerprint(t.weight) for t in targets}
+    dtypes = {t.name: t.weight.dtype for t in targets}
+    factors: dict[str, Factors] = compute_factors(targets, opts)
+
+    # the model changes from here on
+    peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+    wrapped = _wrapped_layer_names(peft_model, adapter_name)
+    if wrapped != set(fingerprints):
+        peft_model.unload()
+        raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
+                        "matching; this is a bug in inilora, please report it with your LoraConfig.")
+    state = InitState(opts, adapter_name, report=InitReport(method, opts.drift_warn_threshold))
+    with torch.no_grad():
+        for name, layer in lora_layers(peft_model, list(fingerprints)).items():
+            lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+            lora_A.copy_(factors[name].A0)
+            lora_B.copy_(factors[name].B0)
+            A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
+            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
+                                                     opts.residual_fp32, factors[name].optimum))
+            state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
+                                            opts.residual_fp32)
+    peft_model.inilora = state
+    logger.info("%s", state.report)
+    warn_on_drift(state.report)
+    return peft_model

@@ -1,0 +1,179 @@
+"""Where IniLoRA meets PEFT: which layers a ``LoraConfig`` targets (found without touching the model),
+and how initial factors and the frozen residual are installed into PEFT's own LoRA layers."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.other import get_pattern_key
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from .errors import InitError
+from .factors import Target
+
+RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
+    """A copy of the user's config with what PEFT would infer made explicit (default targets for the
+    architecture, ``all-linear``), PEFT's own random init (we overwrite it) and ``fan_in_fan_out``
+    set when the targets are transformers' ``Conv1D``."""
+    if not isinstance(lora_config, LoraConfig):
+        raise InitError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}.")
+    if getattr(lora_config, "target_parameters", None):
+        raise InitError("target_parameters is not supported by inilora; use target_modules.")
+    if lora_config.use_dora:
+        raise InitError("use_dora=True is not supported: DoRA rescales the weight the residual is taken from.")
+    config = copy.deepcopy(lora_config)
+    config.init_lora_weights = True
+    if config.target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        defaults = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        if defaults is None:
+            raise InitError(f"LoraConfig.target_modules is not set and PEFT has no default for model type "
+                            f"{model_type!r}; set target_modules.")
+        config.target_modules = set(defaults) if not isinstance(defaults, str) else defaults
+    config = _maybe_include_all_linear_layers(config, model)
+    return config
+
+
+def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Module]]:
+    """The modules PEFT will wrap, by PEFT's own matching rule, in model order."""
+    found = []
+    for name, module in model.named_modules():
+        if not name or not check_target_module_exists(config, name):
+            continue
+        if type(check_target_module_exists(config, name)).__name__ == "_ExcludedModule":
+            continue
+        if isinstance(module, BaseTunerLayer):
+            base = module.get_base_layer()
+            if getattr(base, RESIDUAL_MARK, None):
+                raise InitError(f"Layer {name!r} already carries an IniLoRA residual (method "
+                                f"{getattr(base, RESIDUAL_MARK)!r}); stacking a second adapter on it would corrupt "
+                                "the first. Merge or unload the first adapter before adding another.")
+            raise InitError(f"Layer {name!r} already carries a PEFT adapter; inilora.get_peft_model takes a model "
+                            "without adapters (merge_and_unload or unload the existing one first).")
+        found.append((name, module))
+    if not found:
+        raise InitError(f"No module matches target_modules={sorted(config.target_modules) if not isinstance(config.target_modules, str) else config.target_modules!r}.")
+    return found
+
+
+def rank_and_scaling(config: LoraConfig, name: str) -> tuple[int, float]:
+    """``r`` and ``s`` for one layer, by PEFT's rule (rank/alpha patterns, rsLoRA)."""
+    r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
+    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), name), config.lora_alpha)
+    return r, alpha / math.sqrt(r) if config.use_rslora else alpha / r
+
+
+def weight_view(module: nn.Module) -> Tensor:
+    """The layer's weight as ``out × in`` (a view: ``Conv1D`` stores it transposed)."""
+    weight = module.weight
+    return weight.T if isinstance(module, Conv1D) else weight
+
+
+def _tied_weights(model: nn.Module) -> set[int]:
+    """Start addresses of parameters held by more than one module (tied weights)."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[p.data_ptr()] = holders.get(p.data_ptr(), 0) + 1
+    return {ptr for ptr, n in holders.items() if n > 1}
+
+
+def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
+                    residual: bool) -> list[Target]:
+    """Find and check every target; raise :class:`InitError` naming the first problem. Reads only."""
+    if isinstance(model, PeftModel):
+        raise InitError("inilora.get_peft_model takes a transformers model, not a PeftModel; pass the base model "
+                        "(merge_and_unload or unload the existing adapter first).")
+    modules = find_targets(model, config)
+    kinds = {isinstance(m, Conv1D) for _, m in modules}
+    if len(kinds) > 1:
+        raise InitError("target_modules mixes nn.Linear and Conv1D layers; PEFT's fan_in_fan_out is one flag per "
+                        "adapter. Target them in separate adapters.")
+    config.fan_in_fan_out = kinds == {True}
+    tied = _tied_weights(model) if residual else set()
+    targets = []
+    for name, module in modules:
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise InitError(f"Layer {name!r} is a {type(module).__name__}; inilora supports nn.Linear and "
+                            "transformers' Conv1D.")
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
+                nn.Parameter, Tensor):
+            dtype = getattr(weight, "dtype", None)
+            raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
+                            f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
+                            "floating-point dtype to initialize it.")
+        if weight.device.type == "meta":
+            raise InitError(f"Layer {name!r} has its weight on the meta device; load the model's weights first.")
+        r, scaling = rank_and_scaling(config, name)
+        view = weight_view(module)
+        if rank_limited and r > min(view.shape):
+            raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
+                            f"{tuple(view.shape)}, so r must be at most {min(view.shape)}.")
+        if residual and weight.data_ptr() in tied:
+            raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
+                            "replaces the weight with a residual, which would change the other module too.")
+        if not bool(torch.isfinite(weight).all()):
+            raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
+        targets.append(Target(name, view, r, scaling))
+    return targets
+
+
+def _to_residual_dtype(module: nn.Module, args):
+    return tuple(a.to(module.weight.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _to_output_dtype(module: nn.Module, args, output):
+    return output.to(getattr(module, RESIDUAL_MARK + "_dtype"))
+
+
+def set_residual(base_layer: nn.Module, residual: Tensor, method: str, keep_fp32: bool) -> None:
+    """Replace the base layer's weight with ``residual`` (``out × in``, fp32). With ``keep_fp32`` the
+    weight stays fp32 and the layer casts its input up and its output back to the model's dtype."""
+    old = base_layer.weight
+    dtype = torch.float32 if keep_fp32 else old.dtype
+    value = residual.T if isinstance(base_layer, Conv1D) else residual
+    base_layer.weight = nn.Parameter(value.to(dtype).contiguous(), requires_grad=False)
+    setattr(base_layer, RESIDUAL_MARK, method)
+    if keep_fp32 and old.dtype != torch.float32:
+        setattr(base_layer, RESIDUAL_MARK + "_dtype", old.dtype)
+        if base_layer.bias is not None:
+            base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
+        base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
+                                     base_layer.register_forward_hook(_to_output_dtype))
+
+
+def restore_plain_layer(base_layer: nn.Module, weight_out_in: Tensor) -> None:
+    """Give a base layer a plain weight again (``out × in``), in the model's dtype, hooks removed."""
+    dtype = getattr(base_layer, RESIDUAL_MARK + "_dtype", base_layer.weight.dtype)
+    for handle in getattr(base_layer, "_inilora_hooks", ()):
+        handle.remove()
+    if base_layer.bias is not None:
+        base_layer.bias = nn.Parameter(base_layer.bias.detach().to(dtype), requires_grad=False)
+    value = weight_out_in.T if isinstance(base_layer, Conv1D) else weight_out_in
+    base_layer.weight = nn.Parameter(value.to(dtype).contiguous(), requires_grad=False)
+    for attr in (RESIDUAL_MARK, RESIDUAL_MARK + "_dtype", "_inilora_hooks"):
+        if hasattr(base_layer, attr):
+            delattr(base_layer, attr)
+
+
+def lora_layers(peft_model: PeftModel, names: list[str]) -> dict[str, BaseTunerLayer]:
+    """The PEFT LoRA layer wrapping each target, by its name in the base model."""
+    inner = peft_model.base_model.model
+    layers = {}
+    for name in names:
+        layer = inner.get_submodule(name)
+        if not isinstance(layer, BaseTunerLayer):
+            raise InitError(f"PEFT did not wrap layer {name!r}; this is a bug in inilora's target matching.")
+        layers[name] = layer
+    return layers

@@ -1,0 +1,67 @@
+"""The per-layer report of an initialization: how well ``s·B0·A0`` approximates ``W`` next to the
+Eckart–Young optimum, and how far the initialized layer drifted from the base (rounding)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    r: int
+    scaling: float
+    init_error: float  # ‖W − s·B0·A0‖_F / ‖W‖_F, from the stored factors
+    optimum: float | None  # Eckart–Young ‖W − W_r‖_F / ‖W‖_F, where computed
+    drift: float  # ‖W_res + s·B0·A0 − W‖_F / ‖W‖_F with W_res as stored: 0 means exact
+    max_abs_drift: float
+
+    @property
+    def ratio(self) -> float | None:
+        """init_error / optimum: 1 means the fit reached the optimum."""
+        if self.optimum is None:
+            return None
+        return self.init_error / self.optimum if self.optimum > 0 else (1.0 if self.init_error == 0 else float("inf"))
+
+
+@dataclass
+class InitReport:
+    method: str
+    drift_warn_threshold: float
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def max_drift(self) -> float:
+        return max((layer.drift for layer in self.layers), default=0.0)
+
+    @property
+    def max_ratio(self) -> float | None:
+        ratios = [layer.ratio for layer in self.layers if layer.ratio is not None]
+        return max(ratios) if ratios else None
+
+    def drifting_layers(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.drift > self.drift_warn_threshold]
+
+    def to_rows(self) -> list[dict]:
+        return [{**asdict(layer), "ratio": layer.ratio} for layer in self.layers]
+
+    def table(self) -> str:
+        header = ("layer", "shape", "r", "s", "init err", "optimum", "ratio", "drift", "max|drift|")
+        rows = [header]
+        for layer in self.layers:
+            rows.append((layer.name, "x".join(map(str, layer.shape)), str(layer.r), f"{layer.scaling:g}",
+                         f"{layer.init_error:.6f}", "-" if layer.optimum is None else f"{layer.optimum:.6f}",
+                         "-" if layer.ratio is None else f"{layer.ratio:.6f}", f"{layer.drift:.2e}",
+                         f"{layer.max_abs_drift:.2e}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        summary = f"{self.method}: {len(self.layers)} layers, max drift {self.max_drift:.2e}"
+        if self.max_ratio is not None:
+            summary += f", max error/optimum {self.max_ratio:.6f}"
+        return "\n".join([summary, *lines])
+
+    def __str__(self) -> str:
+        return self.table()

@@ -1,0 +1,50 @@
+"""What an initialization leaves behind on the PeftModel, for save/export/merge, and the weight
+fingerprint that ties an adapter to the exact base it was made on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import InitOptions
+from .report import InitReport
+
+
+def fingerprint(weight: Tensor) -> str:
+    """A hash of a weight's dtype, shape and exact bytes (Conv1D's transposed view hashes as stored)."""
+    t = weight.detach()
+    if not t.is_contiguous() and t.T.is_contiguous():
+        t = t.T
+    t = t.contiguous().cpu()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+@dataclass
+class LayerState:
+    """One initialized layer: its factors as stored in the adapter (CPU copies), the original
+    weight's identity, and how its residual is held."""
+
+    A0: Tensor
+    B0: Tensor
+    scaling: float
+    fingerprint: str
+    weight_dtype: torch.dtype
+    residual_fp32: bool
+
+
+@dataclass
+class InitState:
+    options: InitOptions
+    adapter_name: str
+    layers: dict[str, LayerState] = field(default_factory=dict)
+    report: InitReport | None = None
+
+    @property
+    def is_residual(self) -> bool:
+        return self.options.method != "lora"

@@ -1,0 +1,183 @@
+import hashlib
+
+import pytest
+import torch
+from peft import LoraConfig
+
+import inilora
+from conftest import ARCHS, TARGETS, outputs, realistic_matrix, tiny_model
+
+FAST = {"steps": 300, "progress": False}  # the adam fit's accuracy is tested in test_fit; here only exactness
+
+
+def config(arch, r=4, alpha=8, **kw):
+    return LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS[arch], **kw)
+
+
+def model_digest(model) -> str:
+    """Everything a failed call must leave alone: module types, parameter values, trainability."""
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        h.update(f"{name}:{type(module).__name__}".encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}:{p.requires_grad}:{p.dtype}".encode())
+        h.update(p.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", inilora.METHODS)
+@pytest.mark.parametrize("r,alpha,rslora", [(4, 8, False), (4, 4, False), (8, 8, True)])
+def test_output_at_init_equals_base(arch, method, r, alpha, rslora, input_ids):
+    model = tiny_model(arch)
+    expected = outputs(model, input_ids)
+    peft_model = inilora.get_peft_model(model, config(arch, r, alpha, use_rslora=rslora), method, **FAST)
+    assert (outputs(peft_model, input_ids) - expected).abs().max().item() <= 1e-5
+    report = peft_model.inilora.report
+    assert len(report.layers) == {"llama": 4, "gpt2": 2, "bert": 4}[arch]
+    # fp32 rounding of the residual, relative to W: α's residual is ~50× larger than W
+    assert report.max_drift <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_only_lora_parameters_train(arch):
+    model = tiny_model(arch)
+    peft_model = inilora.get_peft_model(model, config(arch, r=4), "inilora", solver="svd", progress=False)
+    trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
+    expected = 0
+    for layer in peft_model.inilora.layers.values():
+        expected += layer.A0.numel() + layer.B0.numel()
+    assert sum(trainable.values()) == expected
+    # the residual is frozen and replaced the base weight
+    base = peft_model.base_model.model
+    name = next(iter(peft_model.inilora.layers))
+    assert not base.get_submodule(name).base_layer.weight.requires_grad
+
+
+def test_residual_is_the_weight_minus_the_scaled_product():
+    model = tiny_model("llama")
+    name = "model.layers.0.self_attn.q_proj"
+    W = model.get_submodule(name).weight.detach().clone()
+    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=12), "inilora-alpha", progress=False)
+    layer = peft_model.base_model.model.get_submodule(name)
+    A0, B0 = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert layer.scaling["default"] == 3.0
+    assert torch.allclose(layer.base_layer.weight, W - 3.0 * B0 @ A0, atol=1e-6)
+
+
+def test_modules_to_save_train_too():
+    model = tiny_model("bert")
+    cfg = LoraConfig(r=4, lora_alpha=4, target_modules=["query", "value"], modules_to_save=["pooler"])
+    peft_model = inilora.get_peft_model(model, cfg, "pissa", progress=False)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("pooler" in n for n in trainable)
+
+
+def test_same_seed_same_factors_other_seed_differs():
+    def factors(seed):
+        peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "inilora", seed=seed, **FAST)
+        return torch.cat([l.A0.flatten() for l in peft_model.inilora.layers.values()])
+    assert torch.equal(factors(1), factors(1))
+    assert not torch.equal(factors(1), factors(2))
+
+
+@pytest.mark.parametrize("method", inilora.METHODS)
+def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids):
+    model = tiny_model("llama", torch.bfloat16)
+    expected = outputs(model, input_ids)
+    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=4), method, drift_warn_threshold=1.0, **FAST)
+    report = peft_model.inilora.report
+    # the residual was rounded to bf16: drift is the rounding, at most a few bf16 ulps of the residual
+    assert report.max_drift < 0.5
+    if method == "lora":
+        assert report.max_drift == 0
+    # fp32 residual: the drift is gone
+    model32 = tiny_model("llama", torch.bfloat16)
+    exact = inilora.get_peft_model(model32, config("llama", r=4, alpha=4), method, residual_fp32=True, **FAST)
+    assert exact.inilora.report.max_drift <= 1e-5
+    name = next(iter(exact.inilora.layers))
+    residual_dtype = exact.base_model.model.get_submodule(name).base_layer.weight.dtype
+    assert residual_dtype == (torch.bfloat16 if method == "lora" else torch.float32)
+    out = outputs(exact, input_ids)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # output in bf16 stays close to the base's
+    assert (out - expected).abs().max().item() <= 0.1 * expected.abs().max().item()
+
+
+def test_bf16_alpha_drift_warns_and_fp32_does_not():
+    with pytest.warns(inilora.InitDriftWarning, match="residual_fp32=True"):
+        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), "inilora-alpha", progress=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inilora.InitDriftWarning)
+        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), "inilora-alpha",
+                               residual_fp32=True, progress=False)
+
+
+def test_report_table_lists_every_layer():
+    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "inilora", solver="svd", progress=False)
+    table = str(peft_model.inilora.report)
+    assert "optimum" in table and table.count("self_attn") == 4
+    rows = peft_model.inilora.report.to_rows()
+    assert all(row["ratio"] <= 1 + 1e-6 for row in rows)
+
+
+# ---- bad input: a clear error, and the model is left untouched ----
+
+def nan_model():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
+    return model
+
+
+def quantized_model():
+    model = tiny_model("llama")
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
+    return model
+
+
+def tied_model():
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+BAD = [
+    ("unknown method", lambda: tiny_model("llama"), lambda: config("llama"), {"method": "dora"}, "Unknown method"),
+    ("unknown option", lambda: tiny_model("llama"), lambda: config("llama"), {"stepz": 3}, "Unknown option"),
+    ("rank too large", lambda: tiny_model("llama"), lambda: config("llama", r=40), {"method": "pissa"}, "r=40"),
+    ("rank too large inilora", lambda: tiny_model("llama"), lambda: config("llama", r=40), {}, "at most 32"),
+    ("no match", lambda: tiny_model("llama"), lambda: LoraConfig(r=4, target_modules=["nope"]), {}, "No module matches"),
+    ("nan", nan_model, lambda: config("llama"), {}, "NaN or Inf"),
+    ("quantized", quantized_model, lambda: config("llama"), {}, "quantized"),
+    ("tied", tied_model, lambda: LoraConfig(r=4, target_modules=["lm_head"]), {"method": "pissa"}, "tied"),
+    ("bad steps", lambda: tiny_model("llama"), lambda: config("llama"), {"steps": 0}, "steps must be positive"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_raises_clearly_and_leaves_model_untouched(case):
+    _, make_model, make_config, kwargs, message = case
+    model = make_model()
+    before = model_digest(model)
+    kwargs = dict(kwargs)
+    method = kwargs.pop("method", "inilora")
+    with pytest.raises((ValueError, TypeError), match=message):
+        inilora.get_peft_model(model, make_config(), method, progress=False, **kwargs)
+    assert model_digest(model) == before
+    assert not hasattr(model, "peft_config")
+
+
+def test_stacking_a_second_residual_adapter_is_refused():
+    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "pissa", progress=False)
+    inner = peft_model.base_model.model
+    before = model_digest(inner)
+    with pytest.raises(ValueError, match="already carries an IniLoRA residual"):
+        inilora.get_peft_model(inner, config("llama"), "inilora", progress=False)
+    with pytest.raises(ValueError, match="not a PeftModel"):
+        inilora.get_peft_model(peft_model, config("llama"), "inilora", progress=False)
+    assert model_digest(inner) == before

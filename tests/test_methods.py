@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from inilora.methods import alpha_factors, beta_factors, layer_generator, lora_factors, relative_tail_energy, svd_factors
+from conftest import realistic_matrix
+
+
+def test_alpha_factors_have_std_half():
+    f = alpha_factors(512, 768, 16, layer_generator(0, "x"))
+    assert abs(f.A0.std().item() - 0.5) <= 0.025
+    assert abs(f.B0.std().item() - 0.5) <= 0.025
+    assert abs(f.A0.mean().item()) < 0.02
+
+
+def test_beta_factors_have_kaiming_normal_stds():
+    out_f, in_f, r = 512, 768, 16
+    f = beta_factors(out_f, in_f, r, layer_generator(0, "x"))
+    assert f.A0.shape == (r, in_f) and f.B0.shape == (out_f, r)
+    assert abs(f.A0.std().item() / math.sqrt(2 / in_f) - 1) <= 0.05
+    assert abs(f.B0.std().item() / math.sqrt(2 / r) - 1) <= 0.05
+
+
+def test_lora_factors_match_peft_default():
+    f = lora_factors(64, 100, 8, layer_generator(0, "x"))
+    assert torch.count_nonzero(f.B0) == 0
+    bound = 1 / math.sqrt(100)  # kaiming_uniform(a=√5): U(-1/√fan_in, 1/√fan_in)
+    assert f.A0.abs().max() <= bound and f.A0.abs().max() > 0.9 * bound
+
+
+def test_layer_generator_depends_on_seed_and_name_only():
+    a = torch.randn(5, generator=layer_generator(3, "layers.0.q_proj"))
+    b = torch.randn(5, generator=layer_generator(3, "layers.0.q_proj"))
+    c = torch.randn(5, generator=layer_generator(4, "layers.0.q_proj"))
+    d = torch.randn(5, generator=layer_generator(3, "layers.1.q_proj"))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+
+
+@pytest.mark.parametrize("scaling", [1.0, 2.0])
+def test_pissa_and_milora_products(scaling):
+    W = realistic_matrix(48, 40)
+    r = 6
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    top = svd_factors(W, r, scaling)
+    bottom = svd_factors(W, r, scaling, smallest=True)
+    top_ref = (U[:, :r] * S[:r]) @ Vh[:r]
+    bottom_ref = (U[:, -r:] * S[-r:]) @ Vh[-r:]
+    assert torch.allclose(scaling * (top.B0 @ top.A0).double(), top_ref, atol=1e-6)
+    assert torch.allclose(scaling * (bottom.B0 @ bottom.A0).double(), bottom_ref, atol=1e-6)
+    # balanced split: both factors carry √(S/s)
+    assert torch.allclose(top.B0.norm(), top.A0.norm(), rtol=1e-5)
+    assert top.optimum == pytest.approx(relative_tail_energy(S, r), rel=1e-6)
+    assert top.optimum == pytest.approx(float(torch.linalg.norm(W.double() - top_ref) / torch.linalg.norm(W.double())), rel=1e-6)

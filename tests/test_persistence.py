@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel
+
+import inilora
+from conftest import ARCHS, TARGETS, outputs, tiny_model, train_steps
+
+OPTS = {"steps": 300, "progress": False}
+
+
+def trained(arch, method, tmp_path, dtype=torch.float32, input_ids=None, **kw):
+    model = tiny_model(arch, dtype)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[arch])
+    peft_model = inilora.get_peft_model(model, cfg, method, **{**OPTS, **kw})
+    train_steps(peft_model, input_ids)
+    inilora.save_pretrained(peft_model, tmp_path / "adapter")
+    return peft_model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", inilora.METHODS)
+def test_reload_export_and_merge_reproduce_the_trained_model(arch, method, tmp_path, input_ids):
+    peft_model = trained(arch, method, tmp_path, input_ids=input_ids)
+    expected = outputs(peft_model, input_ids)
+    layer = next(iter(peft_model.inilora.layers.items()))
+    trained_A = peft_model.base_model.model.get_submodule(layer[0]).lora_A["default"].weight
+    assert (trained_A - layer[1].A0).abs().max() > 1e-3  # training moved the factors
+
+    reloaded = inilora.from_pretrained(tiny_model(arch), tmp_path / "adapter")
+    assert (outputs(reloaded, input_ids) - expected).abs().max().item() <= 1e-6
+
+    inilora.export_lora(peft_model, tmp_path / "plain")
+    plain = PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "plain"))
+    assert (outputs(plain, input_ids) - expected).abs().max().item() <= 1e-5
+    exported = json.loads((tmp_path / "plain" / "adapter_config.json").read_text())
+    assert exported["r"] == (4 if method == "lora" else 8)
+
+    merged = inilora.merge_and_unload(peft_model)
+    assert not any("lora" in n for n, _ in merged.named_modules())
+    assert (outputs(merged, input_ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_saved_directory_is_a_peft_adapter_plus_init_files(tmp_path, input_ids):
+    trained("llama", "inilora-alpha", tmp_path, input_ids=input_ids)
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "inilora_init.safetensors",
+            "inilora_config.json"} <= files
+    meta = json.loads((tmp_path / "adapter" / "inilora_config.json").read_text())
+    assert meta["options"]["method"] == "inilora-alpha" and len(meta["layers"]) == 4
+
+
+def test_reload_is_trainable_and_keeps_training(tmp_path, input_ids):
+    trained("bert", "inilora", tmp_path, input_ids=input_ids)
+    reloaded = inilora.from_pretrained(tiny_model("bert"), tmp_path / "adapter", is_trainable=True)
+    trainable = [n for n, p in reloaded.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    train_steps(reloaded, input_ids)
+
+
+@pytest.mark.parametrize("method", ["inilora-alpha", "pissa"])
+def test_bf16_reload_and_merge_with_fp32_residual(method, tmp_path, input_ids):
+    peft_model = trained("llama", method, tmp_path, torch.bfloat16, input_ids=input_ids, residual_fp32=True)
+    expected = outputs(peft_model, input_ids)
+    reloaded = inilora.from_pretrained(tiny_model("llama", torch.bfloat16), tmp_path / "adapter")
+    assert torch.equal(outputs(reloaded, input_ids), expected)
+    merged = inilora.merge_and_unload(reloaded)
+    assert all(p.dtype == torch.bfloat16 for p in merged.parameters())
+    # merged weights are rounded to bf16 once: close to, not equal to, the fp32-residual model
+    assert (outputs(merged, input_ids) - expected).abs().max().item() <= 0.05
+
+
+# ---- loading bad input: a clear error, the base model untouched ----
+
+def test_loading_on_a_different_base_is_refused(tmp_path, input_ids):
+    trained("llama", "inilora", tmp_path, input_ids=input_ids)
+    other = tiny_model("llama", seed=1)
+    with pytest.raises(inilora.AdapterLoadError, match="fingerprint mismatch"):
+        inilora.from_pretrained(other, tmp_path / "adapter")
+    assert not any("lora" in n for n, _ in other.named_modules())
+    with pytest.raises(inilora.AdapterLoadError, match="made on a float32 base"):
+        inilora.from_pretrained(tiny_model("llama", torch.bfloat16), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "missing_meta"])
+def test_missing_or_corrupted_init_file_is_refused(damage, tmp_path, input_ids):
+    trained("llama", "inilora-beta", tmp_path, input_ids=input_ids)
+    init = tmp_path / "adapter" / "inilora_init.safetensors"
+    if damage == "missing":
+        init.unlink()
+    elif damage == "corrupt":
+        data = bytearray(init.read_bytes())
+        data[-5] ^= 0xFF
+        init.write_bytes(bytes(data))
+    else:
+        (tmp_path / "adapter" / "inilora_config.json").unlink()
+    base = tiny_model("llama")
+    with pytest.raises(inilora.AdapterLoadError, match="missing|corrupted|not saved by inilora"):
+        inilora.from_pretrained(base, tmp_path / "adapter")
+    assert not any("lora" in n for n, _ in base.named_modules())
+
+
+def test_save_refuses_a_model_not_made_by_inilora(tmp_path):
+    import peft
+    model = peft.get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="not made by inilora"):
+        inilora.save_pretrained(model, tmp_path)
