@@ -35,6 +35,12 @@ def outputs(model, input_ids: torch.Tensor) -> torch.Tensor:
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).float()
 
 
+@pytest.fixture(autouse=True)
+def fit_cache_in_tmp(tmp_path, monkeypatch):
+    """Every test gets its own, empty fit cache."""
+    monkeypatch.setenv("INILORA_CACHE", str(tmp_path / "fit-cache"))
+
+
 @pytest.fixture
 def input_ids() -> torch.Tensor:
     return torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .methods import METHODS
 
 SOLVERS = ("adam", "svd", "svd_randomized")
+RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb")  # do not change the factors; not recorded
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class InitOptions:
     early_stop_every: int = 500
     randomized_oversample: int = 16
     randomized_niter: int = 4
-    chunk_mb: float = 64.0  # memory for one batch of fp32 weight copies during the fit
+    chunk_mb: float | None = None  # fp32 weight copies per fit batch; None: 5% of the model, at most 256 MiB
+    cache: bool = True  # reuse fitted factors from the disk cache (inilora only)
     # residual
     residual_fp32: bool = False  # keep the frozen residual in fp32 even when the base is bf16/fp16
     drift_warn_threshold: float = 1e-2  # warn when a layer's relative weight drift exceeds this
@@ -45,7 +47,8 @@ class InitOptions:
         if self.solver not in SOLVERS:
             raise ValueError(f"Unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}.")
         positive = {"steps": self.steps, "lr": self.lr, "lr_decay_every": self.lr_decay_every,
-                    "chunk_mb": self.chunk_mb, "early_stop_every": self.early_stop_every}
+                    "chunk_mb": 1 if self.chunk_mb is None else self.chunk_mb,
+                    "early_stop_every": self.early_stop_every}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"Option {name} must be positive, got {value!r}.")
@@ -63,4 +66,4 @@ class InitOptions:
         return cls(method=method, **options)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "cache_dir")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_ONLY}

@@ -35,13 +35,15 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     measure what that did. The adapter's own A/B are not touched."""
     base = layer.get_base_layer()
     s = layer.scaling[adapter_name]
-    W = weight_view(base).detach().float()
+    W = weight_view(base).detach().float().clone()  # the original, kept while the weight is overwritten
     product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
-    init_error = float(torch.linalg.matrix_norm(W - product)) / norm
+    difference = W - product
+    init_error = float(torch.linalg.matrix_norm(difference)) / norm
     if method in RESIDUAL_METHODS:
-        set_residual(base, W - product, method, keep_fp32)
-    difference = weight_view(base).detach().float() + product - W
+        set_residual(base, difference, method, keep_fp32)
+    # drift: what the layer now holds, plus the product, against the original
+    torch.add(weight_view(base).detach().float(), product, out=difference).sub_(W)
     return LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
                        float(torch.linalg.matrix_norm(difference)) / norm, float(difference.abs().max()))
 
@@ -80,9 +82,12 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
     config = resolve_config(lora_config, model)
     targets = collect_targets(model, config, method, rank_limited=method in RANK_LIMITED_METHODS,
                               residual=method in RESIDUAL_METHODS)
-    fingerprints = {t.name: fingerprint(t.weight) for t in targets}
+    for t in targets:
+        t.fingerprint = fingerprint(t.weight)
+    fingerprints = {t.name: t.fingerprint for t in targets}
     dtypes = {t.name: t.weight.dtype for t in targets}
-    factors: dict[str, Factors] = compute_factors(targets, opts)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes)
 
     # the model changes from here on
     peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)

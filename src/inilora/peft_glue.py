@@ -138,19 +138,21 @@ def _to_output_dtype(module: nn.Module, args, output):
 
 
 def set_residual(base_layer: nn.Module, residual: Tensor, method: str, keep_fp32: bool) -> None:
-    """Replace the base layer's weight with ``residual`` (``out × in``, fp32). With ``keep_fp32`` the
-    weight stays fp32 and the layer casts its input up and its output back to the model's dtype."""
-    old = base_layer.weight
-    dtype = torch.float32 if keep_fp32 else old.dtype
-    value = residual.T if isinstance(base_layer, Conv1D) else residual
-    base_layer.weight = nn.Parameter(value.to(dtype).contiguous(), requires_grad=False)
+    """Write ``residual`` (``out × in``, fp32) into the base layer's weight, in place (no second copy of
+    the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32 and the
+    layer casts its input up and its output back to the model's dtype."""
+    weight = base_layer.weight
     setattr(base_layer, RESIDUAL_MARK, method)
-    if keep_fp32 and old.dtype != torch.float32:
-        setattr(base_layer, RESIDUAL_MARK + "_dtype", old.dtype)
-        if base_layer.bias is not None:
-            base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
-        base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
-                                     base_layer.register_forward_hook(_to_output_dtype))
+    if not keep_fp32 or weight.dtype == torch.float32:
+        weight_view(base_layer).copy_(residual)
+        return
+    value = residual.T if isinstance(base_layer, Conv1D) else residual
+    base_layer.weight = nn.Parameter(value.clone(memory_format=torch.contiguous_format), requires_grad=False)
+    setattr(base_layer, RESIDUAL_MARK + "_dtype", weight.dtype)
+    if base_layer.bias is not None:
+        base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
+    base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
+                                 base_layer.register_forward_hook(_to_output_dtype))
 
 
 def restore_plain_layer(base_layer: nn.Module, weight_out_in: Tensor) -> None:

@@ -1,0 +1,97 @@
+"""A disk cache of fitted IniLoRA factors, so a model is fitted once.
+
+An entry is one safetensors file named by a key that hashes everything the fit depends on: the
+weight's fingerprint, its layer name (the seed is drawn per name), rank, scaling, σ, solver and its
+options. Writes are atomic (temp file + rename); an entry whose checksum, key or shapes do not match
+is treated as a miss and refitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .methods import Factors
+
+logger = logging.getLogger("inilora")
+CACHE_ENV = "INILORA_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$INILORA_CACHE``, else ``$XDG_CACHE_HOME/inilora/fits``, else ``~/.cache/inilora/fits``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "inilora" / "fits"
+
+
+def fit_key(weight_fingerprint: str, name: str, r: int, scaling: float, fit_options: dict) -> str:
+    payload = json.dumps({"w": weight_fingerprint, "name": name, "r": r, "s": repr(float(scaling)),
+                          **{k: repr(v) if isinstance(v, float) else v for k, v in sorted(fit_options.items())}},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+
+def _tensor_checksum(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous().cpu()
+        digest.update(name.encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+class FitCache:
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.hits = self.misses = self.corrupt = 0
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    def load(self, key: str, out_features: int, in_features: int, r: int) -> Factors | None:
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            A0, B0 = tensors["A0"], tensors["B0"]
+            valid = (meta.get("key") == key and meta.get("checksum") == _tensor_checksum(tensors)
+                     and A0.shape == (r, in_features) and B0.shape == (out_features, r))
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            logger.warning("inilora cache: unreadable entry %s (%s); refitting", path, exc)
+            valid = False
+        if not valid:
+            self.corrupt += 1
+            self.misses += 1
+            logger.warning("inilora cache: entry %s is corrupted or does not match; refitting", path)
+            return None
+        self.hits += 1
+        optimum = meta.get("optimum")
+        return Factors(A0, B0, float(optimum) if optimum not in (None, "None") else None)
+
+    def store(self, key: str, factors: Factors) -> None:
+        tensors = {"A0": factors.A0.detach().float().cpu().contiguous(),
+                   "B0": factors.B0.detach().float().cpu().contiguous()}
+        meta = {"key": key, "checksum": _tensor_checksum(tensors), "optimum": str(factors.optimum)}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

