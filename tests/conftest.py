@@ -38,7 +38,7 @@ def outputs(model, input_ids: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def fit_cache_in_tmp(tmp_path, monkeypatch):
     """Every test gets its own, empty fit cache."""
-    monkeypatch.setenv("INILORA_CACHE", str(tmp_path / "fit-cache"))
+    monkeypatch.setenv("INILORA_FIT_CACHE", str(tmp_path / "fit-cache"))
 
 
 @pytest.fixture

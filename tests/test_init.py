@@ -181,3 +181,17 @@ def test_stacking_a_second_residual_adapter_is_refused():
     with pytest.raises(ValueError, match="not a PeftModel"):
         inilora.get_peft_model(peft_model, config("llama"), "inilora", progress=False)
     assert model_digest(inner) == before
+
+
+def test_svd_basis_singular_reproduces_pissa_and_rotated_differs_only_in_basis():
+    cfg = lambda: config("llama", r=4, alpha=8)
+    pissa = inilora.get_peft_model(tiny_model("llama"), cfg(), "pissa", progress=False).inilora.layers
+    singular = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd", svd_basis="singular",
+                                      progress=False).inilora.layers
+    rotated = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd",
+                                     progress=False).inilora.layers
+    for name in pissa:
+        assert torch.allclose(pissa[name].A0, singular[name].A0, atol=1e-5)
+        assert torch.allclose(pissa[name].B0, singular[name].B0, atol=1e-5)
+        assert not torch.allclose(rotated[name].A0, pissa[name].A0, atol=1e-3)
+        assert torch.allclose(rotated[name].B0 @ rotated[name].A0, pissa[name].B0 @ pissa[name].A0, atol=1e-5)

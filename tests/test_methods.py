@@ -52,3 +52,14 @@ def test_pissa_and_milora_products(scaling):
     assert torch.allclose(top.B0.norm(), top.A0.norm(), rtol=1e-5)
     assert top.optimum == pytest.approx(relative_tail_energy(S, r), rel=1e-6)
     assert top.optimum == pytest.approx(float(torch.linalg.norm(W.double() - top_ref) / torch.linalg.norm(W.double())), rel=1e-6)
+
+
+def test_random_rotation_is_orthogonal_and_keeps_the_product():
+    from inilora.methods import random_orthogonal, rotate_basis
+    Q = random_orthogonal(8, layer_generator(0, "x"))
+    assert torch.allclose(Q @ Q.T, torch.eye(8), atol=1e-6)
+    assert Q.abs().max(dim=1).values.min() < 0.95  # a mixed basis, not a signed permutation
+    f = svd_factors(realistic_matrix(48, 40), 8, 1.0)
+    A1, B1 = rotate_basis(f.A0, f.B0, Q)
+    assert torch.allclose(B1 @ A1, f.B0 @ f.A0, atol=1e-6)
+    assert torch.allclose(B1.norm(), A1.norm(), rtol=1e-5)  # still balanced

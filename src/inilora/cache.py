@@ -23,15 +23,15 @@ from torch import Tensor
 from .methods import Factors
 
 logger = logging.getLogger("inilora")
-CACHE_ENV = "INILORA_CACHE"
+FIT_CACHE_ENV = "INILORA_FIT_CACHE"
 
 
 def default_cache_dir() -> Path:
-    """``$INILORA_CACHE``, else ``$XDG_CACHE_HOME/inilora/fits``, else ``~/.cache/inilora/fits``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "inilora" / "fits"
+    """``$INILORA_FIT_CACHE``, else ``$INILORA_CACHE/fits``, else ``~/.cache/inilora/fits``."""
+    if os.environ.get(FIT_CACHE_ENV):
+        return Path(os.environ[FIT_CACHE_ENV])
+    root = os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora"
+    return Path(root) / "fits"
 
 
 def fit_key(weight_fingerprint: str, name: str, r: int, scaling: float, fit_options: dict) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .methods import METHODS
 
 SOLVERS = ("adam", "svd", "svd_randomized")
+SVD_BASES = ("rotated", "singular")
 RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb")  # do not change the factors; not recorded
 
 
@@ -30,6 +31,9 @@ class InitOptions:
     fit_scaled: bool = True  # fit s·B0·A0 ≈ W; False: fit B0·A0 ≈ W as published (same when s = 1)
     early_stop_tol: float | None = None  # opt-in: stop when the loss improves by less than this (relative)
     early_stop_every: int = 500
+    # basis of the closed-form factors: "rotated" (a seeded random rotation of the balanced SVD factors,
+    # like the published Adam fit, which ends in a mixed basis) or "singular" (PiSSA's basis)
+    svd_basis: str = "rotated"
     randomized_oversample: int = 16
     randomized_niter: int = 4
     chunk_mb: float | None = None  # fp32 weight copies per fit batch; None: 5% of the model, at most 256 MiB
@@ -46,6 +50,8 @@ class InitOptions:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         if self.solver not in SOLVERS:
             raise ValueError(f"Unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}.")
+        if self.svd_basis not in SVD_BASES:
+            raise ValueError(f"Unknown svd_basis {self.svd_basis!r}; choose one of {', '.join(SVD_BASES)}.")
         positive = {"steps": self.steps, "lr": self.lr, "lr_decay_every": self.lr_decay_every,
                     "chunk_mb": 1 if self.chunk_mb is None else self.chunk_mb,
                     "early_stop_every": self.early_stop_every}

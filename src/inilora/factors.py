@@ -4,6 +4,8 @@ no PEFT here."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 from collections import defaultdict
@@ -17,7 +19,8 @@ from tqdm.auto import tqdm
 from .cache import FitCache, fit_key
 from .config import InitOptions
 from .fit import AdamSchedule, draw_start, fit_adam, fit_svd, fit_svd_randomized
-from .methods import Factors, layer_generator, random_factors, relative_tail_energy, svd_factors
+from .methods import (Factors, layer_generator, random_factors, random_orthogonal, relative_tail_energy,
+                      rotate_basis, svd_factors)
 
 logger = logging.getLogger("inilora")
 AUTO_CHUNK_FRACTION = 0.05  # of the model's parameter bytes, for one chunk of fp32 weight copies
@@ -38,6 +41,14 @@ class Target:
     def module_name(self) -> str:
         """The last component of the module path (``q_proj``): the σ rule averages over these."""
         return self.name.rsplit(".", 1)[-1]
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last chunk back to the OS (glibc keeps it otherwise, and the next
+    chunk's differently sized buffers would not reuse it, so resident memory would creep up)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and hasattr(ctypes.CDLL(libc_name), "malloc_trim"):
+        ctypes.CDLL(libc_name).malloc_trim(0)
 
 
 def fit_target(target: Target, options: InitOptions) -> Tensor:
@@ -84,6 +95,8 @@ def fit_error(target: Tensor, A0: Tensor, B0: Tensor) -> float:
 
 def _fit_options(options: InitOptions, sigma: float | None) -> dict:
     fields = {"solver": options.solver, "seed": options.seed, "fit_scaled": options.fit_scaled}
+    if options.solver != "adam":
+        fields["svd_basis"] = options.svd_basis
     if options.solver == "adam":
         fields.update(steps=options.steps, lr=options.lr, lr_decay=options.lr_decay,
                       lr_decay_every=options.lr_decay_every, early_stop_tol=options.early_stop_tol,
@@ -93,14 +106,24 @@ def _fit_options(options: InitOptions, sigma: float | None) -> dict:
     return fields
 
 
+def _closed_form(t: Target, options: InitOptions) -> Factors:
+    """The optimum, factored √S/√S, in the basis ``options.svd_basis`` asks for."""
+    generator = layer_generator(options.seed, t.name)
+    if options.solver == "svd":
+        A0, B0, optimum = fit_svd(fit_target(t, options), t.r)
+    else:
+        A0, B0 = fit_svd_randomized(fit_target(t, options), t.r, options.randomized_oversample,
+                                    options.randomized_niter, generator)
+        optimum = None
+    if options.svd_basis == "rotated":
+        A0, B0 = rotate_basis(A0, B0, random_orthogonal(t.r, generator))
+    return Factors(A0, B0, optimum)
+
+
 def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
     """Fit one chunk with the chosen solver; every matrix gets its own seeded draw."""
-    if options.solver == "svd":
-        return [Factors(*fit_svd(fit_target(t, options), t.r)) for t in chunk]
-    if options.solver == "svd_randomized":
-        return [Factors(*fit_svd_randomized(fit_target(t, options), t.r, options.randomized_oversample,
-                                            options.randomized_niter, layer_generator(options.seed, t.name)))
-                for t in chunk]
+    if options.solver in ("svd", "svd_randomized"):
+        return [_closed_form(t, options) for t in chunk]
     starts = [draw_start(tuple(t.weight.shape), t.r, sigmas[t.module_name], layer_generator(options.seed, t.name))
               for t in chunk]
     schedule = AdamSchedule(options.steps, options.lr, options.lr_decay, options.lr_decay_every,
@@ -133,6 +156,7 @@ def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, mode
                 cache.store(keys[t.name], factors)
             _log_fit(t, options, factors, "fitted")
         bar.update(len(chunk))
+        release_freed_memory()
     return result
 
 

@@ -77,6 +77,18 @@ def split_singular_triplets(U: Tensor, S: Tensor, Vh: Tensor, scaling: float) ->
     return (root[:, None] * Vh).contiguous(), (U * root[None, :]).contiguous()
 
 
+def random_orthogonal(r: int, generator: torch.Generator) -> Tensor:
+    """A Haar-random r × r orthogonal matrix (QR of a Gaussian, signs fixed by R's diagonal)."""
+    Q, R = torch.linalg.qr(torch.randn(r, r, generator=generator, dtype=torch.float64))
+    return (Q * torch.sign(torch.diagonal(R))[None, :]).float()
+
+
+def rotate_basis(A0: Tensor, B0: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Qᵀ A0, B0 Q)``: the same product in another basis of the rank-r factor space."""
+    Q = Q.to(A0)
+    return (Q.T @ A0).contiguous(), (B0 @ Q).contiguous()
+
+
 def svd_factors(W: Tensor, r: int, scaling: float, smallest: bool = False) -> Factors:
     """PiSSA (top-r triplets) or MiLoRA (``smallest=True``: bottom-r), so ``scaling·B0·A0`` is that
     part of ``W``."""
