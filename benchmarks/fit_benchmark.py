@@ -1,0 +1,262 @@
+"""Fit benchmark: how fast and how exact each way of initializing the same layers is.
+
+For each model (MiniLM, SmolLM2-135M; q/v projections) and rank, in one run on one machine, every
+cell runs in a fresh process (so peak-memory readings do not inherit another cell's allocator state):
+
+- ``published-loop``  the published procedure: one matrix at a time, autograd, ``loss.item()`` every step
+                      (timed on a sample of matrices per shape and scaled to all of them: its cost is
+                      linear in the number of matrices by construction)
+- ``adam-batched``    ``inilora.get_peft_model(..., solver="adam")``: the same fit, batched, no host sync
+- ``adam-early-stop`` the same with the opt-in early stop
+- ``svd``             ``solver="svd"``: the closed-form optimum
+- ``svd-randomized``  ``solver="svd_randomized"``
+- ``peft-pissa``, ``peft-pissa_niter_4``: PEFT's own PiSSA init of the same layers
+
+Reported per cell: wall time, peak resident-memory rise over the loaded model (as a fraction of the
+model's size), and the worst relative error vs the Eckart–Young optimum. The published loop's factors
+are compared with the batched ones on the sampled matrices (same seed).
+
+    python benchmarks/fit_benchmark.py                      # everything, CPU
+    python benchmarks/fit_benchmark.py --models minilm --ranks 8 --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+CELLS = ("adam-batched", "published-loop", "adam-early-stop", "svd", "svd-randomized", "peft-pissa",
+         "peft-pissa_niter_4")
+TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
+EARLY_STOP = {"early_stop_tol": 1e-6, "early_stop_every": 500}
+
+
+def load(model_name: str, device: str, dtype: str):
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from inilora.models import resolve
+
+    path = str(resolve(model_name))
+    cls = AutoModelForCausalLM if model_name == "smollm2" else AutoModel
+    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()  # fault the weights in, so the measurement sees only what the init allocates
+    return model
+
+
+def lora_config(model_name: str, r: int, **kw):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS[model_name], **kw)
+
+
+def target_weights(model, model_name: str) -> dict:
+    suffixes = tuple(TARGETS[model_name])
+    return {n: m.weight.detach().float().clone() for n, m in model.named_modules()
+            if n.endswith(suffixes) and hasattr(m, "weight")}
+
+
+def errors(weights: dict, factors: dict) -> dict:
+    """Per matrix: relative error of B0·A0 (s = 1) vs W, the optimum, and their ratio."""
+    import torch
+
+    from inilora.methods import relative_tail_energy
+
+    out = {}
+    for name, W in weights.items():
+        A0, B0 = (f.float().to(W.device) for f in factors[name])
+        error = float(torch.linalg.matrix_norm(W - B0 @ A0) / torch.linalg.matrix_norm(W))
+        optimum = relative_tail_energy(torch.linalg.svdvals(W), A0.shape[0])
+        out[name] = {"error": error, "optimum": optimum, "ratio": error / optimum}
+    return out
+
+
+def warm_up(device: str) -> None:
+    """Load the code paths (LAPACK, PEFT, Adam) on a tiny model so they are not counted as memory."""
+    import peft
+    import torch
+    from peft import LoraConfig
+    from transformers import BertConfig, BertModel
+
+    import inilora
+
+    tiny = lambda: BertModel(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2)).to(device)
+    inilora.get_peft_model(tiny(), LoraConfig(r=4, target_modules=["query"]), "inilora", steps=10, progress=False,
+                           cache=False)
+    peft.get_peft_model(tiny(), LoraConfig(r=4, target_modules=["query"], init_lora_weights="pissa_niter_2"))
+    torch.linalg.svdvals(torch.randn(8, 8, device=device))
+
+
+def run_cell(args) -> dict:
+    import peft
+    import torch
+
+    import inilora
+    from inilora.factors import Target, published_sigmas
+    from inilora.config import InitOptions
+    from inilora.fit import AdamSchedule, draw_start, fit_adam_published
+    from inilora.methods import layer_generator
+    from memory import measure
+
+    torch.manual_seed(0)
+    warm_up(args.device)
+    model = load(args.model, args.device, args.dtype)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = target_weights(model, args.model)
+    cell, r = args.cell, args.rank
+    result = {"model": args.model, "rank": r, "cell": cell, "device": args.device, "dtype": args.dtype,
+              "matrices": len(weights), "model_bytes": size}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    if cell == "published-loop":
+        options = InitOptions(steps=args.steps)
+        targets = [Target(n, W, r, 1.0) for n, W in weights.items()]
+        sigmas = published_sigmas(targets, options)
+        by_shape: dict = {}
+        for t in targets:
+            by_shape.setdefault(tuple(t.weight.shape), []).append(t)
+        sample = [t for group in by_shape.values() for t in group[: args.sample]]
+
+        def loop():
+            out, seconds = {}, {}
+            for t in sample:
+                start = time.perf_counter()
+                U, P = draw_start(tuple(t.weight.shape), r, sigmas[t.module_name], layer_generator(0, t.name))
+                A0, B0, _ = fit_adam_published(t.weight, U, P, AdamSchedule(steps=args.steps))
+                sync()
+                seconds[t.name] = time.perf_counter() - start
+                out[t.name] = (A0, B0)
+            return out, seconds
+
+        (factors, seconds), _, rise = measure(loop)
+        per_shape = {shape: statistics.median(seconds[t.name] for t in group[: args.sample])
+                     for shape, group in by_shape.items()}
+        result["seconds"] = sum(per_shape[shape] * len(group) for shape, group in by_shape.items())
+        result["seconds_measured"] = sum(seconds.values())
+        result["sampled"] = len(sample)
+        weights = {t.name: weights[t.name] for t in sample}
+        torch.save({n: (a.cpu(), b.cpu()) for n, (a, b) in factors.items()}, args.factors_out)
+    elif cell.startswith("peft-"):
+        config = lora_config(args.model, r, init_lora_weights=cell.removeprefix("peft-"))
+
+        def init():
+            m = peft.get_peft_model(model, config)
+            sync()
+            return m
+
+        peft_model, seconds, rise = measure(init)
+        factors = {n: (layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach())
+                   for n, layer in peft_model.base_model.model.named_modules()
+                   if n in weights and hasattr(layer, "lora_A")}
+        result["seconds"] = seconds
+    else:
+        options = {"adam-batched": {"solver": "adam"}, "adam-early-stop": {"solver": "adam", **EARLY_STOP},
+                   "svd": {"solver": "svd"}, "svd-randomized": {"solver": "svd_randomized"}}[cell]
+
+        def init():
+            m = inilora.get_peft_model(model, lora_config(args.model, r), "inilora", steps=args.steps,
+                                       progress=False, cache=False, **options)
+            sync()
+            return m
+
+        peft_model, seconds, rise = measure(init)
+        factors = {n: (layer.A0, layer.B0) for n, layer in peft_model.inilora.layers.items()}
+        result["seconds"] = seconds
+        if cell == "adam-batched":
+            torch.save({n: (a.cpu(), b.cpu()) for n, (a, b) in factors.items()}, args.factors_out)
+    per_matrix = errors(weights, factors)
+    result["peak_rise_fraction"] = rise / size
+    result["max_ratio"] = max(v["ratio"] for v in per_matrix.values())
+    result["mean_error"] = statistics.fmean(v["error"] for v in per_matrix.values())
+    result["per_matrix"] = per_matrix
+    return result
+
+
+def compare_with_batched(run: dict, runs: list, work: Path) -> None:
+    """Agreement of a cell with ``adam-batched`` on the matrices both fitted: the gap in relative error
+    (and, for the published loop, the largest factor difference; same seed, same draws)."""
+    import torch
+
+    batched = next((b for b in runs if b["cell"] == "adam-batched" and b["model"] == run["model"]
+                    and b["rank"] == run["rank"] and b["device"] == run["device"] and b["dtype"] == run["dtype"]), None)
+    if batched is None:
+        return
+    gaps = [abs(v["error"] - batched["per_matrix"][n]["error"]) / batched["per_matrix"][n]["error"]
+            for n, v in run["per_matrix"].items()]
+    run["max_error_gap_vs_batched"] = max(gaps)
+    if run["cell"] == "published-loop":
+        tag = f"{run['model']}-{run['rank']}"
+        published = torch.load(work / f"{tag}-published-loop.pt")
+        ours = torch.load(work / f"{tag}-adam-batched.pt")
+        run["max_abs_factor_diff_vs_batched"] = max(
+            max((a - ours[n][0]).abs().max().item(), (b - ours[n][1]).abs().max().item())
+            for n, (a, b) in published.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=sorted(TARGETS))
+    parser.add_argument("--ranks", nargs="+", type=int, default=[8, 32])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--sample", type=int, default=2, help="matrices per shape timed in the published loop")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "fit_benchmark.json")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--factors-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.cell:  # a child process: one cell, JSON on the last line of stdout
+        print(json.dumps(run_cell(args)))
+        return
+
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    runs = [run for run in previous["runs"]
+            if not (run["device"] == args.device and run["dtype"] == args.dtype and run["model"] in args.models
+                    and run["rank"] in args.ranks and run["cell"] in args.cells)]
+    work = Path(tempfile.mkdtemp(prefix="fit-bench-"))
+    for model in args.models:
+        for r in args.ranks:
+            for cell in args.cells:
+                command = [sys.executable, __file__, "--cell", cell, "--model", model, "--rank", str(r),
+                           "--steps", str(args.steps), "--sample", str(args.sample), "--device", args.device,
+                           "--dtype", args.dtype, "--factors-out", str(work / f"{model}-{r}-{cell}.pt")]
+                started = time.time()
+                out = subprocess.run(command, capture_output=True, text=True,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+                if out.returncode != 0:
+                    sys.exit(f"cell {model} r={r} {cell} failed:\n{out.stderr[-3000:]}")
+                run = json.loads(out.stdout.strip().splitlines()[-1])
+                if cell in ("published-loop", "adam-early-stop"):
+                    compare_with_batched(run, runs, work)
+                runs.append(run)
+                print(f"{model:8s} r={r:<3d} {cell:20s} {run['seconds']:9.2f} s  peak +{run['peak_rise_fraction']:.3f}"
+                      f" of model  max error/optimum {run['max_ratio']:.7f}   ({time.time() - started:.0f} s)",
+                      flush=True)
+    import torch
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    args.out.write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "runs": runs}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
