@@ -41,7 +41,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     difference = W - product
     init_error = float(torch.linalg.matrix_norm(difference)) / norm
     if method in RESIDUAL_METHODS:
-        set_residual(base, difference, method, keep_fp32)
+        set_residual(layer, difference, method, keep_fp32)
     # drift: what the layer now holds, plus the product, against the original
     torch.add(weight_view(base).detach().float(), product, out=difference).sub_(W)
     return LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,

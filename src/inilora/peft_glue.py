@@ -133,14 +133,16 @@ def _to_residual_dtype(module: nn.Module, args):
     return tuple(a.to(module.weight.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
-def _to_output_dtype(module: nn.Module, args, output):
-    return output.to(getattr(module, RESIDUAL_MARK + "_dtype"))
+def _to_model_dtype(module: nn.Module, args, output):
+    return output.to(getattr(module.get_base_layer(), RESIDUAL_MARK + "_dtype"))
 
 
-def set_residual(base_layer: nn.Module, residual: Tensor, method: str, keep_fp32: bool) -> None:
+def set_residual(layer: BaseTunerLayer, residual: Tensor, method: str, keep_fp32: bool) -> None:
     """Write ``residual`` (``out × in``, fp32) into the base layer's weight, in place (no second copy of
-    the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32 and the
-    layer casts its input up and its output back to the model's dtype."""
+    the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32: the base
+    layer casts its input up, PEFT adds the LoRA term to its fp32 output, and the LoRA layer casts the
+    sum back to the model's dtype — so ``W_res·x + s·B·A·x`` cancels in fp32, not in bf16."""
+    base_layer = layer.get_base_layer()
     weight = base_layer.weight
     setattr(base_layer, RESIDUAL_MARK, method)
     if not keep_fp32 or weight.dtype == torch.float32:
@@ -152,7 +154,7 @@ def set_residual(base_layer: nn.Module, residual: Tensor, method: str, keep_fp32
     if base_layer.bias is not None:
         base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
     base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
-                                 base_layer.register_forward_hook(_to_output_dtype))
+                                 layer.register_forward_hook(_to_model_dtype))
 
 
 def restore_plain_layer(base_layer: nn.Module, weight_out_in: Tensor) -> None:
