@@ -48,9 +48,7 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Mod
     """The modules PEFT will wrap, by PEFT's own matching rule, in model order."""
     found = []
     for name, module in model.named_modules():
-        if not name or not check_target_module_exists(config, name):
-            continue
-        if type(check_target_module_exists(config, name)).__name__ == "_ExcludedModule":
+        if not name or not check_target_module_exists(config, name):  # excluded modules are falsy too
             continue
         if isinstance(module, BaseTunerLayer):
             base = module.get_base_layer()
@@ -62,7 +60,9 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Mod
                             "without adapters (merge_and_unload or unload the existing one first).")
         found.append((name, module))
     if not found:
-        raise InitError(f"No module matches target_modules={sorted(config.target_modules) if not isinstance(config.target_modules, str) else config.target_modules!r}.")
+        targets = config.target_modules
+        shown = targets if isinstance(targets, str) else sorted(targets)
+        raise InitError(f"No module matches target_modules={shown!r}.")
     return found
 
 
