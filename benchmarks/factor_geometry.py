@@ -10,7 +10,9 @@ the truncated SVD split √S/√S:
 - ``G_svals``: singular values of the best general G (all 1 = a pure rotation);
 - ``mixing``: the smallest, over basis vectors, largest |Q_ij| of the best rotation Q (1 = the singular basis
   itself, up to order and sign; ~1/√r = a fully mixed basis);
-- column norms of B0 for both.
+- column norms of B0 for both;
+and, for the closed form ``solver="svd"`` (``svd_basis="adam-like"``), the same balance, mixing and
+column-norm spread, to show how closely it imitates the published factors.
 
     python benchmarks/factor_geometry.py --models minilm smollm2
 """
@@ -27,19 +29,29 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def geometry(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, r: int) -> dict:
+def _mixing(Bs: torch.Tensor, B: torch.Tensor) -> float:
+    U, _, Vh = torch.linalg.svd(Bs.T @ B)
+    return float((U @ Vh).abs().max(dim=1).values.min())
+
+
+def geometry(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, r: int, closed: tuple) -> dict:
     from inilora.fit import fit_svd
 
     As, Bs, _ = fit_svd(W, r)
+    Ac, Bc = closed
     G = torch.linalg.pinv(Bs) @ B
     U, _, Vh = torch.linalg.svd(Bs.T @ B)
     Q = U @ Vh
     return {
         "balance": float(B.norm() / A.norm()),
+        "balance_closed_form": float(Bc.norm() / Ac.norm()),
+        "B_col_norm_spread_adam": float(B.norm(dim=0).max() / B.norm(dim=0).min()),
+        "B_col_norm_spread_closed_form": float(Bc.norm(dim=0).max() / Bc.norm(dim=0).min()),
+        "mixing_closed_form": _mixing(Bs, Bc),
         "subspace": float((B - Bs @ G).norm() / B.norm()),
         "procrustes": float((B - Bs @ Q).norm() / B.norm()),
         "G_svals": [float(s) for s in torch.linalg.svdvals(G)],
-        "mixing": float(Q.abs().max(dim=1).values.min()),
+        "mixing": _mixing(Bs, B),
         "B_col_norms_adam": sorted((float(x) for x in B.norm(dim=0)), reverse=True),
         "B_col_norms_svd": [float(x) for x in Bs.norm(dim=0)],
         "product_gap": float((B @ A - Bs @ As).norm() / (Bs @ As).norm()),
@@ -61,11 +73,16 @@ def main() -> None:
         model = load(name, "cpu", "float32")
         weights = target_weights(model, name)
         peft_model = inilora.get_peft_model(model, lora_config(name, args.rank), "inilora")  # published defaults
-        rows = {n: geometry(weights[n], layer.A0.float(), layer.B0.float(), args.rank)
+        closed = inilora.get_peft_model(load(name, "cpu", "float32"), lora_config(name, args.rank), "inilora",
+                                        solver="svd").inilora.layers  # svd_basis="adam-like"
+        rows = {n: geometry(weights[n], layer.A0.float(), layer.B0.float(), args.rank,
+                            (closed[n].A0.float(), closed[n].B0.float()))
                 for n, layer in peft_model.inilora.layers.items()}
         summary = {key: [min(r[key] for r in rows.values()), statistics.median(r[key] for r in rows.values()),
                          max(r[key] for r in rows.values())]
-                   for key in ("balance", "subspace", "procrustes", "mixing", "product_gap")}
+                   for key in ("balance", "balance_closed_form", "subspace", "procrustes", "mixing",
+                               "mixing_closed_form", "B_col_norm_spread_adam", "B_col_norm_spread_closed_form",
+                               "product_gap")}
         summary["G_svals"] = [min(min(r["G_svals"]) for r in rows.values()),
                               max(max(r["G_svals"]) for r in rows.values())]
         report["models"][name] = {"targets": TARGETS[name], "summary_min_median_max": summary, "per_matrix": rows}

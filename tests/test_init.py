@@ -183,7 +183,7 @@ def test_stacking_a_second_residual_adapter_is_refused():
     assert model_digest(inner) == before
 
 
-def test_svd_basis_singular_reproduces_pissa_and_rotated_differs_only_in_basis():
+def test_svd_basis_singular_reproduces_pissa_and_adam_like_differs_only_in_factoring():
     cfg = lambda: config("llama", r=4, alpha=8)
     pissa = inilora.get_peft_model(tiny_model("llama"), cfg(), "pissa", progress=False).inilora.layers
     singular = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd", svd_basis="singular",

@@ -63,3 +63,14 @@ def test_random_rotation_is_orthogonal_and_keeps_the_product():
     A1, B1 = rotate_basis(f.A0, f.B0, Q)
     assert torch.allclose(B1 @ A1, f.B0 @ f.A0, atol=1e-6)
     assert torch.allclose(B1.norm(), A1.norm(), rtol=1e-5)  # still balanced
+
+
+def test_equalized_entry_scale_keeps_the_product_and_matches_rms():
+    from inilora.methods import equalize_entry_scale
+    f = svd_factors(realistic_matrix(192, 576), 8, 1.0)
+    A1, B1 = equalize_entry_scale(f.A0, f.B0)
+    assert torch.allclose(B1 @ A1, f.B0 @ f.A0, atol=1e-6)
+    assert torch.allclose(A1.pow(2).mean(), B1.pow(2).mean(), rtol=1e-5)
+    # for balanced input, ‖B‖/‖A‖ becomes √(out/in), as the published Adam fit ends (measured 0.54–0.68 on
+    # SmolLM2's 192×576 v_proj, see results/factor_geometry.json)
+    assert float(B1.norm() / A1.norm()) == pytest.approx(math.sqrt(192 / 576), rel=1e-5)

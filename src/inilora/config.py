@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .methods import METHODS
 
 SOLVERS = ("adam", "svd", "svd_randomized")
-SVD_BASES = ("rotated", "singular")
+SVD_BASES = ("adam-like", "singular")
 RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb")  # do not change the factors; not recorded
 
 
@@ -31,9 +31,9 @@ class InitOptions:
     fit_scaled: bool = True  # fit s·B0·A0 ≈ W; False: fit B0·A0 ≈ W as published (same when s = 1)
     early_stop_tol: float | None = None  # opt-in: stop when the loss improves by less than this (relative)
     early_stop_every: int = 500
-    # basis of the closed-form factors: "rotated" (a seeded random rotation of the balanced SVD factors,
-    # like the published Adam fit, which ends in a mixed basis) or "singular" (PiSSA's basis)
-    svd_basis: str = "rotated"
+    # how the closed-form optimum is factored: "adam-like" (as the published Adam fit ends: a seeded random
+    # basis, entries of equal RMS size in both factors) or "singular" (PiSSA's: singular basis, √S each side)
+    svd_basis: str = "adam-like"
     randomized_oversample: int = 16
     randomized_niter: int = 4
     chunk_mb: float | None = None  # fp32 weight copies per fit batch; None: 5% of the model, at most 256 MiB

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from .cache import FitCache, fit_key
 from .config import InitOptions
 from .fit import AdamSchedule, draw_start, fit_adam, fit_svd, fit_svd_randomized
-from .methods import (Factors, layer_generator, random_factors, random_orthogonal, relative_tail_energy,
-                      rotate_basis, svd_factors)
+from .methods import (Factors, equalize_entry_scale, layer_generator, random_factors, random_orthogonal,
+                      relative_tail_energy, rotate_basis, svd_factors)
 
 logger = logging.getLogger("inilora")
 AUTO_CHUNK_FRACTION = 0.05  # of the model's parameter bytes, for one chunk of fp32 weight copies
@@ -115,8 +115,8 @@ def _closed_form(t: Target, options: InitOptions) -> Factors:
         A0, B0 = fit_svd_randomized(fit_target(t, options), t.r, options.randomized_oversample,
                                     options.randomized_niter, generator)
         optimum = None
-    if options.svd_basis == "rotated":
-        A0, B0 = rotate_basis(A0, B0, random_orthogonal(t.r, generator))
+    if options.svd_basis == "adam-like":
+        A0, B0 = equalize_entry_scale(*rotate_basis(A0, B0, random_orthogonal(t.r, generator)))
     return Factors(A0, B0, optimum)
 
 

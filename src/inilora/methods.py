@@ -89,6 +89,13 @@ def rotate_basis(A0: Tensor, B0: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     return (Q.T @ A0).contiguous(), (B0 @ Q).contiguous()
 
 
+def equalize_entry_scale(A0: Tensor, B0: Tensor) -> tuple[Tensor, Tensor]:
+    """Rescale ``(A0/γ, B0·γ)`` so both factors have the same RMS entry (γ = (in/out)^¼ for balanced
+    input): what Adam, moving every entry at the same rate, ends with. Keeps the product."""
+    gamma = math.sqrt(float(A0.pow(2).mean().sqrt() / B0.pow(2).mean().sqrt()))
+    return A0 / gamma, B0 * gamma
+
+
 def svd_factors(W: Tensor, r: int, scaling: float, smallest: bool = False) -> Factors:
     """PiSSA (top-r triplets) or MiLoRA (``smallest=True``: bottom-r), so ``scaling·B0·A0`` is that
     part of ``W``."""
