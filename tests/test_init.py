@@ -195,3 +195,21 @@ def test_svd_basis_singular_reproduces_pissa_and_adam_like_differs_only_in_facto
         assert torch.allclose(pissa[name].B0, singular[name].B0, atol=1e-5)
         assert not torch.allclose(rotated[name].A0, pissa[name].A0, atol=1e-3)
         assert torch.allclose(rotated[name].B0 @ rotated[name].A0, pissa[name].B0 @ pissa[name].A0, atol=1e-5)
+
+
+def test_exclude_modules_and_layers_to_transform_follow_peft(input_ids):
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                     exclude_modules=["model.layers.1.self_attn.v_proj"])
+    model = tiny_model("llama")
+    expected = outputs(model, input_ids)
+    peft_model = inilora.get_peft_model(model, cfg, "pissa", progress=False)
+    assert list(peft_model.inilora.layers) == ["model.layers.1.self_attn.q_proj"]
+    assert (outputs(peft_model, input_ids) - expected).abs().max() <= 1e-5
+
+
+def test_fp16_model(input_ids):
+    model = tiny_model("llama", torch.float16)
+    peft_model = inilora.get_peft_model(model, config("llama"), "inilora", solver="svd", residual_fp32=True,
+                                        progress=False)
+    assert peft_model.inilora.report.max_drift <= 1e-5
+    assert torch.isfinite(outputs(peft_model, input_ids)).all()

@@ -106,3 +106,21 @@ def test_save_refuses_a_model_not_made_by_inilora(tmp_path):
     model = peft.get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="not made by inilora"):
         inilora.save_pretrained(model, tmp_path)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_rank_and_alpha_patterns_survive_reload_export_and_merge(rslora, tmp_path, input_ids):
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=rslora,
+                     rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 6})
+    peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, "inilora-beta", progress=False)
+    scalings = {n.rsplit(".", 1)[-1]: l.scaling for n, l in peft_model.inilora.layers.items()}
+    assert scalings["v_proj"] == pytest.approx(6 / 2 ** 0.5 if rslora else 3.0)
+    train_steps(peft_model, input_ids)
+    expected = outputs(peft_model, input_ids)
+    inilora.save_pretrained(peft_model, tmp_path / "a")
+    assert (outputs(inilora.from_pretrained(tiny_model("llama"), tmp_path / "a"), input_ids) - expected).abs().max() <= 1e-6
+    # doubled rank, alpha ×2 (×√2 under rsLoRA), per pattern too: the same scaling for every layer
+    inilora.export_lora(peft_model, tmp_path / "plain")
+    plain = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "plain"))
+    assert (outputs(plain, input_ids) - expected).abs().max() <= 1e-5
+    assert (outputs(inilora.merge_and_unload(peft_model), input_ids) - expected).abs().max() <= 1e-5
