@@ -207,6 +207,30 @@ def compare_with_batched(run: dict, runs: list, work: Path) -> None:
             for n, (a, b) in published.items())
 
 
+def markdown(data: dict) -> str:
+    """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
+    lines = [f"Machine: {data['machine']}", "", f"Command: `{data['command']}`", ""]
+    groups: dict = {}
+    for run in data["runs"]:
+        groups.setdefault((run["device"], run["dtype"]), []).append(run)
+    for (device, dtype), runs in groups.items():
+        lines += [f"### {device}, {dtype}", "",
+                  "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
+                  "max error / optimum | error gap vs batched |", "|---|---|---|---|---|---|---|---|---|"]
+        for run in runs:
+            same = [o for o in runs if o["model"] == run["model"] and o["rank"] == run["rank"]]
+            ref = {o["cell"]: o["seconds"] for o in same}
+            speedup = f"{ref['published-loop'] / run['seconds']:.2f}×" if "published-loop" in ref else "-"
+            vs_pissa = f"{run['seconds'] / ref['peft-pissa']:.2f}" if "peft-pissa" in ref else "-"
+            gap = run.get("max_error_gap_vs_batched")
+            wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
+            lines.append(f"| {run['model']} | {run['rank']} | {run['cell']} | {wall} | {speedup} | "
+                         f"{vs_pissa} | {run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | "
+                         f"{'-' if gap is None else f'{gap:.1e}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=sorted(TARGETS))
@@ -254,8 +278,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    args.out.write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "runs": runs}, indent=1))
-    print(f"wrote {args.out}")
+    data = {"machine": machine, "command": "python benchmarks/fit_benchmark.py " + " ".join(sys.argv[1:]),
+            "runs": runs}
+    args.out.write_text(json.dumps(data, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(data))
+    print(markdown(data))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
