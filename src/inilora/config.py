@@ -34,8 +34,8 @@ class InitOptions:
     # how the closed-form optimum is factored: "adam-like" (as the published Adam fit ends: a seeded random
     # basis, entries of equal RMS size in both factors) or "singular" (PiSSA's: singular basis, √S each side)
     svd_basis: str = "adam-like"
-    randomized_oversample: int = 16
-    randomized_niter: int = 4
+    randomized_oversample: int = 64  # measured: within 1e-5 of the optimum on MiniLM/SmolLM2 q/v, r 8 and 32
+    randomized_niter: int = 6
     chunk_mb: float | None = None  # fp32 weight copies per fit batch; None: 5% of the model, at most 256 MiB
     cache: bool = True  # reuse fitted factors from the disk cache (inilora only)
     # residual
