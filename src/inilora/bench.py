@@ -68,11 +68,11 @@ class Suite:
 
 PRESETS = {
     "full": [
-        Suite("reviews", "minilm", task="reviews", n_train=4000, n_eval=1000, config=GLUE_LIKE,
+        Suite("reviews", "minilm", task="reviews", n_train=2000, n_eval=1000, config=GLUE_LIKE,
               full={"lr": 5e-5}),
-        Suite("chain_sum", "smollm2", task="chain_sum", n_train=384, n_eval=100,
+        Suite("chain_sum", "smollm2", task="chain_sum", n_train=320, n_eval=100,
               config={**MATHS_LIKE, "max_len": 96}, base=True),
-        Suite("gsm_symbolic", "smollm2", task="gsm_symbolic", n_train=160, n_eval=64,
+        Suite("gsm_symbolic", "smollm2", task="gsm_symbolic", n_train=128, n_eval=50,
               config={**MATHS_LIKE, "max_len": 192}, base=True),
     ],
     "quick": [
@@ -90,6 +90,22 @@ class RunSpec:
 
     def path(self, out: Path) -> Path:
         return out / "runs" / self.suite.name / self.method / f"seed{self.seed}.json"
+
+    def key(self) -> dict:
+        """What a finished run must match to count as this run (a changed budget is redone)."""
+        return {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
+                "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
+                "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
+                                                               else {})}.items()))}
+
+    def done(self, out: Path) -> bool:
+        path = self.path(out)
+        if not path.is_file():
+            return False
+        try:
+            return json.loads(path.read_text()).get("spec") == self.key()
+        except json.JSONDecodeError:
+            return False
 
 
 def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> list[RunSpec]:
@@ -131,7 +147,7 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     result = finetune(spec.suite.model, task, cfg)
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
-        "seed": spec.seed, "config": cfg.to_dict(), "n_train": len(task.train), "n_eval": len(task.eval),
+        "seed": spec.seed, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train), "n_eval": len(task.eval),
         **result.to_dict(), "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
         "versions": _versions(),
     }
@@ -190,7 +206,10 @@ def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: st
     """Run every missing run (``jobs`` in parallel), then aggregate. Returns the summary."""
     out = Path(out)
     specs = plan(suites, methods, seeds)
-    todo = [s for s in specs if not s.path(out).is_file()]
+    todo = [s for s in specs if not s.done(out)]
+    stale = [s for s in todo if s.path(out).is_file()]
+    if stale:
+        log(f"{len(stale)} finished run(s) were made with another budget or model and will be redone")
     log(f"benchmark: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
         f"({jobs} process(es) x {threads} thread(s)); results in {out}")
     started = time.time()

@@ -18,6 +18,13 @@ class UsageError(ValueError):
     pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (and a pointer to --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -101,7 +108,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inilora", description="Fine-tune and compare IniLoRA / LoRA / PiSSA / MiLoRA adapters offline.")
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
     sub.required = True
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; Trainer's own bar stays
         handler = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}[args.command]
         return handler(args)
     except KeyboardInterrupt:

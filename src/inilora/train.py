@@ -241,7 +241,7 @@ def _training_args(cfg: TrainConfig, output_dir: str, kind: str):
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
         logging_first_step=True, save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
-        disable_tqdm=not cfg.progress, bf16=cfg.bf16, remove_unused_columns=False, dataloader_num_workers=0,
+        disable_tqdm=not cfg.progress, bf16=cfg.bf16, remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
         train_sampling_strategy="group_by_length", eval_strategy="no", save_only_model=False,
         label_names=["labels"], ddp_find_unused_parameters=False,
     )
@@ -417,6 +417,7 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
     encoded_eval = _encode(tokenizer, task, cfg, task.eval)
     with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none",
+                                 dataloader_pin_memory=False,
                                  disable_tqdm=True, remove_unused_columns=False, label_names=["labels"])
         trainer = _trainer_class(task.kind)(model=model, args=args, data_collator=_collator(tokenizer, task.kind),
                                             processing_class=tokenizer)
