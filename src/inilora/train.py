@@ -104,6 +104,7 @@ class RunResult:
     train_seconds: float = 0.0
     trainable_params: int = 0
     init: dict = field(default_factory=dict)  # initialization summary: max drift, digest of the factors
+    trained_digest: str = ""  # a hash of the trainable parameters after training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -200,6 +201,16 @@ def factors_digest(peft_model) -> str:
         digest.update(name.encode())
         for t in (layer.A0, layer.B0):
             digest.update(t.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parameters_digest(model) -> str:
+    """A hash of the trainable parameters (name and value): equal digests mean equal trained weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -353,7 +364,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     metrics["steps"] = int(trainer.state.global_step)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = RunResult(metrics, history, train_seconds, trainable, init)
+    result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model))
     if output_dir is not None and cfg.method != "base":
         save(model, tokenizer, task, cfg, model_name, result, Path(output_dir),
              is_main_process=trainer.args.should_save)
