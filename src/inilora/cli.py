@@ -186,6 +186,8 @@ def cmd_train(args) -> int:
     if args.resume and not args.save_steps:
         raise UsageError("--resume needs --save-steps (checkpoints to resume from).")
     result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, the main process reports and saves
     metrics = {k: v for k, v in result.metrics.items() if k != "samples"}
     print(json.dumps({"task": task.name, "method": cfg.method, **metrics}))
     print(f"saved to {args.output_dir}: adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT), metrics.json",

@@ -344,7 +344,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     encoded_train = _encode(tokenizer, task, cfg, task.train)
     encoded_eval = _encode(tokenizer, task, cfg, task.eval)
     with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
-        work = Path(output_dir) / "checkpoints" if output_dir else Path(scratch)
+        work = Path(output_dir) / "checkpoints" if output_dir and cfg.save_steps > 0 else Path(scratch)
         args = _training_args(cfg, str(work), task.kind)
         trainer = _trainer_class(task.kind)(model=model, args=args, train_dataset=_train_features(encoded_train),
                                             data_collator=_collator(tokenizer, task.kind), processing_class=tokenizer)
@@ -355,7 +355,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         history: list[tuple[int, float]] = []
         train_seconds = 0.0
         if cfg.method != "base":
-            checkpoint = resume and output_dir is not None and any(work.glob("checkpoint-*"))
+            checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
             trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
             train_seconds = float(trained.metrics.get("train_runtime", 0.0))
             history = _loss_history(trainer)
