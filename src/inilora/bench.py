@@ -305,7 +305,7 @@ def paired_test(method: dict[int, float], baseline: dict[int, float], higher_is_
 def summarize(runs: list[dict]) -> dict:
     """Per task and method: mean ± std of each metric over seeds and the paired test against lora."""
     tasks: dict[str, dict] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.get("started", 0)):  # tasks in the order they were first run
         task = tasks.setdefault(run["task"], {"kind": run["kind"], "model": run["model"], "methods": {},
                                               "n_train": run["n_train"], "n_eval": run["n_eval"],
                                               "config": run["config"]})
@@ -326,6 +326,12 @@ def summarize(runs: list[dict]) -> dict:
                     base_values = {r["seed"]: r["metrics"][metric] for r in baseline if metric in r["metrics"]}
                     row[f"{metric}_vs_lora"] = paired_test(values, base_values, higher_is_better=metric != "eval_loss")
             rows[method] = row
+        starts: dict[tuple, list[str]] = {}
+        for method in rows:
+            digests = tuple(sorted((r["seed"], r.get("init", {}).get("digest")) for r in task["methods"][method]))
+            if all(d for _, d in digests):
+                starts.setdefault(digests, []).append(method)
+        task["same_start"] = [methods for methods in starts.values() if len(methods) > 1]
         summary[name] = {k: v for k, v in task.items() if k != "methods"} | {"metrics": metrics, "rows": rows}
     return summary
 
@@ -360,6 +366,9 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {method} | {len(row['seeds'])} | {_fmt(*row[primary])} | "
                          f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt(*row['eval_loss'])} | "
                          f"{_fmt_test(row.get('eval_loss_vs_lora'))} | {row['seconds']:.0f} |")
+        for methods in task.get("same_start", []):
+            lines.append(f"Note: {' and '.join(f'`{m}`' for m in methods)} started from identical factors on every "
+                         "seed (same digest of A0, B0), so their runs are the same.")
         lines.append("")
     lines.append("Mean ± sample std over seeds. Δ: mean paired difference from `lora` (same seed: same data order, "
                  "same classifier head); p: two-sided paired t-test over seeds; a difference counts as better/worse "
