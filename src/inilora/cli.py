@@ -1,0 +1,293 @@
+"""The ``inilora`` console script: ``train``, ``eval`` and ``bench``. Thin: parses, calls
+:mod:`inilora.train` / :mod:`inilora.bench`, prints. Bad input ends in one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (and a pointer to --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _csv_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    group = p.add_argument_group("data (a built-in task or your own files)")
+    source = group.add_mutually_exclusive_group(required=required)
+    source.add_argument("--task", help="built-in task: reviews, gsm_symbolic, chain_sum, or rg:<reasoning-gym name>")
+    source.add_argument("--train-file", help="your data: .jsonl or .csv with text,label (classification) or "
+                        "prompt,completion (generation)")
+    group.add_argument("--eval-file", help="held-out data in the same format (default: hold out 10%% of --train-file)")
+    group.add_argument("--n-train", type=_positive_int, help="use a fixed subset of this many training examples")
+    group.add_argument("--n-eval", type=_positive_int, help="use a fixed subset of this many held-out examples")
+
+
+def _add_lora_args(p: argparse.ArgumentParser) -> None:
+    import inilora
+
+    g = p.add_argument_group("adapter")
+    g.add_argument("--method", default="inilora", choices=[*inilora.METHODS, "full"],
+                   help="initialization (full: full fine-tuning, no adapter); default: inilora")
+    g.add_argument("--r", type=_positive_int, default=8, help="LoRA rank (default 8)")
+    g.add_argument("--alpha", type=_positive_float, default=8.0, help="lora_alpha (default 8)")
+    g.add_argument("--dropout", type=_fraction, default=0.0, help="lora_dropout (default 0)")
+    g.add_argument("--targets", type=_csv_list, help="target modules, comma-separated (default: the model's "
+                   "query/value projections)")
+    g.add_argument("--solver", default="adam", choices=["adam", "svd", "svd_randomized"],
+                   help="inilora's fit: adam (published, 20,000 steps) or svd (its closed-form optimum)")
+    g.add_argument("--fit-steps", type=_positive_int, help="Adam fit steps (default: the published 20,000)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (transformers Trainer)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the factors, the head, the data order (default 0)")
+    g.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default 3e-4)")
+    g.add_argument("--epochs", type=_positive_float, default=1.0, help="epochs (default 1)")
+    g.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=_positive_int, default=16, help="per-device batch size (default 16)")
+    g.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps (default 1)")
+    g.add_argument("--max-len", type=_positive_int, default=128, help="max tokens per example (default 128)")
+    g.add_argument("--warmup-ratio", type=_fraction, default=0.06, help="warm-up fraction (default 0.06)")
+    g.add_argument("--scheduler", default="linear", choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    g.add_argument("--save-steps", type=_positive_int, help="keep a Trainer checkpoint every N steps")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    g.add_argument("--threads", type=_positive_int, help="torch threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="inilora", description="Fine-tune and compare IniLoRA / LoRA / PiSSA / MiLoRA adapters offline.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+    sub.required = True
+
+    p = sub.add_parser("train", help="fine-tune a model with an adapter and evaluate it",
+                       description="Fine-tune MODEL on a task or your data, evaluate it on the held-out set, and "
+                       "save the adapter (inilora.save_pretrained) and its plain-PEFT export to OUTPUT_DIR.")
+    p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
+    p.add_argument("--output-dir", "-o", required=True, help="where the adapter, its export and metrics go")
+    _add_data_args(p, required=True)
+    _add_lora_args(p)
+    _add_train_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("eval", help="evaluate a trained output folder on its task or other data",
+                       description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it.")
+    p.add_argument("run_dir", help="an output folder of `inilora train`")
+    p.add_argument("--model", help="the base model (default: the one it was trained from)")
+    _add_data_args(p, required=False)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="evaluation batch size (default 32)")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="greedy decoding length (generation tasks)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("bench", help="compare methods over seeds and tasks",
+                       description="Run methods x seeds x tasks (resumable: finished runs are kept), then write "
+                       "results.json, results.md and PNG plots to --out and print the table.")
+    p.add_argument("--quick", action="store_true", help="the small preset: MiniLM x reviews, lora vs inilora "
+                   "(-alpha, -beta), 3 seeds, a few minutes")
+    p.add_argument("--preset", choices=["full", "quick"], help="a predefined benchmark (default: full)")
+    p.add_argument("--tasks", type=_csv_list, help="only these tasks of the preset")
+    p.add_argument("--methods", type=_csv_list, help="methods, comma-separated (default: the preset's)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds 0..N-1 (default 3)")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="parallel processes (default 2)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--out", help="results folder (default runs/<preset>)")
+    p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table and plots")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    custom = p.add_argument_group("a custom benchmark (instead of a preset's tasks)")
+    custom.add_argument("--model", help="model for --task / --train-file")
+    custom.add_argument("--task", help="a built-in task")
+    custom.add_argument("--train-file", help="your data file")
+    custom.add_argument("--eval-file", help="your held-out file")
+    budget = p.add_argument_group("budget overrides")
+    budget.add_argument("--n-train", type=_positive_int)
+    budget.add_argument("--n-eval", type=_positive_int)
+    budget.add_argument("--max-steps", type=_positive_int)
+    budget.add_argument("--max-len", type=_positive_int)
+    budget.add_argument("--batch-size", type=_positive_int)
+    budget.add_argument("--lr", type=_positive_float)
+    return parser
+
+
+def _task(args):
+    from . import data
+
+    if args.train_file:
+        if args.n_train or args.n_eval:
+            raise UsageError("--n-train/--n-eval apply to built-in tasks; cut your files instead.")
+        return data.file_task(args.train_file, args.eval_file, seed=getattr(args, "seed", 0))
+    if args.eval_file:
+        raise UsageError("--eval-file goes with --train-file.")
+    return data.load_task(args.task, args.n_train, args.n_eval)
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, finetune
+
+    task = _task(args)
+    cfg = TrainConfig(method=args.method, seed=args.seed, r=args.r, alpha=args.alpha, dropout=args.dropout,
+                      targets=args.targets, solver=args.solver, fit_steps=args.fit_steps, lr=args.lr,
+                      epochs=args.epochs, max_steps=args.max_steps or -1, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
+                      scheduler=args.scheduler, weight_decay=args.weight_decay, bf16=args.bf16,
+                      save_steps=args.save_steps or 0, threads=args.threads, progress=not args.quiet)
+    if args.resume and not args.save_steps:
+        raise UsageError("--resume needs --save-steps (checkpoints to resume from).")
+    result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, the main process reports and saves
+    metrics = {k: v for k, v in result.metrics.items() if k != "samples"}
+    print(json.dumps({"task": task.name, "method": cfg.method, **metrics}))
+    print(f"saved to {args.output_dir}: adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT), metrics.json",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train import evaluate
+
+    task = _task(args) if (args.task or args.train_file) else None
+    metrics = evaluate(args.run_dir, task, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    shown = {k: v for k, v in metrics.items() if k != "samples"}
+    if args.json:
+        print(json.dumps(shown))
+    else:
+        for key, value in shown.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import inilora
+
+    from . import bench
+
+    if args.quick and args.preset not in (None, "quick"):
+        raise UsageError("--quick is the quick preset; drop --preset.")
+    name = "quick" if args.quick else (args.preset or "full")
+    suites, methods = bench.preset(name)
+    if args.task or args.train_file:
+        if not args.model:
+            raise UsageError("a custom benchmark (--task/--train-file) needs --model.")
+        label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
+        kind_defaults = bench.GLUE_LIKE
+        suites = [bench.Suite(label, args.model, task=args.task, train_file=args.train_file,
+                              eval_file=args.eval_file, config=dict(kind_defaults))]
+    elif args.model or args.eval_file:
+        raise UsageError("--model/--eval-file define a custom benchmark together with --task or --train-file.")
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - {s.name for s in suites})
+        if unknown:
+            raise UsageError(f"unknown task(s) {', '.join(unknown)} for preset {name}; it has "
+                             f"{', '.join(s.name for s in suites)}.")
+        suites = [s for s in suites if s.name in args.tasks]
+    if args.methods:
+        from .config import SOLVERS
+
+        unknown = sorted(m for m in args.methods if bench.method_and_solver(m)[0] not in inilora.METHODS
+                         or bench.method_and_solver(m)[1] not in SOLVERS)
+        if unknown:
+            raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(inilora.METHODS)} "
+                             "(inilora:adam for the published fit; others fit in closed form).")
+        methods = tuple(args.methods)
+    suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
+                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr) for s in suites]
+    out = args.out or os.path.join("runs", name)
+    if args.aggregate_only:
+        result = bench.aggregate(out, make_plots=not args.no_plots)
+        if not result["runs"]:
+            raise UsageError(f"no finished runs under {out}.")
+    else:
+        for suite in suites:  # fail fast on a bad task or file, before any process starts
+            suite.load()
+        start = time.time()
+        result = bench.run(suites, methods, list(range(args.seeds)), out, jobs=args.jobs, threads=args.threads,
+                           make_plots=not args.no_plots, log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
+    print(result["table"])
+    print(f"written: {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in result["files"]),
+          file=sys.stderr)
+    return 1 if result.get("failures") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import logging
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; Trainer's own bar stays
+        handler = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}[args.command]
+        return handler(args)
+    except KeyboardInterrupt:
+        print("inilora: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        # every bad-input error of inilora (InitError, AdapterLoadError, DataError, ModelError) is a ValueError
+        if os.environ.get("INILORA_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"inilora {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The benchmark's bookkeeping: the plan, resumability, the paired test and the table (no training)."""
+
+import json
+import math
+
+import pytest
+
+from inilora import bench
+
+
+def test_paired_test_verdicts():
+    lora = {0: 0.80, 1: 0.82, 2: 0.78}
+    better = bench.paired_test({0: 0.85, 1: 0.88, 2: 0.83}, lora)
+    assert better["verdict"] == "better" and better["p"] < 0.05 and better["diff_mean"] == pytest.approx(0.0533, abs=1e-3)
+    noisy = bench.paired_test({0: 0.90, 1: 0.75, 2: 0.80}, lora)
+    assert noisy["verdict"] == "within seed noise" and noisy["p"] > 0.05
+    # lower is better for a loss
+    assert bench.paired_test({0: 0.5, 1: 0.52, 2: 0.49}, {0: 0.6, 1: 0.61, 2: 0.6},
+                             higher_is_better=False)["verdict"] == "better"
+    assert bench.paired_test(dict(lora), lora)["verdict"] == "within seed noise"  # identical: no difference
+    shifted = bench.paired_test({s: v - 0.01 for s, v in lora.items()}, lora)
+    assert shifted["verdict"] == "worse" and shifted["p"] == 0.0  # a constant shift, zero spread
+    assert bench.paired_test({0: 0.9}, {0: 0.8})["verdict"] == "too few seeds"
+    assert bench.paired_test({3: 0.9}, lora)["n"] == 0  # only seeds both have are paired
+
+
+def _run(method, seed, accuracy, loss, task="toy"):
+    return {"task": task, "model": "m", "kind": "classification", "method": method, "seed": seed, "n_train": 10,
+            "n_eval": 5, "config": {}, "seconds": 1.0, "metrics": {"accuracy": accuracy, "eval_loss": loss},
+            "loss_history": [[1, 0.7], [2, 0.6 + 0.01 * seed]]}
+
+
+def test_summary_table_and_plots(tmp_path):
+    runs = [_run("lora", s, 0.80 + 0.01 * s, 0.50) for s in range(3)]
+    runs += [_run("inilora-alpha", s, 0.70 + 0.01 * s, 0.60 + 0.01 * s) for s in range(3)]
+    runs += [_run("inilora:adam", s, 0.81 + 0.01 * s, 0.50) for s in range(3)]
+    summary = bench.summarize(runs)["toy"]
+    assert list(summary["rows"]) == ["lora", "inilora:adam", "inilora-alpha"]
+    alpha = summary["rows"]["inilora-alpha"]
+    assert alpha["accuracy"][0] == pytest.approx(0.71) and alpha["accuracy"][1] == pytest.approx(0.01)
+    assert alpha["accuracy_vs_lora"]["verdict"] == "worse" and alpha["eval_loss_vs_lora"]["verdict"] == "worse"
+    table = bench.markdown({"toy": summary})
+    assert "| inilora-alpha | 3 | 0.710 ± 0.010 | -0.100, p=0.00 (worse) |" in table
+    for path in (tmp_path / "runs" / "toy" / r["method"] / f"seed{r['seed']}.json" for r in runs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        (tmp_path / "runs" / "toy" / r["method"] / f"seed{r['seed']}.json").write_text(json.dumps(r))
+    result = bench.aggregate(tmp_path)
+    assert result["runs"] == 9 and (tmp_path / "results.md").read_text() == result["table"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in ("loss_curves.png", "final_metrics.png"))
+
+
+def test_plan_is_seed_major_and_resumes_only_matching_runs(tmp_path):
+    suite = bench.Suite("toy", "m", task="reviews", n_train=10, config={"lr": 1e-3}, full={"lr": 1e-5}, base=True,
+                        extra=("inilora:adam",))
+    specs = bench.plan([suite], ("lora", "inilora"), [0, 1])
+    assert [(s.method, s.seed) for s in specs] == [
+        ("lora", 0), ("inilora", 0), ("full", 0), ("lora", 1), ("inilora", 1), ("full", 1), ("base", 0),
+        ("inilora:adam", 0), ("inilora:adam", 1)]
+    assert bench.method_and_solver("inilora:adam") == ("inilora", "adam")
+    assert bench.method_and_solver("pissa") == ("pissa", "svd")
+    spec = specs[0]
+    assert not spec.done(tmp_path)
+    spec.path(tmp_path).parent.mkdir(parents=True)
+    spec.path(tmp_path).write_text(json.dumps({"spec": spec.key()}))
+    assert spec.done(tmp_path)
+    changed = bench.plan([bench.with_overrides(suite, n_train=20)], ("lora",), [0])[0]
+    assert changed.path(tmp_path) == spec.path(tmp_path) and not changed.done(tmp_path)  # another budget: redo
+    assert bench.with_overrides(suite, max_steps=3).config == {"lr": 1e-3, "max_steps": 3}
+    assert specs[2].key()["config"]["lr"] == 1e-5  # full fine-tuning's own learning rate
+
+
+def test_presets():
+    suites, methods = bench.preset("full")
+    assert {s.name for s in suites} == {"reviews", "chain_sum", "gsm_symbolic"} and len(methods) == 6
+    assert all(not math.isnan(s.config["lr"]) for s in suites)
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        bench.preset("huge")
