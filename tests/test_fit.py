@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from inilora.fit import AdamSchedule, draw_start, fit_adam, fit_adam_published, fit_svd, fit_svd_randomized
@@ -9,10 +10,16 @@ def relative_error(W, A0, B0):
     return float(torch.linalg.norm(W - B0 @ A0) / torch.linalg.norm(W))
 
 
-def test_svd_solver_reaches_the_optimum():
-    W = realistic_matrix(96, 80)
-    A0, B0, optimum = fit_svd(W, 8)
-    assert relative_error(W, A0, B0) / optimum <= 1 + 1e-6
+@pytest.mark.parametrize("shape", [(96, 80), (80, 96), (64, 64)])
+@pytest.mark.parametrize("r", [1, 8, 32])
+def test_svd_solver_reaches_the_optimum(shape, r):
+    W = realistic_matrix(*shape)
+    A0, B0, optimum = fit_svd(W, r)
+    S = torch.linalg.svdvals(W.double())
+    exact_optimum = float(S[r:].square().sum().sqrt() / S.square().sum().sqrt())
+    assert optimum == pytest.approx(exact_optimum, rel=1e-6)
+    assert relative_error(W, A0, B0) / exact_optimum <= 1 + 1e-6
+    assert torch.allclose(B0.norm(), A0.norm(), rtol=1e-4)  # √S on both sides
 
 
 def test_adam_at_published_defaults_reaches_the_optimum():

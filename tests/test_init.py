@@ -190,9 +190,10 @@ def test_svd_basis_singular_reproduces_pissa_and_adam_like_differs_only_in_facto
                                       progress=False).inilora.layers
     rotated = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd",
                                      progress=False).inilora.layers
-    for name in pissa:
-        assert torch.allclose(pissa[name].A0, singular[name].A0, atol=1e-5)
-        assert torch.allclose(pissa[name].B0, singular[name].B0, atol=1e-5)
+    for name in pissa:  # the same triplets, up to each one's sign
+        signs = torch.sign((pissa[name].A0 * singular[name].A0).sum(dim=1))
+        assert torch.allclose(pissa[name].A0, signs[:, None] * singular[name].A0, atol=1e-4)
+        assert torch.allclose(pissa[name].B0, signs[None, :] * singular[name].B0, atol=1e-4)
         assert not torch.allclose(rotated[name].A0, pissa[name].A0, atol=1e-3)
         assert torch.allclose(rotated[name].B0 @ rotated[name].A0, pissa[name].B0 @ pissa[name].A0, atol=1e-5)
 
