@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 CELLS = ("adam-batched", "published-loop", "adam-early-stop", "svd", "svd-randomized", "peft-pissa",
          "peft-pissa_niter_4")
 TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
-EARLY_STOP = {"early_stop_tol": 1e-6, "early_stop_every": 500}
+EARLY_STOP = {"early_stop_tol": 1e-7, "early_stop_every": 500}
 
 
 def load(model_name: str, device: str, dtype: str):
@@ -70,14 +70,16 @@ def target_weights(model, model_name: str) -> dict:
 
 
 def errors(weights: dict, factors: dict) -> dict:
-    """Per matrix: relative error of B0·A0 (s = 1) vs W, the optimum, and their ratio."""
+    """Per matrix: relative error of B0·A0 (s = 1) vs W, the optimum, and their ratio — all in fp64, so
+    the reference itself is exact to far below the 1e-6 the closed form is held to."""
     import torch
 
     from inilora.methods import relative_tail_energy
 
     out = {}
     for name, W in weights.items():
-        A0, B0 = (f.float().to(W.device) for f in factors[name])
+        W = W.double()
+        A0, B0 = (f.double().to(W.device) for f in factors[name])
         error = float(torch.linalg.matrix_norm(W - B0 @ A0) / torch.linalg.matrix_norm(W))
         optimum = relative_tail_energy(torch.linalg.svdvals(W), A0.shape[0])
         out[name] = {"error": error, "optimum": optimum, "ratio": error / optimum}
@@ -216,17 +218,20 @@ def markdown(data: dict) -> str:
     for (device, dtype), runs in groups.items():
         lines += [f"### {device}, {dtype}", "",
                   "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
-                  "max error / optimum | error gap vs batched |", "|---|---|---|---|---|---|---|---|---|"]
+                  "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
         for run in runs:
             same = [o for o in runs if o["model"] == run["model"] and o["rank"] == run["rank"]]
             ref = {o["cell"]: o["seconds"] for o in same}
             speedup = f"{ref['published-loop'] / run['seconds']:.2f}×" if "published-loop" in ref else "-"
             vs_pissa = f"{run['seconds'] / ref['peft-pissa']:.2f}" if "peft-pissa" in ref else "-"
             gap = run.get("max_error_gap_vs_batched")
+            gap = "-" if gap is None else f"{gap:.1e}"
+            if "max_abs_factor_diff_vs_batched" in run:
+                gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
             wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
             lines.append(f"| {run['model']} | {run['rank']} | {run['cell']} | {wall} | {speedup} | "
                          f"{vs_pissa} | {run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | "
-                         f"{'-' if gap is None else f'{gap:.1e}'} |")
+                         f"{gap} |")
         lines.append("")
     return "\n".join(lines)
 
