@@ -366,6 +366,8 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {method} | {len(row['seeds'])} | {_fmt(*row[primary])} | "
                          f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt(*row['eval_loss'])} | "
                          f"{_fmt_test(row.get('eval_loss_vs_lora'))} | {row['seconds']:.0f} |")
+        if task.get("same_start"):
+            lines.append("")
         for methods in task.get("same_start", []):
             lines.append(f"Note: {' and '.join(f'`{m}`' for m in methods)} started from identical factors on every "
                          "seed (same digest of A0, B0), so their runs are the same.")
