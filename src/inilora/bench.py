@@ -11,9 +11,9 @@ the closed-form optimum of the published fit):
 
 - ``full``: MiniLM × reviews (+ full fine-tuning), SmolLM2 × chain_sum and SmolLM2 × gsm_symbolic
   (+ the untrained model as a reference), all six methods, 3 seeds, and the published Adam fit
-  (``inilora:adam``) on reviews — about 70 minutes on 2 CPU cores.
+  (``inilora:adam``) on reviews — 96 minutes on 2 shared CPU cores (results/README.md).
 - ``quick``: MiniLM × 512 reviews (2 epochs, 64 steps), lora vs inilora / -alpha / -beta, 3 seeds —
-  about 5 minutes on 2 CPU cores.
+  about 5.5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
