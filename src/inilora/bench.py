@@ -11,9 +11,9 @@ the closed-form optimum of the published fit):
 
 - ``full``: MiniLM × reviews (+ full fine-tuning), SmolLM2 × chain_sum and SmolLM2 × gsm_symbolic
   (+ the untrained model as a reference), all six methods, 3 seeds, and the published Adam fit
-  (``inilora:adam``) on reviews — about 70 minutes on 2 CPU cores.
+  (``inilora:adam``) on reviews — 96 minutes on 2 shared CPU cores (results/README.md).
 - ``quick``: MiniLM × 512 reviews (2 epochs, 64 steps), lora vs inilora / -alpha / -beta, 3 seeds —
-  about 5 minutes on 2 CPU cores.
+  about 5.5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -366,6 +366,8 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {method} | {len(row['seeds'])} | {_fmt(*row[primary])} | "
                          f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt(*row['eval_loss'])} | "
                          f"{_fmt_test(row.get('eval_loss_vs_lora'))} | {row['seconds']:.0f} |")
+        if task.get("same_start"):
+            lines.append("")
         for methods in task.get("same_start", []):
             lines.append(f"Note: {' and '.join(f'`{m}`' for m in methods)} started from identical factors on every "
                          "seed (same digest of A0, B0), so their runs are the same.")
