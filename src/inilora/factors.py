@@ -4,8 +4,6 @@ no PEFT here."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 from collections import defaultdict
@@ -18,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .cache import FitCache, fit_key
 from .config import InitOptions
+from .memory import release_freed_memory
 from .fit import AdamSchedule, draw_start, fit_adam, fit_svd, fit_svd_randomized
 from .methods import (Factors, equalize_entry_scale, layer_generator, random_factors, random_orthogonal,
                       relative_tail_energy, rotate_basis, svd_factors)
@@ -41,14 +40,6 @@ class Target:
     def module_name(self) -> str:
         """The last component of the module path (``q_proj``): the σ rule averages over these."""
         return self.name.rsplit(".", 1)[-1]
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by the last chunk back to the OS (glibc keeps it otherwise, and the next
-    chunk's differently sized buffers would not reuse it, so resident memory would creep up)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name and hasattr(ctypes.CDLL(libc_name), "malloc_trim"):
-        ctypes.CDLL(libc_name).malloc_trim(0)
 
 
 def fit_target(target: Target, options: InitOptions) -> Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from .config import InitOptions
 from .errors import InitError
 from .factors import compute_factors
+from .memory import release_freed_memory
 from .methods import RANK_LIMITED_METHODS, RESIDUAL_METHODS, Factors
 from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
 from .report import InitReport, LayerReport
@@ -44,8 +45,11 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         set_residual(layer, difference, method, keep_fp32)
     # drift: what the layer now holds, plus the product, against the original
     torch.add(weight_view(base).detach().float(), product, out=difference).sub_(W)
-    return LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
-                       float(torch.linalg.matrix_norm(difference)) / norm, float(difference.abs().max()))
+    report = LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
+                         float(torch.linalg.matrix_norm(difference)) / norm, float(difference.abs().max()))
+    del W, product, difference
+    release_freed_memory()
+    return report
 
 
 def _wrapped_layer_names(peft_model: PeftModel, adapter_name: str) -> set[str]:
