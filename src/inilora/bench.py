@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import inilora
+from inilora.methods import INIT_VERSIONS
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
 BASELINE = "lora"
@@ -75,9 +76,9 @@ PRESETS = {
               config={**GLUE_LIKE, "lr": 2e-3, "epochs": 2.0, "max_len": 48}, full={"lr": 5e-5},
               extra=("inilora:adam",)),
         Suite("chain_sum", "smollm2", task="chain_sum", n_train=256, n_eval=100,
-              config={**MATHS_LIKE, "max_len": 96}, base=True),
+              config={**MATHS_LIKE, "max_len": 96}, base=True, extra=("inilora:adam",)),
         Suite("gsm_symbolic", "smollm2", task="gsm_symbolic", n_train=96, n_eval=50,
-              config={**MATHS_LIKE, "max_len": 192}, base=True),
+              config={**MATHS_LIKE, "max_len": 192}, base=True, extra=("inilora:adam",)),
     ],
     "quick": [
         Suite("reviews", "minilm", task="reviews", n_train=512, n_eval=400,
@@ -94,14 +95,20 @@ class RunSpec:
     seed: int
 
     def path(self, out: Path) -> Path:
-        return out / "runs" / self.suite.name / self.method / f"seed{self.seed}.json"
+        folder = self.method.replace(":", "-")  # "inilora:adam" -> inilora-adam (no ':' in Windows paths)
+        return out / "runs" / self.suite.name / folder / f"seed{self.seed}.json"
 
     def key(self) -> dict:
-        """What a finished run must match to count as this run (a changed budget is redone)."""
-        return {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
-                "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
-                "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
-                                                               else {})}.items()))}
+        """What a finished run must match to count as this run: a changed budget, or a method whose
+        initial factors changed since (``INIT_VERSIONS``), is redone."""
+        key = {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
+               "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
+               "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
+                                                              else {})}.items()))}
+        version = INIT_VERSIONS.get(method_and_solver(self.method))
+        if version is not None:
+            key["init_version"] = version
+        return key
 
     def done(self, out: Path) -> bool:
         path = self.path(out)

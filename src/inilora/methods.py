@@ -20,6 +20,10 @@ RESIDUAL_METHODS = tuple(m for m in METHODS if m != "lora")
 # methods that need r <= min(out, in): they are defined through the SVD / its optimum
 RANK_LIMITED_METHODS = ("pissa", "milora", "inilora")
 ALPHA_STD = 0.5
+# Bumped when a method's initial factors change, so stored results (the benchmark's runs) made with
+# older factors are not mistaken for current ones. (method, solver) -> version; 1 when absent.
+# 2: inilora's closed forms factor the optimum adam-like.
+INIT_VERSIONS = {("inilora", "svd"): 2, ("inilora", "svd_randomized"): 2}
 
 
 @dataclass
