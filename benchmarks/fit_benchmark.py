@@ -209,9 +209,29 @@ def compare_with_batched(run: dict, runs: list, work: Path) -> None:
             for n, (a, b) in published.items())
 
 
+def rescore(runs: list, work: Path, args) -> list:
+    """Recompute per-matrix errors (fp64) for the cells whose factors were saved, then the comparisons."""
+    import torch
+
+    for run in runs:
+        path = work / f"{run['model']}-{run['rank']}-{run['cell']}.pt"
+        if run["cell"] in ("adam-batched", "published-loop") and path.is_file() and run["device"] == args.device:
+            factors = torch.load(path)
+            model = load(run["model"], "cpu", run["dtype"])
+            weights = {n: W for n, W in target_weights(model, run["model"]).items() if n in factors}
+            run["per_matrix"] = errors(weights, factors)
+            run["max_ratio"] = max(v["ratio"] for v in run["per_matrix"].values())
+            run["mean_error"] = statistics.fmean(v["error"] for v in run["per_matrix"].values())
+    for run in runs:
+        if run["cell"] in ("published-loop", "adam-early-stop"):
+            compare_with_batched(run, [r for r in runs if r is not run], work)
+    return runs
+
+
 def markdown(data: dict) -> str:
     """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
-    lines = [f"Machine: {data['machine']}", "", f"Command: `{data['command']}`", ""]
+    lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
+    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + [""]
     groups: dict = {}
     for run in data["runs"]:
         groups.setdefault((run["device"], run["dtype"]), []).append(run)
@@ -246,6 +266,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "fit_benchmark.json")
+    parser.add_argument("--factors-dir", type=Path, help="keep the adam/published factors here (default: a temp dir)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute the errors of the saved adam/published factors in --factors-dir, run nothing")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
@@ -260,7 +283,11 @@ def main() -> None:
     runs = [run for run in previous["runs"]
             if not (run["device"] == args.device and run["dtype"] == args.dtype and run["model"] in args.models
                     and run["rank"] in args.ranks and run["cell"] in args.cells)]
-    work = Path(tempfile.mkdtemp(prefix="fit-bench-"))
+    work = args.factors_dir or Path(tempfile.mkdtemp(prefix="fit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.rescore:
+        runs = rescore(previous["runs"], work, args)
+        args.cells = []  # nothing to run
     for model in args.models:
         for r in args.ranks:
             for cell in args.cells:
@@ -283,8 +310,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    data = {"machine": machine, "command": "python benchmarks/fit_benchmark.py " + " ".join(sys.argv[1:]),
-            "runs": runs}
+    command = "python benchmarks/fit_benchmark.py " + " ".join(sys.argv[1:])
+    commands = previous.get("commands", [previous["command"]] if "command" in previous else []) + [command]
+    data = {"machine": previous.get("machine", machine), "commands": commands, "runs": runs}
     args.out.write_text(json.dumps(data, indent=1))
     args.out.with_suffix(".md").write_text(markdown(data))
     print(markdown(data))
