@@ -122,7 +122,12 @@ def run_cell(args) -> dict:
     cell, r = args.cell, args.rank
     result = {"model": args.model, "rank": r, "cell": cell, "device": args.device, "dtype": args.dtype,
               "matrices": len(weights), "model_bytes": size}
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:  # on a GPU the memory that matters is the device's: peak allocated over what the model holds
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        allocated_before = torch.cuda.memory_allocated()
 
     if cell == "published-loop":
         options = InitOptions(steps=args.steps)
@@ -182,6 +187,8 @@ def run_cell(args) -> dict:
             torch.save({n: (a.cpu(), b.cpu()) for n, (a, b) in factors.items()}, args.factors_out)
     per_matrix = errors(weights, factors)
     result["peak_rise_fraction"] = rise / size
+    if cuda:
+        result["cuda_peak_rise_fraction"] = (torch.cuda.max_memory_allocated() - allocated_before) / size
     result["max_ratio"] = max(v["ratio"] for v in per_matrix.values())
     result["mean_error"] = statistics.fmean(v["error"] for v in per_matrix.values())
     result["per_matrix"] = per_matrix
