@@ -246,7 +246,7 @@ def markdown(data: dict) -> str:
         lines += [f"### {device}, {dtype}", "",
                   "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
                   "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
-        for run in runs:
+        for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
             same = [o for o in runs if o["model"] == run["model"] and o["rank"] == run["rank"]]
             ref = {o["cell"]: o["seconds"] for o in same}
             speedup = f"{ref['published-loop'] / run['seconds']:.2f}×" if "published-loop" in ref else "-"
