@@ -413,21 +413,23 @@ def plots(runs: list[dict], summary: dict, out: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    # top row: each task's own metric; bottom row: held-out loss (the informative one where the metric is flat)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 8), squeeze=False)
+    for column, name in enumerate(names):
         task = summary[name]
-        primary = task["metrics"][0]
         methods = list(task["rows"])
-        means = [task["rows"][m][primary][0] for m in methods]
-        stds = [task["rows"][m][primary][1] for m in methods]
         colors = ["tab:gray" if m == BASELINE else "tab:orange" if m in ("full", "base") else "tab:blue"
                   for m in methods]
-        ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color=colors)
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        finite = [m for m in means if not math.isnan(m)]
-        if finite and primary == "accuracy":
-            ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
-        ax.set(title=f"{name}: {primary} (mean ± std over seeds)", ylabel=primary)
+        for ax, metric in zip(axes[:, column], (task["metrics"][0], "eval_loss")):
+            means = [task["rows"][m][metric][0] for m in methods]
+            stds = [task["rows"][m][metric][1] for m in methods]
+            ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color=colors)
+            ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+            finite = [m for m in means if not math.isnan(m)]
+            if finite and metric == "accuracy":
+                ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
+            label = "held-out loss" if metric == "eval_loss" else metric
+            ax.set(title=f"{name}: {label} (mean ± std over seeds)", ylabel=label)
     fig.tight_layout()
     written.append(out / "final_metrics.png")
     fig.savefig(written[-1], dpi=110)
