@@ -41,38 +41,45 @@ def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> t
 
     Each matrix's loss is the mean over its entries, so the batch's summed loss gives every matrix
     exactly its own gradient, and Adam — elementwise — takes exactly its own step. The gradient is
-    computed in Gram form, ``2/N · (U (PᵀP) − W P)``, which never materializes ``U Pᵀ − W``.
+    computed in Gram form, ``2/N · (U (PᵀP) − W P)``, which never materializes ``U Pᵀ − W``. The
+    factors are stored transposed (``Uᵀ``, ``Pᵀ``: r rows) because the products with ``W`` then have the
+    skinny operand on the left, which CPU GEMM kernels run 2–4× faster at small r; Adam is elementwise,
+    so the layout does not change the update.
     Returns ``(A0 (n, r, in), B0 (n, out, r), steps_taken)``.
     """
     targets = targets.float()
     n, out_f, in_f = targets.shape
-    U = U.to(targets).clone().requires_grad_(False)
-    P = P.to(targets).clone().requires_grad_(False)
-    U.grad = torch.zeros_like(U)
-    P.grad = torch.zeros_like(P)
+    # copies (never the caller's tensors), contiguous in the transposed layout
+    Ut = U.to(targets).transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (n, r, out)
+    Pt = P.to(targets).transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (n, r, in)
+    Ut.grad = torch.zeros_like(Ut)
+    Pt.grad = torch.zeros_like(Pt)
     # the fused kernel is the same update as the default one, in one launch per step
-    optimizer = torch.optim.Adam([U, P], lr=schedule.lr, fused=True)
+    optimizer = torch.optim.Adam([Ut, Pt], lr=schedule.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.lr_decay_every, schedule.lr_decay)
     grad_scale = 2.0 / (out_f * in_f)
     target_energy = targets.square().sum(dim=(1, 2))
+    targets_t = targets.transpose(1, 2)  # a view: no second copy of the chunk
     last_loss = None
     step = 0
     for step in range(1, schedule.steps + 1):
-        WP = torch.bmm(targets, P)  # (n, out, r)
-        WtU = torch.bmm(targets.transpose(1, 2), U)  # (n, in, r)
-        torch.baddbmm(WP, U, torch.bmm(P.transpose(1, 2), P), beta=-grad_scale, alpha=grad_scale, out=U.grad)
-        torch.baddbmm(WtU, P, torch.bmm(U.transpose(1, 2), U), beta=-grad_scale, alpha=grad_scale, out=P.grad)
+        PtWt = torch.bmm(Pt, targets_t)  # (WP)ᵀ: (n, r, out)
+        UtW = torch.bmm(Ut, targets)  # (WᵀU)ᵀ: (n, r, in)
+        PtP = torch.bmm(Pt, Pt.transpose(1, 2))  # PᵀP (n, r, r)
+        UtU = torch.bmm(Ut, Ut.transpose(1, 2))  # UᵀU (n, r, r)
+        torch.baddbmm(PtWt, PtP, Ut, beta=-grad_scale, alpha=grad_scale, out=Ut.grad)
+        torch.baddbmm(UtW, UtU, Pt, beta=-grad_scale, alpha=grad_scale, out=Pt.grad)
         if schedule.early_stop_tol is not None and step % schedule.early_stop_every == 0:
             # ‖UPᵀ − W‖² = ‖W‖² − 2 tr(Uᵀ W P) + tr(UᵀU PᵀP), all from products we already have
-            loss = target_energy - 2 * (U * WP).sum(dim=(1, 2)) + (
-                torch.bmm(U.transpose(1, 2), U) * torch.bmm(P.transpose(1, 2), P)).sum(dim=(1, 2))
+            loss = target_energy - 2 * (Ut * PtWt).sum(dim=(1, 2)) + (UtU * PtP).sum(dim=(1, 2))
             loss = loss.max().item()
             if last_loss is not None and last_loss - loss <= schedule.early_stop_tol * abs(last_loss):
                 break
             last_loss = loss
         optimizer.step()
         scheduler.step()
-    return P.transpose(1, 2).contiguous(), U.contiguous(), step
+    Ut.grad = Pt.grad = None
+    return Pt, Ut.transpose(1, 2).contiguous(), step
 
 
 def fit_adam_published(target: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> tuple[Tensor, Tensor, list[float]]:
