@@ -185,14 +185,18 @@ def run_cell(args) -> dict:
         result["seconds"] = seconds
         if cell == "adam-batched":
             torch.save({n: (a.cpu(), b.cpu()) for n, (a, b) in factors.items()}, args.factors_out)
-    per_matrix = errors(weights, factors)
+    score(result, errors(weights, factors))
     result["peak_rise_fraction"] = rise / size
     if cuda:
         result["cuda_peak_rise_fraction"] = (torch.cuda.max_memory_allocated() - allocated_before) / size
-    result["max_ratio"] = max(v["ratio"] for v in per_matrix.values())
-    result["mean_error"] = statistics.fmean(v["error"] for v in per_matrix.values())
-    result["per_matrix"] = per_matrix
     return result
+
+
+def score(run: dict, per_matrix: dict) -> None:
+    """Record a cell's per-matrix errors and their summary."""
+    run["per_matrix"] = per_matrix
+    run["max_ratio"] = max(v["ratio"] for v in per_matrix.values())
+    run["mean_error"] = statistics.fmean(v["error"] for v in per_matrix.values())
 
 
 def compare_with_batched(run: dict, runs: list, work: Path) -> None:
@@ -226,9 +230,7 @@ def rescore(runs: list, work: Path, args) -> list:
             factors = torch.load(path)
             model = load(run["model"], "cpu", run["dtype"])
             weights = {n: W for n, W in target_weights(model, run["model"]).items() if n in factors}
-            run["per_matrix"] = errors(weights, factors)
-            run["max_ratio"] = max(v["ratio"] for v in run["per_matrix"].values())
-            run["mean_error"] = statistics.fmean(v["error"] for v in run["per_matrix"].values())
+            score(run, errors(weights, factors))
     for run in runs:
         if run["cell"] in ("published-loop", "adam-early-stop"):
             compare_with_batched(run, [r for r in runs if r is not run], work)

@@ -53,8 +53,9 @@ class InitOptions:
         if self.svd_basis not in SVD_BASES:
             raise ValueError(f"Unknown svd_basis {self.svd_basis!r}; choose one of {', '.join(SVD_BASES)}.")
         positive = {"steps": self.steps, "lr": self.lr, "lr_decay_every": self.lr_decay_every,
-                    "chunk_mb": 1 if self.chunk_mb is None else self.chunk_mb,
                     "early_stop_every": self.early_stop_every}
+        if self.chunk_mb is not None:  # None: sized from the model
+            positive["chunk_mb"] = self.chunk_mb
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"Option {name} must be positive, got {value!r}.")

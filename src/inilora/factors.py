@@ -121,9 +121,10 @@ def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, floa
                             options.early_stop_tol, options.early_stop_every)
     targets = torch.stack([fit_target(t, options) for t in chunk])
     A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]), schedule)
+    # one matrix at a time: LAPACK's workspace stays one matrix, not a second copy of the chunk
+    optima = [relative_tail_energy(torch.linalg.svdvals(target), t.r) for target, t in zip(targets, chunk)]
     del targets
-    return [Factors(A0[i], B0[i], relative_tail_energy(torch.linalg.svdvals(fit_target(t, options)), t.r))
-            for i, t in enumerate(chunk)]
+    return [Factors(A0[i], B0[i], optima[i]) for i in range(len(chunk))]
 
 
 def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None) -> dict[str, Factors]:
