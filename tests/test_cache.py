@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig
 
 import inilora
-import inilora.factors
+import inilora.methods.inilora
 from inilora.cache import FitCache, default_cache_dir
 from conftest import tiny_model
 
@@ -22,13 +22,13 @@ def init_factors(**options):
 @pytest.fixture
 def fit_calls(monkeypatch):
     calls = []
-    original = inilora.factors._fit_chunk
+    original = inilora.methods.inilora._fit_chunk
 
     def counting(chunk, *args):
         calls.extend(t.name for t in chunk)
         return original(chunk, *args)
 
-    monkeypatch.setattr(inilora.factors, "_fit_chunk", counting)
+    monkeypatch.setattr(inilora.methods.inilora, "_fit_chunk", counting)
     return calls
 
 

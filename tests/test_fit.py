@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from inilora.fit import AdamSchedule, draw_start, fit_adam, fit_adam_published, fit_svd, fit_svd_randomized
+from inilora.fit import draw_start, fit_adam, fit_adam_published, fit_svd, fit_svd_randomized
+from inilora.options import AdamSchedule
 from inilora.methods import layer_generator
 from conftest import realistic_matrix
 

@@ -10,16 +10,17 @@ Public API::
     print(peft_model.inilora.report)                 # per-layer fit error and drift
 """
 
-from .config import InitOptions
 from .errors import AdapterLoadError, InitError
 from .init import InitDriftWarning, get_peft_model
-from .methods import METHODS
+from .methods import METHODS, get_method
+from .options import AdamSchedule, InitOptions, RandomizedSVD
 from .persistence import export_lora, from_pretrained, merge_and_unload, save_pretrained
 from .report import InitReport, LayerReport
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "AdapterLoadError", "InitDriftWarning", "InitError", "InitOptions", "InitReport", "LayerReport",
-    "export_lora", "from_pretrained", "get_peft_model", "merge_and_unload", "save_pretrained",
+    "METHODS", "AdamSchedule", "AdapterLoadError", "InitDriftWarning", "InitError", "InitOptions", "InitReport",
+    "LayerReport", "RandomizedSVD", "export_lora", "from_pretrained", "get_method", "get_peft_model",
+    "merge_and_unload", "save_pretrained",
 ]

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import inilora
-from inilora.methods import INIT_VERSIONS
+from inilora.errors import InitError
+from inilora.methods import REGISTRY, get_method
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
 BASELINE = "lora"
@@ -100,12 +101,13 @@ class RunSpec:
 
     def key(self) -> dict:
         """What a finished run must match to count as this run: a changed budget, or a method whose
-        initial factors changed since (``INIT_VERSIONS``), is redone."""
+        initial factors changed since (its ``Method.init_versions``), is redone."""
         key = {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
                "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
                "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
                                                               else {})}.items()))}
-        version = INIT_VERSIONS.get(method_and_solver(self.method))
+        method, solver = method_and_solver(self.method)
+        version = REGISTRY[method].init_version(solver) if method in REGISTRY else None  # not for references
         if version is not None:
             key["init_version"] = version
         return key
@@ -142,6 +144,16 @@ def method_and_solver(name: str) -> tuple[str, str]:
     """``inilora:adam`` -> (``inilora``, ``adam``); a plain method name fits with the closed form."""
     method, _, solver = name.partition(":")
     return method, solver or "svd"
+
+
+def check_variant(name: str) -> None:
+    """Refuse a benchmark method that does not exist or whose solver would be ignored (``pissa:adam``)."""
+    method, _, solver = name.partition(":")
+    spec = get_method(method)
+    if solver and solver not in spec.solvers:
+        fits = f"its solvers are {', '.join(spec.solvers)}" if spec.solvers else "it has no fit to solve"
+        raise InitError(f"method {name!r}: {method} cannot use solver {solver!r} ({fits}); "
+                         f"write {method}" + (f" or {method}:<solver>" if spec.solvers else "") + ".")
 
 
 def _write_atomic(path: Path, payload: dict) -> None:
@@ -344,8 +356,13 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def _method_order(methods) -> list[str]:
-    order = ["lora", "pissa", "milora", "inilora", "inilora:adam", "inilora-alpha", "inilora-beta", "full", "base"]
-    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
+    """Registry order, each method's solver variants (``inilora:adam``) after it, references last."""
+    order = [*inilora.METHODS, "full", "base"]
+
+    def position(name: str) -> tuple[int, bool]:
+        method, _, solver = name.partition(":")
+        return (order.index(method) if method in order else len(order), bool(solver))
+    return sorted(methods, key=position)
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .methods import Factors
+from .methods.base import Factors
 
 logger = logging.getLogger("inilora")
 FIT_CACHE_ENV = "INILORA_FIT_CACHE"

@@ -222,13 +222,12 @@ def cmd_bench(args) -> int:
                              f"{', '.join(s.name for s in suites)}.")
         suites = [s for s in suites if s.name in args.tasks]
     if args.methods:
-        from .config import SOLVERS
-
-        unknown = sorted(m for m in args.methods if bench.method_and_solver(m)[0] not in inilora.METHODS
-                         or bench.method_and_solver(m)[1] not in SOLVERS)
+        unknown = sorted(m for m in args.methods if bench.method_and_solver(m)[0] not in inilora.METHODS)
         if unknown:
             raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(inilora.METHODS)} "
                              "(inilora:adam for the published fit; others fit in closed form).")
+        for method in args.methods:
+            bench.check_variant(method)
         methods = tuple(args.methods)
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
                                    max_len=args.max_len, batch_size=args.batch_size, lr=args.lr) for s in suites]

@@ -11,22 +11,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .methods import split_singular_triplets
+from .methods.base import split_singular_triplets
 
-
-@dataclass(frozen=True)
-class AdamSchedule:
-    steps: int = 20_000
-    lr: float = 5e-4
-    lr_decay: float = 0.9
-    lr_decay_every: int = 5_000
-    early_stop_tol: float | None = None
-    early_stop_every: int = 500
+if TYPE_CHECKING:
+    from .options import AdamSchedule
 
 
 def draw_start(shape: tuple[int, int], r: int, sigma: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -13,11 +13,10 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .config import InitOptions
 from .errors import InitError
-from .factors import compute_factors
 from .memory import release_freed_memory
-from .methods import RANK_LIMITED_METHODS, RESIDUAL_METHODS, Factors
+from .methods import Factors, Method, compute_factors, get_method
+from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
 from .report import InitReport, LayerReport
 from .state import InitState, LayerState, fingerprint
@@ -31,7 +30,7 @@ class InitDriftWarning(UserWarning):
 
 
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
-                  method: str, keep_fp32: bool, optimum: float | None) -> LayerReport:
+                  method: Method, keep_fp32: bool, optimum: float | None) -> LayerReport:
     """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
     measure what that did. The adapter's own A/B are not touched."""
     base = layer.get_base_layer()
@@ -41,8 +40,8 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
     difference = W - product
     init_error = float(torch.linalg.matrix_norm(difference)) / norm
-    if method in RESIDUAL_METHODS:
-        set_residual(layer, difference, method, keep_fp32)
+    if method.residual:
+        set_residual(layer, difference, method.name, keep_fp32)
     # drift: what the layer now holds, plus the product, against the original
     torch.add(weight_view(base).detach().float(), product, out=difference).sub_(W)
     report = LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
@@ -83,9 +82,9 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
     :class:`~inilora.InitReport` is at ``peft_model.inilora.report``.
     """
     opts = InitOptions.from_kwargs(method, options)
+    spec = get_method(method)
     config = resolve_config(lora_config, model)
-    targets = collect_targets(model, config, method, rank_limited=method in RANK_LIMITED_METHODS,
-                              residual=method in RESIDUAL_METHODS)
+    targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual)
     for t in targets:
         t.fingerprint = fingerprint(t.weight)
     fingerprints = {t.name: t.fingerprint for t in targets}
@@ -107,7 +106,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
             lora_A.copy_(factors[name].A0)
             lora_B.copy_(factors[name].B0)
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
-            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
+            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
                                                      opts.residual_fp32, factors[name].optimum))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from .errors import InitError
-from .factors import Target
+from .methods import Target
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,8 +31,11 @@ def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
         raise InitError("target_parameters is not supported by inilora; use target_modules.")
     if lora_config.use_dora:
         raise InitError("use_dora=True is not supported: DoRA rescales the weight the residual is taken from.")
+    if lora_config.init_lora_weights is not True:
+        raise InitError(f"LoraConfig(init_lora_weights={lora_config.init_lora_weights!r}) would be overwritten by "
+                        "inilora's initialization; leave init_lora_weights at its default (True) and choose the "
+                        "initialization with get_peft_model(..., method=...).")
     config = copy.deepcopy(lora_config)
-    config.init_lora_weights = True
     if config.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         defaults = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)

@@ -23,9 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import InitOptions
 from .errors import AdapterLoadError
 from .init import install_layer, warn_on_drift
+from .methods import get_method
+from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
 from .report import InitReport
 from .state import InitState, LayerState, fingerprint
@@ -128,10 +129,10 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     weight is byte-identical to the one the adapter was made on (fingerprints)."""
     path = Path(path)
     meta, tensors = _read_saved(path)
-    options = InitOptions.from_kwargs(meta["options"].pop("method"), meta["options"])
+    options = InitOptions.from_record(meta["options"])
+    method = get_method(options.method)
     config = resolve_config(LoraConfig.from_pretrained(str(path)), base_model)
-    targets = collect_targets(base_model, config, options.method, rank_limited=False,
-                              residual=options.method != "lora")
+    targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual)
     recorded = meta["layers"]
     found = {t.name for t in targets}
     if found != set(recorded):
@@ -158,7 +159,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
         for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
             A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
             keep_fp32 = recorded[name]["residual_fp32"]
-            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, options.method, keep_fp32,
+            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method, keep_fp32,
                                                      recorded[name]["optimum"]))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
                                             getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)

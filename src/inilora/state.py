@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .config import InitOptions
+from .methods import get_method
+from .options import InitOptions
 from .report import InitReport
 
 
@@ -47,4 +48,4 @@ class InitState:
 
     @property
     def is_residual(self) -> bool:
-        return self.options.method != "lora"
+        return get_method(self.options.method).residual

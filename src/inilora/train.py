@@ -228,8 +228,9 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     targets = cfg.targets or models.default_targets(model)
     lora_config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                              task_type="SEQ_CLS" if task.kind == "classification" else "CAUSAL_LM")
+    method = inilora.get_method(cfg.method)
     options = {"seed": cfg.seed, "progress": cfg.progress}
-    if cfg.method == "inilora":
+    if method.has_fit:
         options["solver"] = cfg.solver
         if cfg.fit_steps:
             options["steps"] = cfg.fit_steps
@@ -238,7 +239,7 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
-            "solver": cfg.solver if cfg.method == "inilora" else None}
+            "solver": cfg.solver if method.has_fit else None}
     return peft_model, tokenizer, init
 
 

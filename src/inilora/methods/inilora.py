@@ -1,45 +1,29 @@
-"""Turn a model's target weights into initial factors: dispatch per method, batch the IniLoRA fit
-over same-shape matrices in memory-bounded chunks, consult the fit cache, show progress. Pure torch;
-no PEFT here."""
+"""IniLoRA's fit as a method: the solver per chunk, batching over same-shape matrices in
+memory-bounded chunks, the fit cache, a log line per matrix. Pure torch; no PEFT here."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cache import FitCache, fit_key
-from .config import InitOptions
-from .memory import release_freed_memory
-from .fit import AdamSchedule, draw_start, fit_adam, fit_svd, fit_svd_randomized
-from .methods import (Factors, equalize_entry_scale, layer_generator, random_factors, random_orthogonal,
-                      relative_tail_energy, rotate_basis, svd_factors)
+from ..cache import FitCache, fit_key
+from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
+from ..memory import release_freed_memory
+from .base import Factors, Method, Target, layer_generator, relative_tail_energy
+from .svd import equalize_entry_scale, random_orthogonal, rotate_basis
+
+if TYPE_CHECKING:
+    from ..options import InitOptions
 
 logger = logging.getLogger("inilora")
 AUTO_CHUNK_FRACTION = 0.05  # of the model's parameter bytes, for one chunk of fp32 weight copies
 AUTO_CHUNK_CAP = 256 * 2**20
-
-
-@dataclass
-class Target:
-    """One matrix to initialize: ``weight`` is an ``out × in`` view of the model's parameter."""
-
-    name: str
-    weight: Tensor
-    r: int
-    scaling: float
-    fingerprint: str = ""
-
-    @property
-    def module_name(self) -> str:
-        """The last component of the module path (``q_proj``): the σ rule averages over these."""
-        return self.name.rsplit(".", 1)[-1]
 
 
 def fit_target(target: Target, options: InitOptions) -> Tensor:
@@ -85,15 +69,14 @@ def fit_error(target: Tensor, A0: Tensor, B0: Tensor) -> float:
 
 
 def _fit_options(options: InitOptions, sigma: float | None) -> dict:
-    fields = {"solver": options.solver, "seed": options.seed, "fit_scaled": options.fit_scaled}
-    if options.solver != "adam":
-        fields["svd_basis"] = options.svd_basis
+    """What the cache key hashes: the solver, the options every solver reads, and the solver's own
+    settings (``asdict`` of its sub-config)."""
+    fields = {"solver": options.solver, "seed": options.seed, "fit_scaled": options.fit_scaled,
+              **options.solver_settings()}
     if options.solver == "adam":
-        fields.update(steps=options.steps, lr=options.lr, lr_decay=options.lr_decay,
-                      lr_decay_every=options.lr_decay_every, early_stop_tol=options.early_stop_tol,
-                      early_stop_every=options.early_stop_every, sigma=sigma)
-    elif options.solver == "svd_randomized":
-        fields.update(oversample=options.randomized_oversample, niter=options.randomized_niter)
+        fields["sigma"] = sigma
+    else:
+        fields["svd_basis"] = options.svd_basis
     return fields
 
 
@@ -103,28 +86,38 @@ def _closed_form(t: Target, options: InitOptions) -> Factors:
     if options.solver == "svd":
         A0, B0, optimum = fit_svd(fit_target(t, options), t.r)
     else:
-        A0, B0 = fit_svd_randomized(fit_target(t, options), t.r, options.randomized_oversample,
-                                    options.randomized_niter, generator)
+        A0, B0 = fit_svd_randomized(fit_target(t, options), t.r, options.randomized.oversample,
+                                    options.randomized.niter, generator)
         optimum = None
     if options.svd_basis == "adam-like":
         A0, B0 = equalize_entry_scale(*rotate_basis(A0, B0, random_orthogonal(t.r, generator)))
     return Factors(A0, B0, optimum)
 
 
-def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
-    """Fit one chunk with the chosen solver; every matrix gets its own seeded draw."""
-    if options.solver in ("svd", "svd_randomized"):
-        return [_closed_form(t, options) for t in chunk]
+def _adam_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
+    """The published fit, batched over the chunk; every matrix gets its own seeded draw."""
     starts = [draw_start(tuple(t.weight.shape), t.r, sigmas[t.module_name], layer_generator(options.seed, t.name))
               for t in chunk]
-    schedule = AdamSchedule(options.steps, options.lr, options.lr_decay, options.lr_decay_every,
-                            options.early_stop_tol, options.early_stop_every)
     targets = torch.stack([fit_target(t, options) for t in chunk])
-    A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]), schedule)
+    A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]),
+                         options.adam)
     # one matrix at a time: LAPACK's workspace stays one matrix, not a second copy of the chunk
     optima = [relative_tail_energy(torch.linalg.svdvals(target), t.r) for target, t in zip(targets, chunk)]
     del targets
     return [Factors(A0[i], B0[i], optima[i]) for i in range(len(chunk))]
+
+
+def _closed_form_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
+    return [_closed_form(t, options) for t in chunk]
+
+
+# solver -> how it fits one chunk; the names are options.SOLVERS
+FIT_CHUNK = {"adam": _adam_chunk, "svd": _closed_form_chunk, "svd_randomized": _closed_form_chunk}
+
+
+def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
+    """Fit one chunk with the chosen solver."""
+    return FIT_CHUNK[options.solver](chunk, options, sigmas)
 
 
 def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None) -> dict[str, Factors]:
@@ -159,20 +152,6 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
         logger.info("inilora fit %s: relative error %.6f, optimum %s (%s)", t.name, error, optimum, how)
 
 
-def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None) -> dict[str, Factors]:
-    """Initial factors (fp32, on each weight's device) for every target, in the targets' order."""
-    method = options.method
-    result: dict[str, Factors] = {}
-    bar = tqdm(total=len(targets), desc=f"{method} init", unit="matrix", disable=not options.progress)
-    with torch.no_grad(), bar:
-        if method == "inilora":
-            result = inilora_factors(targets, options, bar, model_bytes)
-        else:
-            for t in targets:
-                if method in ("pissa", "milora"):
-                    result[t.name] = svd_factors(t.weight, t.r, t.scaling, smallest=method == "milora")
-                else:
-                    result[t.name] = random_factors(method, tuple(t.weight.shape), t.r,
-                                                    layer_generator(options.seed, t.name))
-                bar.update(1)
-    return {t.name: result[t.name] for t in targets}
+# 2: inilora's closed forms factor the optimum adam-like
+INILORA = Method("inilora", residual=True, rank_limited=True, compute=inilora_factors, solvers=tuple(FIT_CHUNK),
+                 init_versions={"svd": 2, "svd_randomized": 2})
