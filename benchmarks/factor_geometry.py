@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import inilora
-    from fit_benchmark import TARGETS, load, lora_config, target_weights
+    from _common import TARGETS, load, lora_config, target_weights
 
     report = {"rank": args.rank, "models": {}}
     for name in args.models:

@@ -36,37 +36,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import TARGETS, load, lora_config, measure, target_weights  # noqa: E402
+
 CELLS = ("adam-batched", "published-loop", "adam-early-stop", "svd", "svd-randomized", "peft-pissa",
          "peft-pissa_niter_4")
-TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
 EARLY_STOP = {"early_stop_tol": 1e-7, "early_stop_every": 500}
-
-
-def load(model_name: str, device: str, dtype: str):
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from inilora.models import resolve
-
-    path = str(resolve(model_name))
-    cls = AutoModelForCausalLM if model_name == "smollm2" else AutoModel
-    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.sum()  # fault the weights in, so the measurement sees only what the init allocates
-    return model
-
-
-def lora_config(model_name: str, r: int, **kw):
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS[model_name], **kw)
-
-
-def target_weights(model, model_name: str) -> dict:
-    suffixes = tuple(TARGETS[model_name])
-    return {n: m.weight.detach().float().clone() for n, m in model.named_modules()
-            if n.endswith(suffixes) and hasattr(m, "weight")}
 
 
 def errors(weights: dict, factors: dict) -> dict:
@@ -74,7 +48,7 @@ def errors(weights: dict, factors: dict) -> dict:
     the reference itself is exact to far below the 1e-6 the closed form is held to."""
     import torch
 
-    from inilora.methods import relative_tail_energy
+    from inilora.methods.base import relative_tail_energy
 
     out = {}
     for name, W in weights.items():
@@ -108,11 +82,10 @@ def run_cell(args) -> dict:
     import torch
 
     import inilora
-    from inilora.factors import Target, published_sigmas
-    from inilora.config import InitOptions
-    from inilora.fit import AdamSchedule, draw_start, fit_adam_published
-    from inilora.methods import layer_generator
-    from memory import measure
+    from inilora.fit import draw_start, fit_adam_published
+    from inilora.methods import Target, layer_generator
+    from inilora.methods.inilora import published_sigmas
+    from inilora.options import AdamSchedule, InitOptions
 
     torch.manual_seed(0)
     warm_up(args.device)
@@ -130,7 +103,7 @@ def run_cell(args) -> dict:
         allocated_before = torch.cuda.memory_allocated()
 
     if cell == "published-loop":
-        options = InitOptions(steps=args.steps)
+        options = InitOptions(adam=AdamSchedule(steps=args.steps))
         targets = [Target(n, W, r, 1.0) for n, W in weights.items()]
         sigmas = published_sigmas(targets, options)
         by_shape: dict = {}

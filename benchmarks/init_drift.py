@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import inilora
-    from fit_benchmark import load, lora_config
-    from inilora.models import load_tokenizer
+    from _common import load, lora_config
+    from inilora.experiments.models import load_tokenizer
 
     rows, floors = [], {}
     for name in args.models:
@@ -54,7 +54,9 @@ def main() -> None:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         peft_model = inilora.get_peft_model(load(name, "cpu", dtype), lora_config(name, 8), method,
-                                                            solver="svd", residual_fp32=keep_fp32, progress=False)
+                                                            residual_fp32=keep_fp32, progress=False,
+                                                            **({"solver": "svd"} if inilora.get_method(method).has_fit
+                                                               else {}))
                     warned = any(issubclass(w.category, inilora.InitDriftWarning) for w in caught)
                     diff = (outputs(peft_model, batch) - expected).abs().max().item()
                     row = {"model": name, "dtype": dtype, "method": method, "residual_fp32": keep_fp32,

@@ -29,6 +29,13 @@ def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     return model.to(dtype).eval()
 
 
+def fit_options(method: str, **options) -> dict:
+    """``options`` for a method that runs the IniLoRA fit; none for one that does not (refused there)."""
+    import inilora
+
+    return options if inilora.get_method(method).has_fit else {}
+
+
 def outputs(model, input_ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = model(input_ids=input_ids)

@@ -7,16 +7,17 @@ import sys
 
 import torch.distributed as dist
 
-from inilora import data, train
+from inilora.experiments import tasks
+from inilora.experiments.train import TrainConfig, finetune
 
 model, train_file, eval_file, out = sys.argv[1:5]
-task = data.file_task(train_file, eval_file)
+task = tasks.file_task(train_file, eval_file)
 rank = int(os.environ["RANK"])
 records = {}
 for method in ("lora", "inilora-alpha", "inilora-beta", "inilora"):
-    cfg = train.TrainConfig(method=method, solver="svd", lr=1e-2, max_steps=4, batch_size=4, logging_steps=1,
+    cfg = TrainConfig(method=method, solver="svd", lr=1e-2, max_steps=4, batch_size=4, logging_steps=1,
                             progress=False, targets=["query", "value"], seed=3)
-    result = train.finetune(model, task, cfg, output_dir=os.path.join(out, method))
+    result = finetune(model, task, cfg, output_dir=os.path.join(out, method))
     records[method] = {"world_size": dist.get_world_size() if dist.is_initialized() else 1,
                        "backend": dist.get_backend_config() if dist.is_initialized() else None,
                        "init_digest": result.init["digest"], "trained_digest": result.trained_digest,

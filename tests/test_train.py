@@ -7,8 +7,8 @@ import torch
 from peft import PeftModel
 
 import tiny
-from inilora import data, train
-from inilora.train import TrainConfig
+from inilora.experiments import models, tasks
+from inilora.experiments.train import TrainConfig, encode, evaluate, finetune
 
 BERT_ALL = ["query", "key", "value", "dense"]
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -18,9 +18,9 @@ LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     bert, llama = tiny.bert_folder(root / "bert"), tiny.llama_folder(root / "llama")
-    cls_task = data.file_task(tiny.write_jsonl(root / "cls.jsonl", tiny.sentiment_rows(96)),
+    cls_task = tasks.file_task(tiny.write_jsonl(root / "cls.jsonl", tiny.sentiment_rows(96)),
                               tiny.write_jsonl(root / "cls_eval.jsonl", tiny.sentiment_rows(40, seed=1)))
-    gen_task = data.file_task(tiny.write_jsonl(root / "gen.jsonl", tiny.answer_rows(64)),
+    gen_task = tasks.file_task(tiny.write_jsonl(root / "gen.jsonl", tiny.answer_rows(64)),
                               tiny.write_jsonl(root / "gen_eval.jsonl", tiny.answer_rows(16, seed=1)))
     return {"bert": bert, "llama": llama, "cls": cls_task, "gen": gen_task}
 
@@ -34,31 +34,31 @@ def config(method="inilora", **kw):
 def test_answer_loss_is_the_models_own_loss_on_answer_tokens(folders):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    tokenizer = train.models.load_tokenizer(folders["llama"])
+    tokenizer = models.load_tokenizer(folders["llama"])
     model = AutoModelForCausalLM.from_pretrained(str(folders["llama"]))
     rows = [{"prompt": "what is 1 plus 2?", "answer": "3"}, {"prompt": "hi", "answer": "tea and coffee"}]
-    encoded = train.encode_generation(tokenizer, rows, max_len=64)
+    encoded = encode.encode_generation(tokenizer, rows, max_len=64)
     assert encoded[1]["labels"][-1] == tokenizer.eos_token_id
     assert sum(t != -100 for t in encoded[0]["labels"]) == len(tokenizer("3", add_special_tokens=False)["input_ids"]) + 1
-    batch = train.LeftPadCollator(tokenizer.pad_token_id)(train._train_features(encoded))
+    batch = encode.LeftPadCollator(tokenizer.pad_token_id)(encode.train_features(encoded))
     assert batch["input_ids"][0, 0] == tokenizer.pad_token_id and batch["position_ids"][1, 0] == 0
-    trainer = train._trainer_class("generation")(model=model, args=TrainingArguments("unused", report_to="none"))
+    trainer = encode.trainer_class("generation")(model=model, args=TrainingArguments("unused", report_to="none"))
     with torch.no_grad():
         expected = model(**batch).loss  # transformers' own shifted cross-entropy over all labelled tokens
         ours = trainer.compute_loss(model, dict(batch))
     assert abs(ours.item() - expected.item()) < 1e-5
     # truncation keeps the answer and cuts the prompt on the left
-    long = train.encode_generation(tokenizer, [{"prompt": "word " * 200, "answer": "tea"}], max_len=16)[0]
+    long = encode.encode_generation(tokenizer, [{"prompt": "word " * 200, "answer": "tea"}], max_len=16)[0]
     assert len(long["input_ids"]) == 16 and long["labels"][-2:] == long["input_ids"][-2:]
 
 
 def test_classification_learns_saves_reloads_and_exports(folders, tmp_path):
     out = tmp_path / "run"
-    result = train.finetune(folders["bert"], folders["cls"], config("inilora", targets=BERT_ALL), output_dir=out)
+    result = finetune(folders["bert"], folders["cls"], config("inilora", targets=BERT_ALL), output_dir=out)
     assert result.metrics["accuracy"] >= 0.9  # separable toy data: chance is 0.5
     assert result.loss_history[-1][1] < result.loss_history[0][1] - 0.3
     assert result.metrics["steps"] == 48 and result.init["max_drift"] < 1e-5
-    total = sum(p.numel() for p in train.models.load_model(folders["bert"], "classification").parameters())
+    total = sum(p.numel() for p in models.load_model(folders["bert"], "classification").parameters())
     assert 0 < result.trainable_params < total / 2  # the adapter and the head, not the model
     info = json.loads((out / "inilora_train.json").read_text())
     assert info["kind"] == "classification" and info["labels"] == ["neg", "pos"]
@@ -66,51 +66,51 @@ def test_classification_learns_saves_reloads_and_exports(folders, tmp_path):
     assert (out / "adapter" / "inilora_init.safetensors").is_file()
 
     # `evaluate` reloads the adapter onto a fresh base: the same predictions
-    reloaded = train.evaluate(out, folders["cls"])
+    reloaded = evaluate(out, folders["cls"])
     assert reloaded["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert reloaded["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)
 
     # the plain-PEFT export (with the trained head) on the original base: the same logits
-    tokenizer = train.models.load_tokenizer(folders["bert"])
+    tokenizer = models.load_tokenizer(folders["bert"])
     batch = tokenizer([row["text"] for row in folders["cls"].eval[:8]], return_tensors="pt", padding=True)
     import inilora
 
     with torch.no_grad():
-        ours = inilora.from_pretrained(train.models.load_model(folders["bert"], "classification"), out / "adapter")
-        plain = PeftModel.from_pretrained(train.models.load_model(folders["bert"], "classification", seed=7),
+        ours = inilora.from_pretrained(models.load_model(folders["bert"], "classification"), out / "adapter")
+        plain = PeftModel.from_pretrained(models.load_model(folders["bert"], "classification", seed=7),
                                           str(out / "adapter-lora"))
         assert torch.allclose(ours(**batch).logits, plain.eval()(**batch).logits, atol=1e-4)
 
 
 def test_generation_learns_the_answer_format(folders, tmp_path):
-    base = train.finetune(folders["llama"], folders["gen"], config("base"))
+    base = finetune(folders["llama"], folders["gen"], config("base"))
     assert base.metrics["exact_match"] == 0.0 and base.metrics["steps"] == 0 and not base.loss_history
-    tuned = train.finetune(folders["llama"], folders["gen"], config("lora", targets=LLAMA_ALL), output_dir=tmp_path)
+    tuned = finetune(folders["llama"], folders["gen"], config("lora", targets=LLAMA_ALL), output_dir=tmp_path)
     assert tuned.metrics["exact_match"] == 1.0
     assert tuned.metrics["eval_loss"] < base.metrics["eval_loss"] - 0.3
     assert tuned.metrics["samples"][0]["generated"] == "tea"
-    again = train.evaluate(tmp_path, folders["gen"])
+    again = evaluate(tmp_path, folders["gen"])
     assert again["exact_match"] == 1.0 and again["eval_loss"] == pytest.approx(tuned.metrics["eval_loss"], abs=1e-5)
 
 
 def test_same_seed_same_run_and_full_finetuning(folders, tmp_path):
-    a = train.finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6))
-    b = train.finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6))
+    a = finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6))
+    b = finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6))
     assert a.init["digest"] == b.init["digest"] and a.loss_history == b.loss_history
-    c = train.finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6, seed=1))
+    c = finetune(folders["bert"], folders["cls"], config("inilora-beta", max_steps=6, seed=1))
     assert c.init["digest"] != a.init["digest"]
-    full = train.finetune(folders["bert"], folders["cls"], config("full", max_steps=6, lr=1e-3), output_dir=tmp_path)
-    total = sum(p.numel() for p in train.models.load_model(folders["bert"], "classification").parameters())
+    full = finetune(folders["bert"], folders["cls"], config("full", max_steps=6, lr=1e-3), output_dir=tmp_path)
+    total = sum(p.numel() for p in models.load_model(folders["bert"], "classification").parameters())
     assert full.trainable_params == total and full.metrics["steps"] == 6
-    assert train.evaluate(tmp_path, folders["cls"])["accuracy"] == pytest.approx(full.metrics["accuracy"])
+    assert evaluate(tmp_path, folders["cls"])["accuracy"] == pytest.approx(full.metrics["accuracy"])
 
 
 def test_checkpoints_resume(folders, tmp_path):
-    first = train.finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4, save_steps=2,
+    first = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4, save_steps=2,
                                                                    logging_steps=1), output_dir=tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     # resumed with another learning rate: steps 1-4 come from the checkpoint, not from a new run
-    resumed = train.finetune(folders["bert"], folders["cls"], config("inilora", max_steps=6, save_steps=2,
+    resumed = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=6, save_steps=2,
                                                                      logging_steps=1, lr=1.0),
                              output_dir=tmp_path, resume=True)
     assert resumed.metrics["steps"] == 6

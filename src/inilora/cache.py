@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ._io import atomic_path, cache_root, hash_tensors
 from .methods.base import Factors
 
 logger = logging.getLogger("inilora")
@@ -30,8 +29,7 @@ def default_cache_dir() -> Path:
     """``$INILORA_FIT_CACHE``, else ``$INILORA_CACHE/fits``, else ``~/.cache/inilora/fits``."""
     if os.environ.get(FIT_CACHE_ENV):
         return Path(os.environ[FIT_CACHE_ENV])
-    root = os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora"
-    return Path(root) / "fits"
+    return cache_root() / "fits"
 
 
 def fit_key(weight_fingerprint: str, name: str, r: int, scaling: float, fit_options: dict) -> str:
@@ -42,12 +40,7 @@ def fit_key(weight_fingerprint: str, name: str, r: int, scaling: float, fit_opti
 
 
 def _tensor_checksum(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().cpu()
-        digest.update(name.encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    return hash_tensors(sorted(tensors.items())).hexdigest()
 
 
 class FitCache:
@@ -86,12 +79,5 @@ class FitCache:
         tensors = {"A0": factors.A0.detach().float().cpu().contiguous(),
                    "B0": factors.B0.detach().float().cpu().contiguous()}
         meta = {"key": key, "checksum": _tensor_checksum(tensors), "optimum": str(factors.optimum)}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self.path(key)) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -1,9 +1,10 @@
-"""The ``inilora`` console script: ``train``, ``eval`` and ``bench``. Thin: parses, calls
-:mod:`inilora.train` / :mod:`inilora.bench`, prints. Bad input ends in one line on stderr, exit code 2."""
+"""The ``inilora`` console script: ``train``, ``eval`` and ``bench``. Thin: parses (the training
+options are generated from ``TrainConfig``), calls :mod:`inilora.experiments`, prints. Bad input ends in one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,7 +41,6 @@ def _checked(convert, accept, what: str):
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
-_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -61,38 +61,29 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--n-eval", type=_positive_int, help="use a fixed subset of this many held-out examples")
 
 
-def _add_lora_args(p: argparse.ArgumentParser) -> None:
-    import inilora
-
-    g = p.add_argument_group("adapter")
-    g.add_argument("--method", default="inilora", choices=[*inilora.METHODS, "full"],
-                   help="initialization (full: full fine-tuning, no adapter); default: inilora")
-    g.add_argument("--r", type=_positive_int, default=8, help="LoRA rank (default 8)")
-    g.add_argument("--alpha", type=_positive_float, default=8.0, help="lora_alpha (default 8)")
-    g.add_argument("--dropout", type=_fraction, default=0.0, help="lora_dropout (default 0)")
-    g.add_argument("--targets", type=_csv_list, help="target modules, comma-separated (default: the model's "
-                   "query/value projections)")
-    g.add_argument("--solver", default="adam", choices=["adam", "svd", "svd_randomized"],
-                   help="inilora's fit: adam (published, 20,000 steps) or svd (its closed-form optimum)")
-    g.add_argument("--fit-steps", type=_positive_int, help="Adam fit steps (default: the published 20,000)")
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (transformers Trainer)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the factors, the head, the data order (default 0)")
-    g.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default 3e-4)")
-    g.add_argument("--epochs", type=_positive_float, default=1.0, help="epochs (default 1)")
-    g.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=_positive_int, default=16, help="per-device batch size (default 16)")
-    g.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps (default 1)")
-    g.add_argument("--max-len", type=_positive_int, default=128, help="max tokens per example (default 128)")
-    g.add_argument("--warmup-ratio", type=_fraction, default=0.06, help="warm-up fraction (default 0.06)")
-    g.add_argument("--scheduler", default="linear", choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
-    g.add_argument("--save-steps", type=_positive_int, help="keep a Trainer checkpoint every N steps")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
-    g.add_argument("--threads", type=_positive_int, help="torch threads")
+def _config_args(p: argparse.ArgumentParser, config_class) -> None:
+    """One option per field of ``config_class`` that has help text: its flag, type, check, choices and
+    help come from the field, and nothing is set unless given (the dataclass keeps the defaults)."""
+    groups = {None: p, "adapter": p.add_argument_group("adapter"),
+              "training": p.add_argument_group("training (transformers Trainer)")}
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata
+        if not meta.get("help"):
+            continue
+        cli = dict(meta["cli"])
+        group, unset = groups[cli.pop("group", "adapter")], cli.pop("unset", None)
+        shown = f" (default: {f.default})" if f.default not in (None, unset) else ""
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.type == "bool":
+            kwargs["action"], shown = ("store_false" if f.default else "store_true"), ""
+        elif cli.pop("csv", False):
+            kwargs["type"] = _csv_list
+        else:
+            convert = {"int": int, "float": float, "str": str}[f.type.split(" |")[0]]
+            check = meta["check"]
+            kwargs["type"] = _checked(convert, check.accept, check.what) if check else convert
+            kwargs["choices"] = cli.pop("cli_choices", meta["choices"])
+        group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"] + shown, **kwargs, **cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
     p.add_argument("--output-dir", "-o", required=True, help="where the adapter, its export and metrics go")
     _add_data_args(p, required=True)
-    _add_lora_args(p)
-    _add_train_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .experiments.train import TrainConfig
+
+    _config_args(p, TrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
 
     p = sub.add_parser("eval", help="evaluate a trained output folder on its task or other data",
                        description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it.")
@@ -150,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task(args):
-    from . import data
+    from .experiments import tasks as data
 
     if args.train_file:
         if args.n_train or args.n_eval:
@@ -162,16 +154,12 @@ def _task(args):
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, finetune
+    from .experiments.train import TrainConfig, finetune
 
     task = _task(args)
-    cfg = TrainConfig(method=args.method, seed=args.seed, r=args.r, alpha=args.alpha, dropout=args.dropout,
-                      targets=args.targets, solver=args.solver, fit_steps=args.fit_steps, lr=args.lr,
-                      epochs=args.epochs, max_steps=args.max_steps or -1, batch_size=args.batch_size,
-                      grad_accum=args.grad_accum, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
-                      scheduler=args.scheduler, weight_decay=args.weight_decay, bf16=args.bf16,
-                      save_steps=args.save_steps or 0, threads=args.threads, progress=not args.quiet)
-    if args.resume and not args.save_steps:
+    given = vars(args).keys() & {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{name: getattr(args, name) for name in given})
+    if args.resume and cfg.save_steps <= 0:
         raise UsageError("--resume needs --save-steps (checkpoints to resume from).")
     result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
@@ -184,7 +172,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train import evaluate
+    from .experiments.train import evaluate
 
     task = _task(args) if (args.task or args.train_file) else None
     metrics = evaluate(args.run_dir, task, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
@@ -200,7 +188,7 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     import inilora
 
-    from . import bench
+    from .experiments import bench
 
     if args.quick and args.preset not in (None, "quick"):
         raise UsageError("--quick is the quick preset; drop --preset.")
@@ -210,9 +198,8 @@ def cmd_bench(args) -> int:
         if not args.model:
             raise UsageError("a custom benchmark (--task/--train-file) needs --model.")
         label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
-        kind_defaults = bench.GLUE_LIKE
         suites = [bench.Suite(label, args.model, task=args.task, train_file=args.train_file,
-                              eval_file=args.eval_file, config=dict(kind_defaults))]
+                              eval_file=args.eval_file, config=bench.hyperparameters("glue_like"))]
     elif args.model or args.eval_file:
         raise UsageError("--model/--eval-file define a custom benchmark together with --task or --train-file.")
     if args.tasks:

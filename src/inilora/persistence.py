@@ -9,7 +9,6 @@ all :func:`from_pretrained` needs to rebuild the residual from the original base
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._io import file_sha256 as _sha256
 from .errors import AdapterLoadError
 from .init import install_layer, warn_on_drift
 from .methods import get_method
@@ -54,14 +54,6 @@ def _state(peft_model: PeftModel) -> InitState:
 def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:
     # PEFT saves a non-default adapter into a subfolder named after it
     return Path(path) if adapter_name == "default" else Path(path) / adapter_name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, **kwargs) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._io import tensor_bytes
 from .methods import get_method
 from .options import InitOptions
 from .report import InitReport
@@ -19,10 +20,9 @@ def fingerprint(weight: Tensor) -> str:
     t = weight.detach()
     if not t.is_contiguous() and t.T.is_contiguous():
         t = t.T
-    t = t.contiguous().cpu()
     digest = hashlib.sha256()  # the fastest stdlib hash here (SHA extensions): ~2x blake2b
     digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    digest.update(tensor_bytes(t))
     return digest.hexdigest()[:32]
 
 

@@ -20,21 +20,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from .._io import cache_root  # noqa: E402
+from ..errors import ModelError  # noqa: E402
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct"
 ALIASES = ("minilm", "smollm2")
 # the published setup targets the attention query/value projections
 DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "llama": ["q_proj", "v_proj"],
                    "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
-
-
-class ModelError(ValueError):
-    """A model name or folder cannot be resolved or loaded."""
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$INILORA_CACHE`` or ``~/.cache/inilora``."""
-    return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora")
 
 
 def minilm_path() -> Path:
@@ -61,7 +55,7 @@ def smollm2_path() -> Path:
 
     The folder is written under a temporary name next to its final place and renamed into place, so a
     concurrent or interrupted conversion never leaves a half-written model behind."""
-    target = cache_dir() / SMOLLM2_DIR
+    target = cache_root() / SMOLLM2_DIR
     if (target / "config.json").is_file():
         return target
     gguf = smollm2_gguf()

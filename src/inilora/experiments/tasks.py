@@ -28,6 +28,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataError
+
 KINDS = ("classification", "generation")
 TRAIN_SEED = 1
 EVAL_SEED = 2_000_003
@@ -40,10 +42,6 @@ REASONING_GYM = {
 TASKS = ("reviews", *REASONING_GYM)
 DEFAULT_SIZES = {"reviews": (4000, 1000), "gsm_symbolic": (2000, 200), "chain_sum": (2000, 200)}
 TEXT_FIELDS = {"classification": ("text", "label"), "generation": ("prompt", "completion")}
-
-
-class DataError(ValueError):
-    """A task name or data file that cannot be used; the message names the file, line and problem."""
 
 
 @dataclass

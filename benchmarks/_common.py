@@ -1,0 +1,56 @@
+"""What the benchmark scripts share: loading the real models and their q/v targets, and the peak
+resident memory of a call (the rise of VmHWM over the RSS before it; /proc/self/clear_refs resets it)."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
+
+
+def load(model_name: str, device: str, dtype: str):
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from inilora.experiments.models import resolve
+
+    path = str(resolve(model_name))
+    cls = AutoModelForCausalLM if model_name == "smollm2" else AutoModel
+    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()  # fault the weights in, so the measurement sees only what the init allocates
+    return model
+
+
+def lora_config(model_name: str, r: int, **kw):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS[model_name], **kw)
+
+
+def target_weights(model, model_name: str) -> dict:
+    suffixes = tuple(TARGETS[model_name])
+    return {n: m.weight.detach().float().clone() for n, m in model.named_modules()
+            if n.endswith(suffixes) and hasattr(m, "weight")}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(fn, *args, **kwargs):
+    """Run ``fn`` and return ``(result, seconds, peak_rise_bytes)``."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM")
+    return result, seconds, (peak - before) * 1024

@@ -1,0 +1,135 @@
+"""Running a benchmark: every missing run in a pool of spawned processes (``jobs`` × ``threads``),
+each a :func:`~inilora.experiments.train.finetune` written atomically as one JSON file, then the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import inilora
+
+from ..._io import write_json_atomic
+from .plan import RunSpec, Suite, method_and_solver, plan
+from .report import aggregate
+from .stats import PRIMARY
+
+
+def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
+    """Train and evaluate one run, write its JSON; returns the record."""
+    import torch
+
+    from ..train import TrainConfig, finetune
+
+    torch.set_num_threads(threads)
+    overrides = dict(spec.suite.config)
+    if spec.method == "full":
+        overrides.update(spec.suite.full or {})
+    method, solver = method_and_solver(spec.method)
+    cfg = TrainConfig(method=method, seed=spec.seed, solver=solver, progress=False,
+                      **{k: v for k, v in overrides.items() if k not in ("method", "seed")})
+    task = spec.suite.load()
+    started = time.time()
+    result = finetune(spec.suite.model, task, cfg)
+    record = {
+        "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
+        "seed": spec.seed, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train), "n_eval": len(task.eval),
+        **result.to_dict(), "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
+        "versions": _versions(),
+    }
+    write_json_atomic(spec.path(out), record)
+    return record
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"inilora": inilora.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("inilora").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+
+def _worker(spec: RunSpec, out: Path, threads: int) -> dict:
+    try:
+        return run_one(spec, out, threads)
+    except Exception as exc:  # noqa: BLE001 - reported per run, the others go on
+        error = spec.path(out).with_suffix(".error.txt")
+        error.parent.mkdir(parents=True, exist_ok=True)
+        error.write_text(traceback.format_exc())
+        return {"error": f"{type(exc).__name__}: {exc}", "task": spec.suite.name, "method": spec.method,
+                "seed": spec.seed}
+
+
+def _summary_line(record: dict) -> str:
+    name = f"{record['task']} {record['method']} seed {record['seed']}"
+    if "error" in record:
+        return f"{name}: FAILED ({record['error']})"
+    metrics = record["metrics"]
+    primary = PRIMARY[record["kind"]]
+    parts = [f"{primary} {metrics[primary]:.3f}"] if primary in metrics else []
+    parts.append(f"eval loss {metrics['eval_loss']:.3f}")
+    return f"{name}: {', '.join(parts)} ({record['seconds']:.0f} s)"
+
+
+def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: str | os.PathLike, jobs: int = 2,
+        threads: int = 1, make_plots: bool = True, log=print) -> dict:
+    """Run every missing run (``jobs`` in parallel), then aggregate. Returns the summary."""
+    out = Path(out)
+    specs = plan(suites, methods, seeds)
+    todo = [s for s in specs if not s.done(out)]
+    stale = [s for s in todo if s.path(out).is_file()]
+    if stale:
+        log(f"{len(stale)} finished run(s) were made with another budget or model and will be redone")
+    log(f"benchmark: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
+        f"({jobs} process(es) x {threads} thread(s)); results in {out}")
+    started = time.time()
+    failures = []
+    if todo:
+        import multiprocessing
+
+        # warm the model cache once (the SmolLM2 conversion) before workers race for it
+        from .. import models
+
+        for model in sorted({s.suite.model for s in todo}):
+            models.resolve(model)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                 initargs=(threads,), max_tasks_per_child=1) as pool:
+            futures = [pool.submit(_worker, spec, out, threads) for spec in todo]
+            for done, future in enumerate(as_completed(futures), 1):
+                record = future.result()
+                if "error" in record:
+                    failures.append(record)
+                log(f"[{done}/{len(todo)}] {_summary_line(record)}")
+    elapsed = time.time() - started
+    meta_path = out / "invocations.json"
+    history = json.loads(meta_path.read_text()) if meta_path.is_file() else []
+    history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
+                    "wall_seconds": round(elapsed, 1), "runs_done": len(todo) - len(failures),
+                    "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(history, indent=1))
+    summary = aggregate(out, make_plots=make_plots)
+    summary["failures"] = failures
+    return summary

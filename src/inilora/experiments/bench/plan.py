@@ -1,0 +1,152 @@
+"""What a benchmark runs: its suites (presets are TOML files in ``presets/``), every run of methods ×
+seeds × suites in a fixed order, and which finished runs still count (resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import inilora
+from inilora.errors import InitError
+from inilora.methods import REGISTRY, get_method
+
+PRESETS = ("full", "quick")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One task of the benchmark: what to train on, with which model and budget."""
+
+    name: str  # the task's label in the results
+    model: str
+    task: str | None = None  # a built-in task (experiments.tasks.TASKS or rg:NAME) ...
+    train_file: str | None = None  # ... or the user's files
+    eval_file: str | None = None
+    n_train: int | None = None
+    n_eval: int | None = None
+    config: dict = field(default_factory=dict)  # TrainConfig fields
+    full: dict | None = None  # full fine-tuning as a reference, with these overrides; None: not run
+    extra: tuple[str, ...] = ()  # more variants, run after everything else: "inilora:adam" (the published fit)
+    base: bool = False  # also evaluate the untrained model (generation tasks)
+
+    def load(self):
+        from .. import tasks
+
+        if self.train_file:
+            task = tasks.file_task(self.train_file, self.eval_file)
+            task.name = self.name
+            return task
+        return tasks.load_task(self.task, self.n_train, self.n_eval)
+
+
+def _read_preset_file(name: str) -> dict:
+    return tomllib.loads(resources.files(__package__).joinpath("presets", f"{name}.toml").read_text())
+
+
+def hyperparameters(name: str) -> dict:
+    """A named set of TrainConfig defaults from ``presets/hyperparameters.toml`` (``glue_like``, ``maths_like``)."""
+    return dict(_read_preset_file("hyperparameters")[name])
+
+
+def preset(name: str) -> tuple[list[Suite], tuple[str, ...]]:
+    """The suites and methods of a preset (``presets/<name>.toml``); ``methods = "all"``: every registered one."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    data = _read_preset_file(name)
+    suites = []
+    for entry in data["suite"]:
+        entry = dict(entry)
+        config = {**hyperparameters(entry.pop("defaults")), **entry.pop("config", {})}
+        suites.append(Suite(config=config, extra=tuple(entry.pop("extra", ())), **entry))
+    methods = inilora.METHODS if data["methods"] == "all" else tuple(data["methods"])
+    return suites, methods
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    suite: Suite
+    method: str
+    seed: int
+
+    def path(self, out: Path) -> Path:
+        folder = self.method.replace(":", "-")  # "inilora:adam" -> inilora-adam (no ':' in Windows paths)
+        return out / "runs" / self.suite.name / folder / f"seed{self.seed}.json"
+
+    def key(self) -> dict:
+        """What a finished run must match to count as this run: a changed budget, or a method whose
+        initial factors changed since (its ``Method.init_versions``), is redone."""
+        key = {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
+               "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
+               "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
+                                                              else {})}.items()))}
+        method, solver = method_and_solver(self.method)
+        version = REGISTRY[method].init_version(solver) if method in REGISTRY else None  # not for references
+        if version is not None:
+            key["init_version"] = version
+        return key
+
+    def done(self, out: Path) -> bool:
+        path = self.path(out)
+        if not path.is_file():
+            return False
+        try:
+            return json.loads(path.read_text()).get("spec") == self.key()
+        except json.JSONDecodeError:
+            return False
+
+
+def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> list[RunSpec]:
+    """Every run, seed-major (a benchmark stopped early has whole seeds), references included."""
+    specs = []
+    for seed in seeds:
+        for suite in suites:
+            for method in methods:
+                specs.append(RunSpec(suite, method, seed))
+            if suite.full is not None:
+                specs.append(RunSpec(suite, "full", seed))
+    for suite in suites:
+        if suite.base:
+            specs.append(RunSpec(suite, "base", seeds[0]))
+    for seed in seeds:
+        for suite in suites:
+            specs.extend(RunSpec(suite, variant, seed) for variant in suite.extra)
+    return specs
+
+
+def method_and_solver(name: str) -> tuple[str, str]:
+    """``inilora:adam`` -> (``inilora``, ``adam``); a plain method name fits with the closed form."""
+    method, _, solver = name.partition(":")
+    return method, solver or "svd"
+
+
+def check_variant(name: str) -> None:
+    """Refuse a benchmark method that does not exist or whose solver would be ignored (``pissa:adam``)."""
+    method, _, solver = name.partition(":")
+    spec = get_method(method)
+    if solver and solver not in spec.solvers:
+        fits = f"its solvers are {', '.join(spec.solvers)}" if spec.solvers else "it has no fit to solve"
+        raise InitError(f"method {name!r}: {method} cannot use solver {solver!r} ({fits}); "
+                         f"write {method}" + (f" or {method}:<solver>" if spec.solvers else "") + ".")
+
+
+def with_overrides(suite: Suite, **changes) -> Suite:
+    """A copy of ``suite`` with budget overrides (``n_train``, ``n_eval``; config keys go into config)."""
+    config_keys = {f.name for f in dataclasses.fields(Suite)}
+    config = dict(suite.config)
+    direct = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key in config_keys:
+            direct[key] = value
+        else:
+            config[key] = value
+    return dataclasses.replace(suite, config=config, **direct)

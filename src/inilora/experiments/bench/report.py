@@ -1,0 +1,117 @@
+"""The benchmark's outputs: a Markdown table, PNG plots (loss curves, final metrics) and
+``results.json``, rebuilt from the finished runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from ..._io import write_json_atomic
+from ..train.config import REFERENCES
+from .stats import BASELINE, load_runs, method_order, summarize
+
+
+def _fmt(mean: float, std: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _fmt_test(test: dict | None, digits: int = 3) -> str:
+    if not test or test["n"] == 0:
+        return ""
+    if math.isnan(test["p"]):
+        return f"{test['diff_mean']:+.{digits}f} ({test['verdict']})"
+    return f"{test['diff_mean']:+.{digits}f}, p={test['p']:.2f} ({test['verdict']})"
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for name, task in summary.items():
+        primary = task["metrics"][0]
+        lines += [f"### {name} — {task['model']}, {task['n_train']} training / {task['n_eval']} held-out examples", "",
+                  f"| method | seeds | {primary} ↑ | Δ vs lora (paired) | held-out loss ↓ | Δ vs lora (paired) | s/run |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, row in task["rows"].items():
+            lines.append(f"| {method} | {len(row['seeds'])} | {_fmt(*row[primary])} | "
+                         f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt(*row['eval_loss'])} | "
+                         f"{_fmt_test(row.get('eval_loss_vs_lora'))} | {row['seconds']:.0f} |")
+        if task.get("same_start"):
+            lines.append("")
+        for methods in task.get("same_start", []):
+            lines.append(f"Note: {' and '.join(f'`{m}`' for m in methods)} started from identical factors on every "
+                         "seed (same digest of A0, B0), so their runs are the same.")
+        lines.append("")
+    lines.append("Mean ± sample std over seeds. Δ: mean paired difference from `lora` (same seed: same data order, "
+                 "same classifier head); p: two-sided paired t-test over seeds; a difference counts as better/worse "
+                 "only at p < 0.05, otherwise it is within seed noise. `full`: full fine-tuning; `base`: the model "
+                 "as loaded, not trained.")
+    return "\n".join(lines) + "\n"
+
+
+def plots(runs: list[dict], summary: dict, out: Path) -> list[Path]:
+    """Training-loss curves per method (mean over seeds) and the final metric per method with error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        by_method: dict[str, list] = {}
+        for run in runs:
+            if run["task"] == name and run["loss_history"]:
+                by_method.setdefault(run["method"], []).append(dict(map(tuple, run["loss_history"])))
+        for method in method_order(by_method):
+            histories = by_method[method]
+            steps = sorted(set.intersection(*(set(h) for h in histories)))
+            if steps:
+                ax.plot(steps, [statistics.fmean(h[s] for h in histories) for s in steps], label=method)
+        ax.set(title=f"{name}: training loss (mean over seeds)", xlabel="step", ylabel="loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "loss_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    # top row: each task's own metric; bottom row: held-out loss (the informative one where the metric is flat)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 8), squeeze=False)
+    for column, name in enumerate(names):
+        task = summary[name]
+        methods = list(task["rows"])
+        colors = ["tab:gray" if m == BASELINE else "tab:orange" if m in REFERENCES else "tab:blue"
+                  for m in methods]
+        for ax, metric in zip(axes[:, column], (task["metrics"][0], "eval_loss")):
+            means = [task["rows"][m][metric][0] for m in methods]
+            stds = [task["rows"][m][metric][1] for m in methods]
+            ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color=colors)
+            ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+            finite = [m for m in means if not math.isnan(m)]
+            if finite and metric == "accuracy":
+                ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
+            label = "held-out loss" if metric == "eval_loss" else metric
+            ax.set(title=f"{name}: {label} (mean ± std over seeds)", ylabel=label)
+    fig.tight_layout()
+    written.append(out / "final_metrics.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def aggregate(out: str | os.PathLike, make_plots: bool = True) -> dict:
+    """Read every run under ``out``; write ``results.json``, ``results.md`` and the PNG plots."""
+    out = Path(out)
+    runs = load_runs(out)
+    summary = summarize(runs)
+    table = markdown(summary) if summary else "No finished runs.\n"
+    out.mkdir(parents=True, exist_ok=True)
+    invocations = json.loads((out / "invocations.json").read_text()) if (out / "invocations.json").is_file() else []
+    write_json_atomic(out / "results.json", {"summary": summary, "runs": runs, "invocations": invocations})
+    (out / "results.md").write_text(table)
+    files = plots(runs, summary, out) if make_plots and summary else []
+    return {"summary": summary, "table": table, "files": [str(f) for f in files], "runs": len(runs)}

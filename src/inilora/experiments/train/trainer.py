@@ -1,0 +1,158 @@
+"""Fine-tuning with transformers' ``Trainer``: :func:`finetune` loads a model (an alias from
+:mod:`inilora.experiments.models` or a local folder), wraps it with :func:`inilora.get_peft_model` (or
+trains it in full, ``method="full"``), trains it — so mixed precision, gradient accumulation,
+checkpoints and ``torchrun``/``accelerate launch`` work as usual — evaluates it on the task's held-out
+set and saves the adapter with :func:`inilora.save_pretrained` plus its plain-PEFT export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from peft import LoraConfig  # noqa: E402
+
+import inilora  # noqa: E402
+
+from ..._io import hash_tensors  # noqa: E402
+from .. import models  # noqa: E402
+from ..tasks import Task  # noqa: E402
+from .config import REFERENCES, TRAIN_INFO, RunResult, TrainConfig  # noqa: E402
+from .encode import collator, encode, train_features, trainer_class  # noqa: E402
+from .evaluate import held_out_metrics  # noqa: E402
+
+logger = logging.getLogger("inilora")
+
+
+def factors_digest(peft_model) -> str:
+    """A hash of every layer's initial factors (as stored): equal digests mean equal starts."""
+    named = ((label, t.float()) for name, layer in sorted(peft_model.inilora.layers.items())
+             for label, t in ((name, layer.A0), ("", layer.B0)))  # the name once, then A0 and B0
+    return hash_tensors(named, hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def parameters_digest(model) -> str:
+    """A hash of the trainable parameters (name and value): equal digests mean equal trained weights."""
+    named = ((name, p.detach().float()) for name, p in model.named_parameters() if p.requires_grad)
+    return hash_tensors(named, hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
+    """Load the model for the task and wrap it for ``cfg.method``. Returns (model, tokenizer, init summary)."""
+    tokenizer = models.load_tokenizer(model_name)
+    model = models.load_model(model_name, task.kind, num_labels=len(task.labels or []) or 2, seed=cfg.seed)
+    if task.kind == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    init: dict = {}
+    if cfg.method in REFERENCES:
+        for p in model.parameters():
+            p.requires_grad_(cfg.method == "full")
+        return model, tokenizer, init
+    targets = cfg.targets or models.default_targets(model)
+    lora_config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                             task_type="SEQ_CLS" if task.kind == "classification" else "CAUSAL_LM")
+    method = inilora.get_method(cfg.method)
+    options = {"seed": cfg.seed, "progress": cfg.progress}
+    if method.has_fit:
+        options["solver"] = cfg.solver
+        if cfg.fit_steps:
+            options["steps"] = cfg.fit_steps
+    start = time.perf_counter()
+    peft_model = inilora.get_peft_model(model, lora_config, cfg.method, **options)
+    report = peft_model.inilora.report
+    init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
+            "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
+            "solver": cfg.solver if method.has_fit else None}
+    return peft_model, tokenizer, init
+
+
+def _training_args(cfg: TrainConfig, output_dir: str, kind: str):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
+        logging_first_step=True, save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+        disable_tqdm=not cfg.progress, bf16=cfg.bf16, remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
+        train_sampling_strategy="group_by_length", eval_strategy="no", save_only_model=False,
+        label_names=["labels"], ddp_find_unused_parameters=False,
+    )
+
+
+def _loss_history(trainer) -> list[tuple[int, float]]:
+    return [(int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry]
+
+
+def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
+             output_dir: str | os.PathLike | None = None, resume: bool = False) -> RunResult:
+    """Fine-tune ``model_name`` on ``task`` as ``cfg`` says and evaluate it on the held-out set.
+
+    With ``output_dir``: the adapter (``adapter/``, via :func:`inilora.save_pretrained`), its plain
+    PEFT export (``adapter-lora/``), ``metrics.json`` and ``inilora_train.json`` (what :func:`evaluate`
+    needs) are written there; Trainer checkpoints go to ``checkpoints/`` when ``cfg.save_steps > 0``
+    (``resume=True`` continues from the last one). Under ``torchrun`` every process returns; the
+    exact-match metric and the files come from the main process."""
+    from transformers import set_seed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    start = time.perf_counter()
+    model, tokenizer, init = prepare_model(model_name, task, cfg)
+    encoded_train = encode(tokenizer, task, cfg, task.train)
+    encoded_eval = encode(tokenizer, task, cfg, task.eval)
+    with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
+        work = Path(output_dir) / "checkpoints" if output_dir and cfg.save_steps > 0 else Path(scratch)
+        args = _training_args(cfg, str(work), task.kind)
+        trainer = trainer_class(task.kind)(model=model, args=args, train_dataset=train_features(encoded_train),
+                                            data_collator=collator(tokenizer, task.kind), processing_class=tokenizer)
+        if not cfg.progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        history: list[tuple[int, float]] = []
+        train_seconds = 0.0
+        if cfg.method != "base":
+            checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
+            trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
+            train_seconds = float(trained.metrics.get("train_runtime", 0.0))
+            history = _loss_history(trainer)
+        metrics = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)
+    metrics["n_train"] = len(encoded_train)
+    metrics["steps"] = int(trainer.state.global_step)
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model))
+    if output_dir is not None and cfg.method != "base":
+        save(model, tokenizer, task, cfg, model_name, result, Path(output_dir),
+             is_main_process=trainer.args.should_save)
+    return result
+
+
+def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: RunResult, out: Path,
+         is_main_process: bool = True) -> None:
+    if cfg.method == "full":
+        if is_main_process:
+            model.save_pretrained(str(out / "model"))
+            tokenizer.save_pretrained(str(out / "model"))
+    else:
+        inilora.save_pretrained(model, out / "adapter", is_main_process=is_main_process)
+        if is_main_process:
+            inilora.export_lora(model, out / "adapter-lora")
+    if not is_main_process:
+        return
+    info = {"model": str(model_name), "task": task.name, "kind": task.kind, "labels": task.labels,
+            "source": task.source, "config": cfg.to_dict()}
+    (out / TRAIN_INFO).write_text(json.dumps(info, indent=2))
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
+
+
