@@ -25,7 +25,7 @@ $(VENV_MIN)/.installed: pyproject.toml constraints-min.txt
 	for p in $$($(VENV)/bin/python -c "import torch, pathlib; d = pathlib.Path(torch.__file__).parents[1]; \
 	    print(*[q for q in d.iterdir() if q.name.split('-')[0] in ('torch', 'functorch', 'torchgen')])"); do \
 	  ln -sfn $$p $$($(VENV_MIN)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/; done
-	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt filelock fsspec jinja2 networkx sympy typing-extensions
+	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt filelock fsspec jinja2 networkx sympy typing-extensions "setuptools>=77"
 	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt -e . pytest
 	touch $@
 
