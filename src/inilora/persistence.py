@@ -35,8 +35,7 @@ from pathlib import Path
 import peft
 import torch
 from peft import LoraConfig, PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import _get_submodules, get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -47,6 +46,7 @@ from .errors import AdapterLoadError
 from .init import install_layer, warn_on_drift
 from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
 from .report import InitReport
+from .rollback import Snapshot
 from .state import InitState, LayerState, fingerprint
 
 INIT_FILE = "inilora_init.safetensors"
@@ -190,34 +190,6 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
     return meta, tensors, config
 
 
-class _Snapshot:
-    """What wrapping and installing change on a model besides the target layers: which parameters
-    train, which modules are in training mode, the attributes PEFT adds (``peft_config``)."""
-
-    def __init__(self, model: nn.Module):
-        self.attributes = set(vars(model))
-        self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        self.training = {n: m.training for n, m in model.named_modules()}
-
-    def unwind(self, model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
-        """Put back the original weights of the layers already changed, take PEFT's layers out (as
-        PEFT's ``unload`` does; the PeftModel may not exist yet) and restore the flags."""
-        with torch.no_grad():
-            for name, weight in originals.items():
-                layer = model.get_submodule(name)
-                restore_plain_layer(layer.get_base_layer(), weight.to(layer.get_base_layer().weight.device))
-        for name, module in list(model.named_modules()):
-            if isinstance(module, BaseTunerLayer):
-                parent, _, child = _get_submodules(model, name)
-                setattr(parent, child, module.get_base_layer())
-        for name, p in model.named_parameters():
-            p.requires_grad_(self.requires_grad.get(name, p.requires_grad))
-        for name, m in model.named_modules():
-            m.training = self.training.get(name, m.training)
-        for added in set(vars(model)) - self.attributes:
-            delattr(model, added)
-
-
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
                     is_trainable: bool = False) -> PeftModel:
     """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
@@ -253,7 +225,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
     # the model changes from here on; any failure puts it back as it was
-    snapshot, originals = _Snapshot(base_model), {}
+    snapshot, originals = Snapshot(base_model), {}
     try:
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
