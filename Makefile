@@ -5,11 +5,31 @@ PYTHON ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip install -q -c constraints.txt
 
-.PHONY: test install quick bench
+.PHONY: test test-min install quick bench
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
 
 install: $(VENV)/.installed
+
+# `make test-min` checks the lower bounds pyproject.toml declares: a separate venv with the minimum
+# versions (constraints-min.txt) runs the library's core tests. torch is linked from $(VENV) (a torch
+# from PyPI is a multi-GB CUDA build). Not part of `make test` (a few minutes of installs).
+VENV_MIN ?= .venv-min
+# (the Trainer test belongs to the train extra, which needs transformers 5)
+CORE_TESTS = tests/test_init.py tests/test_methods.py tests/test_fit.py tests/test_cache.py tests/test_persistence.py \
+	tests/test_integrity.py --deselect tests/test_integrity.py::test_trainer_checkpoints_reload_and_resume
+test-min: $(VENV_MIN)/.installed
+	$(VENV_MIN)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
+$(VENV_MIN)/.installed: pyproject.toml constraints-min.txt
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install -q --upgrade pip
+	for p in $$($(VENV)/bin/python -c "import torch, pathlib; d = pathlib.Path(torch.__file__).parents[1]; \
+	    print(*[q for q in d.iterdir() if q.name.split('-')[0] in ('torch', 'functorch', 'torchgen')])"); do \
+	  ln -sfn $$p $$($(VENV_MIN)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/; done
+	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt filelock fsspec jinja2 networkx sympy typing-extensions "setuptools>=77"
+	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt -e . pytest
+	touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -1,7 +1,6 @@
 """The benchmark's bookkeeping: the plan, resumability, the paired test and the table (no training)."""
 
 import json
-import math
 
 import pytest
 
@@ -70,9 +69,25 @@ def test_plan_is_seed_major_and_resumes_only_matching_runs(tmp_path):
     assert specs[2].key()["config"]["lr"] == 1e-5  # full fine-tuning's own learning rate
 
 
-def test_presets():
-    suites, methods = bench.preset("full")
-    assert {s.name for s in suites} == {"reviews", "chain_sum", "gsm_symbolic"} and len(methods) == 6
-    assert all(not math.isnan(s.config["lr"]) for s in suites)
+@pytest.mark.parametrize("name", sorted(bench.PRESETS))
+def test_every_preset_loads_its_tasks_and_plans_every_method_and_seed(name):
+    from inilora.experiments import models, train
+
+    suites, methods = bench.preset(name)
+    for suite in suites:
+        task = suite.load()  # the data really loads, at the stated sizes
+        assert (len(task.train), len(task.eval)) == (suite.n_train, suite.n_eval)
+        assert suite.model in models.ALIASES
+        for method in (*methods, *suite.extra):
+            method, solver = bench.method_and_solver(method)
+            train.TrainConfig(**suite.config, method=method, solver=solver)  # validates every setting
+    seeds = [0, 1, 2]
+    specs = bench.plan(suites, methods, seeds)
+    runs = [(spec.suite.name, spec.method, spec.seed) for spec in specs]
+    assert len(runs) == len(set(runs))  # no run twice
+    expected = {(suite.name, method, seed) for suite in suites for seed in seeds
+                for method in (*methods, *suite.extra, *(["full"] if suite.full is not None else []))}
+    expected |= {(suite.name, "base", seeds[0]) for suite in suites if suite.base}
+    assert set(runs) == expected
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):
         bench.preset("huge")

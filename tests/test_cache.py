@@ -81,10 +81,57 @@ def test_corrupt_entry_is_detected_and_refitted(damage, fit_calls, caplog):
     assert len(entries()) == 4
 
 
-def test_writes_are_atomic_no_temp_files_left():
-    init_factors()
-    leftovers = [p for p in os.listdir(default_cache_dir()) if not p.endswith(".safetensors")]
-    assert leftovers == []
+def test_a_write_failing_midway_leaves_no_entry_and_the_next_init_refits(fit_calls, monkeypatch, caplog):
+    import inilora.cache
+
+    def half_then_disk_full(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError(28, "No space left on device")
+    real_save_file = inilora.cache.save_file
+    with monkeypatch.context() as patch:
+        patch.setattr(inilora.cache, "save_file", half_then_disk_full)
+        with caplog.at_level(logging.WARNING, logger="inilora"):
+            first = init_factors()  # the fit stands; only caching failed
+    assert "could not write" in caplog.text
+    assert os.listdir(default_cache_dir()) == []  # no entry, no temp file
+    again = init_factors()
+    assert len(fit_calls) == 8 and len(entries()) == 4  # refitted, now cached
+    for name in first:
+        assert torch.equal(first[name][0], again[name][0]) and torch.equal(first[name][1], again[name][1])
+
+
+def _init_in_a_process(cache_dir, start, out):
+    torch.set_num_threads(1)  # two processes on a shared machine
+    start.wait()  # both processes begin the fit together
+    factors = init_factors(cache_dir=cache_dir)
+    torch.save({name: (A0, B0) for name, (A0, B0) in factors.items()}, out)
+
+
+def test_two_processes_sharing_a_cache_dir_agree(tmp_path, fit_calls):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    outs = [tmp_path / f"factors{i}.pt" for i in range(2)]
+    workers = [context.Process(target=_init_in_a_process, args=(str(tmp_path / "shared"), start, out)) for out in outs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0]
+    first, second = (torch.load(out) for out in outs)
+    assert first.keys() == second.keys() and len(first) == 4
+    for name in first:
+        assert torch.equal(first[name][0], second[name][0]) and torch.equal(first[name][1], second[name][1])
+    files = os.listdir(tmp_path / "shared")
+    assert len(files) == 4 and all(f.endswith(".safetensors") for f in files)
+    # every entry is whole: a third init is all cache hits with the same factors
+    third = init_factors(cache_dir=str(tmp_path / "shared"))
+    assert fit_calls == []
+    for name in first:
+        assert torch.equal(first[name][0], third[name][0]) and torch.equal(first[name][1], third[name][1])
 
 
 def test_mismatched_entry_is_a_miss(tmp_path):

@@ -55,7 +55,18 @@ def test_reload_is_trainable_and_keeps_training(tmp_path, input_ids):
     reloaded = inilora.from_pretrained(tiny_model("bert"), tmp_path / "adapter", is_trainable=True)
     trainable = [n for n, p in reloaded.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in reloaded.named_parameters()}
+    outputs_before = outputs(reloaded, input_ids)
     train_steps(reloaded, input_ids)
+    after = dict(reloaded.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved == set(trainable)  # every LoRA factor trained, the frozen residual and the rest did not move
+    trained_outputs = outputs(reloaded, input_ids)
+    assert (trained_outputs - outputs_before).abs().max().item() > 1e-3
+    # the further-trained adapter saves and reloads to the same model
+    inilora.save_pretrained(reloaded, tmp_path / "again")
+    again = inilora.from_pretrained(tiny_model("bert"), tmp_path / "again")
+    assert (outputs(again, input_ids) - trained_outputs).abs().max().item() <= 1e-6
 
 
 @pytest.mark.parametrize("method", ["inilora-alpha", "pissa"])

@@ -2,8 +2,11 @@
 
 An entry is one safetensors file named by a key that hashes everything the fit depends on: the
 weight's fingerprint, its layer name (the seed is drawn per name), rank, scaling, σ, solver and its
-options. Writes are atomic (temp file + rename); an entry whose checksum, key or shapes do not match
-is treated as a miss and refitted.
+options. Writes are atomic (a temp file in the same directory, then a rename), so processes sharing
+the directory never see a partial entry: two that fit the same matrix at once both write the same
+factors, and the last rename wins. A write that fails (disk full, read-only directory) leaves no
+file behind and only costs a refit next time. An entry whose checksum, key or shapes do not match is
+treated as a miss and refitted.
 """
 
 from __future__ import annotations
@@ -76,8 +79,12 @@ class FitCache:
         return Factors(A0, B0, float(optimum) if optimum not in (None, "None") else None)
 
     def store(self, key: str, factors: Factors) -> None:
+        """Write an entry atomically; a failed write is logged and skipped (the fit itself stands)."""
         tensors = {"A0": factors.A0.detach().float().cpu().contiguous(),
                    "B0": factors.B0.detach().float().cpu().contiguous()}
         meta = {"key": key, "checksum": _tensor_checksum(tensors), "optimum": str(factors.optimum)}
-        with atomic_path(self.path(key)) as tmp:
-            save_file(tensors, tmp, metadata=meta)
+        try:
+            with atomic_path(self.path(key)) as tmp:
+                save_file(tensors, tmp, metadata=meta)
+        except (OSError, SafetensorError) as exc:
+            logger.warning("inilora cache: could not write %s (%s); the fit is used but not cached", self.path(key), exc)

@@ -110,7 +110,9 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
                                                      opts.residual_fp32, factors[name].optimum))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)
-    peft_model.inilora = state
+    from .persistence import attach  # persistence imports this module
+
+    attach(peft_model, state)
     logger.info("%s", state.report)
     warn_on_drift(state.report)
     return peft_model

@@ -2,16 +2,34 @@
 
 A saved directory is a normal PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``)
 plus ``inilora_init.safetensors`` (the initial factors exactly as stored) and ``inilora_config.json``
-(method, options, a fingerprint of each original base weight, a checksum of the init file). That is
-all :func:`from_pretrained` needs to rebuild the residual from the original base, bit for bit.
+(method, options, a fingerprint of each original base weight, a sha256 of every file the load reads,
+sealed by a checksum of its own). That is all :func:`from_pretrained` needs to rebuild the residual
+from the original base, bit for bit, and to refuse a corrupted file before the model is touched.
+
+The model returned by ``inilora.get_peft_model`` / :func:`from_pretrained` saves completely through
+its own ``save_pretrained`` (what ``Trainer`` calls for checkpoints and ``push_to_hub`` for uploads):
+it is :func:`save_pretrained`, bound to the model.
+
+**Plain PEFT refuses a residual adapter.** Loaded by ``peft.PeftModel.from_pretrained`` onto the
+original base, a residual adapter would compute a different model without any warning. So the saved
+``adapter_config.json`` of a residual method carries, instead of its ``target_modules``, a pattern
+that matches no module name (it contains spaces) and reads as an instruction; PEFT then raises its
+own ``ValueError`` ("Target modules inilora residual adapter: load it with inilora.from_pretrained…
+not found in the base model") before loading any weight. The real ``target_modules`` (and
+``layers_to_transform`` / ``layers_pattern``, which PEFT forbids next to a pattern) are kept in
+``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
+it loads weights into the adapter the model already has, without reading the config. A save meant
+for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=False``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
+import types
 from pathlib import Path
 
 import peft
@@ -22,25 +40,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import file_sha256 as _sha256
+from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError
 from .init import install_layer, warn_on_drift
 from .methods import get_method
 from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
 from .report import InitReport
+from .rollback import Snapshot
 from .state import InitState, LayerState, fingerprint
 
 INIT_FILE = "inilora_init.safetensors"
 META_FILE = "inilora_config.json"
-FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", INIT_FILE)  # checksummed
+FORMAT_VERSION = 2
+PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
+                    "would put it on the original weights and compute a different model")
+GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern")
+HUB_ARGS = ("repo_id", "token", "private", "commit_message", "revision", "create_pr")
+CARD_TITLE = "## IniLoRA adapter — load it with `inilora`"
 CARD_NOTE = """
-## IniLoRA adapter — load it with `inilora`
+{title}
 
 This adapter was trained on a *residual* base (`W − s·B0·A0`, method `{method}`). Load it with
 `inilora.from_pretrained(base_model, path)`, which rebuilds the residual from the original base.
-Plain `peft.PeftModel.from_pretrained` would put it on the unmodified base and give a different model;
-for plain PEFT, use the rank-2r adapter written by `inilora.export_lora`.
+Plain `peft.PeftModel.from_pretrained` refuses it (it would put it on the unmodified base and give a
+different model); for plain PEFT, use the rank-2r adapter written by `inilora.export_lora`.
 """
 
 
@@ -51,79 +77,135 @@ def _state(peft_model: PeftModel) -> InitState:
     return state
 
 
+def attach(peft_model: PeftModel, state: InitState) -> None:
+    """Record what an initialization left behind on the model, and make the model's own
+    ``save_pretrained`` (PEFT's, called by ``Trainer`` and ``push_to_hub``) :func:`save_pretrained`."""
+    peft_model.inilora = state
+    peft_model.save_pretrained = types.MethodType(save_pretrained, peft_model)
+
+
 def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:
     # PEFT saves a non-default adapter into a subfolder named after it
     return Path(path) if adapter_name == "default" else Path(path) / adapter_name
 
 
-def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, **kwargs) -> None:
-    """Save the adapter with PEFT and add what rebuilds its residual. ``kwargs`` go to PEFT's
-    ``save_pretrained`` (e.g. ``is_main_process``)."""
+def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refuse_plain_peft: bool = True,
+                    push_to_hub: bool = False, **kwargs) -> None:
+    """Save the adapter with PEFT's ``save_pretrained`` (``args``/``kwargs`` are PEFT's, e.g.
+    ``is_main_process``, ``selected_adapters``) and add what rebuilds its residual; also bound to the
+    model as ``peft_model.save_pretrained``.
+
+    ``refuse_plain_peft`` (residual methods): make ``peft.PeftModel.from_pretrained`` raise on this
+    adapter (see the module docstring); ``False`` only for an adapter meant for the residual model.
+    ``push_to_hub``: upload the directory once everything is written (``repo_id``, default the
+    directory's name; ``token``, ``private``, ``commit_message``, ``revision``, ``create_pr``)."""
     state = _state(peft_model)
-    peft_model.save_pretrained(str(path), selected_adapters=[state.adapter_name], **kwargs)
-    if not kwargs.get("is_main_process", True):
+    hub = {k: kwargs.pop(k) for k in HUB_ARGS if k in kwargs}
+    peft_save = type(peft_model).save_pretrained
+    bound = inspect.signature(peft_save).bind(peft_model, str(path), *args, **kwargs)
+    bound.apply_defaults()
+    if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
+        raise ValueError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
+                         "use inilora.export_lora for a plain LoRA adapter on the original base.")
+    peft_save(*bound.args, **bound.kwargs)
+    if not bound.arguments["is_main_process"]:
         return
-    out = _adapter_dir(path, state.adapter_name)
+    if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
+        _write_init_files(state, _adapter_dir(path, state.adapter_name), refuse_plain_peft)
+    if push_to_hub:
+        _push(Path(path), **hub)
+
+
+def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> None:
     tensors = {}
     for name, layer in state.layers.items():
         tensors[f"{name}.lora_A0"] = layer.A0.contiguous()
         tensors[f"{name}.lora_B0"] = layer.B0.contiguous()
     save_file(tensors, out / INIT_FILE, metadata={"format": "pt", "inilora_format": str(FORMAT_VERSION)})
+    guarded = None
+    if state.is_residual and refuse_plain_peft:
+        config = json.loads((out / CONFIG_FILE).read_text())
+        guarded = {k: config.get(k) for k in GUARDED_FIELDS}
+        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None)
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     optimum = {row.name: row.optimum for row in state.report.layers} if state.report else {}
-    meta = {
+    write_sealed(out / META_FILE, {
         "format_version": FORMAT_VERSION,
         "adapter_name": state.adapter_name,
         "options": state.options.to_dict(),
-        "init_file_sha256": _sha256(out / INIT_FILE),
+        "plain_peft_guard": guarded,
+        "files": {name: file_sha256(out / name) for name in READ_BY_LOAD if (out / name).is_file()},
         "versions": {"torch": torch.__version__, "peft": peft.__version__},
         "layers": {name: {"fingerprint": layer.fingerprint, "weight_dtype": str(layer.weight_dtype).split(".")[-1],
                           "scaling": layer.scaling, "residual_fp32": layer.residual_fp32,
                           "optimum": optimum.get(name)}
                    for name, layer in state.layers.items()},
-    }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2))
-    if state.is_residual:
-        with open(out / "README.md", "a") as card:
-            card.write(CARD_NOTE.format(method=state.options.method))
+    })
+    card = out / "README.md"
+    if state.is_residual and CARD_TITLE not in (card.read_text() if card.is_file() else ""):
+        with open(card, "a") as f:
+            f.write(CARD_NOTE.format(title=CARD_TITLE, method=state.options.method))
 
 
-def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _push(folder: Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,
+          commit_message: str | None = None, revision: str | None = None, create_pr: bool = False) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id or folder.resolve().name, private=private, exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or "Upload IniLoRA adapter",
+                      revision=revision, create_pr=create_pr)
+
+
+def _locate(path: str | os.PathLike, adapter_name: str) -> Path:
+    """The directory holding the adapter: ``path`` itself, or ``path/adapter_name`` as PEFT saves a
+    named adapter."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() and (_adapter_dir(path, adapter_name) / CONFIG_FILE).is_file():
+        return _adapter_dir(path, adapter_name)
+    return path
+
+
+def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
+    """The record, the initial factors and the true ``LoraConfig``, every file checked first."""
     meta_path, init_path = path / META_FILE, path / INIT_FILE
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterLoadError(f"{path} holds no adapter_config.json: not a saved adapter.")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterLoadError(f"{path} holds no {CONFIG_FILE}: not a saved adapter.")
     if not meta_path.is_file():
         raise AdapterLoadError(f"{path} has no {META_FILE}: it was not saved by inilora.save_pretrained "
                                "(a plain PEFT adapter loads with peft.PeftModel.from_pretrained).")
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected = meta["init_file_sha256"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise AdapterLoadError(f"{meta_path} is corrupted ({exc}).") from exc
+    meta = read_sealed(meta_path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise AdapterLoadError(f"{meta_path} has format version {meta.get('format_version')!r}; this inilora "
                                f"reads version {FORMAT_VERSION}.")
-    if not init_path.is_file():
+    verify_files(path, meta["files"])
+    if INIT_FILE not in meta["files"]:
         raise AdapterLoadError(f"{path} is missing {INIT_FILE}, the initial factors the residual is rebuilt from.")
-    if _sha256(init_path) != expected:
-        raise AdapterLoadError(f"{init_path} is corrupted: its checksum differs from the one recorded at save time.")
     try:
         tensors = load_file(init_path)
-    except (SafetensorError, OSError) as exc:
-        raise AdapterLoadError(f"{init_path} is corrupted ({exc}).") from exc
-    return meta, tensors
+        config = LoraConfig.from_pretrained(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterLoadError(f"{path} cannot be read ({exc}).") from exc
+    for key, value in (meta["plain_peft_guard"] or {}).items():
+        setattr(config, key, set(value) if key == "target_modules" and isinstance(value, list) else value)
+    return meta, tensors, config
 
 
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
                     is_trainable: bool = False) -> PeftModel:
-    """Load an adapter saved by :func:`save_pretrained` onto a freshly loaded *original* base model.
+    """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
+    model) onto a freshly loaded *original* base model. ``path`` may be the directory a named adapter
+    was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``).
 
-    Everything is checked before the model is touched: the files' integrity, and that each target
-    weight is byte-identical to the one the adapter was made on (fingerprints)."""
-    path = Path(path)
-    meta, tensors = _read_saved(path)
+    Everything is checked before the model is touched: every file against its recorded sha256, and
+    that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
+    failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
+    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
+    path = _locate(path, adapter_name)
+    meta, tensors, config = _read_saved(path)
     options = InitOptions.from_record(meta["options"])
     method = get_method(options.method)
-    config = resolve_config(LoraConfig.from_pretrained(str(path)), base_model)
+    config = resolve_config(config, base_model)
     targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual)
     recorded = meta["layers"]
     found = {t.name for t in targets}
@@ -143,19 +225,28 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
-    # the model changes from here on
-    peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
-                                           is_trainable=is_trainable)
-    state = InitState(options, adapter_name, report=InitReport(options.method, options.drift_warn_threshold))
-    with torch.no_grad():
-        for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
-            A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
-            keep_fp32 = recorded[name]["residual_fp32"]
-            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method, keep_fp32,
-                                                     recorded[name]["optimum"]))
-            state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
-                                            getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
-    peft_model.inilora = state
+    # the model changes from here on; any failure puts it back as it was
+    snapshot, originals = Snapshot(base_model), {}
+    try:
+        peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
+                                               is_trainable=is_trainable, config=config)
+        state = InitState(options, adapter_name, report=InitReport(options.method, options.drift_warn_threshold))
+        with torch.no_grad():
+            for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
+                A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
+                keep_fp32 = recorded[name]["residual_fp32"]
+                originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
+                state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
+                                                         keep_fp32, recorded[name]["optimum"]))
+                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
+                                                getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
+    except BaseException as exc:
+        snapshot.unwind(base_model, originals)
+        if isinstance(exc, Exception):
+            raise AdapterLoadError(f"Loading {path} failed ({type(exc).__name__}: {exc}); the model was put back "
+                                   "as it was.") from exc
+        raise
+    attach(peft_model, state)
     warn_on_drift(state.report)
     return peft_model
 
@@ -202,5 +293,5 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
             if layer.lora_bias.get(adapter) and base.bias is not None:
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
     model = peft_model.unload()
-    del peft_model.inilora
+    del peft_model.inilora, peft_model.save_pretrained
     return model
