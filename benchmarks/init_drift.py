@@ -53,7 +53,7 @@ def main() -> None:
                 for keep_fp32 in ((False,) if dtype == "float32" else (False, True)):
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        peft_model = inilora.get_peft_model(load(name, "cpu", dtype), lora_config(name, 8), method,
+                        peft_model = inilora.get_peft_model(load(name, "cpu", dtype), lora_config(name, 8), method=method,
                                                             solver="svd", residual_fp32=keep_fp32, progress=False)
                     warned = any(issubclass(w.category, inilora.InitDriftWarning) for w in caught)
                     diff = (outputs(peft_model, batch) - expected).abs().max().item()

