@@ -30,9 +30,11 @@ def lora_config():
 
 
 def sft_trainer(peft_model, tmp_path, **kwargs):
+    # bf16=False: SFTConfig defaults to bf16, and accelerate leaves the trained model's forward wrapped in
+    # bf16 autocast, which would compare a bf16 forward against the fp32 reload
     args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=8, per_device_train_batch_size=8,
                          learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                         max_length=16, disable_tqdm=True, seed=0)
+                         bf16=False, max_length=16, disable_tqdm=True, seed=0)
     rows = [{"text": "the coffee was very good and the tea was great"}, {"text": "it was a bad and stale snack"}]
     return trl.SFTTrainer(model=peft_model, args=args, train_dataset=datasets.Dataset.from_list(rows * 16),
                           processing_class=word_tokenizer(), **kwargs)
