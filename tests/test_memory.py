@@ -28,7 +28,7 @@ with torch.no_grad():
     for p in model.parameters():
         p.sum()  # fault the weights in
 size = sum(p.numel() * p.element_size() for p in model.parameters())
-_, _, rise = measure(inilora.get_peft_model, model, config(), "inilora", steps=300, progress=False, cache=False)
+_, _, rise = measure(inilora.get_peft_model, model, config(), method="inilora", steps=300, progress=False, cache=False)
 print(rise / size)
 """
 
