@@ -72,8 +72,8 @@ def main() -> None:
     for name in args.models:
         model = load(name, "cpu", "float32")
         weights = target_weights(model, name)
-        peft_model = inilora.get_peft_model(model, lora_config(name, args.rank), "inilora")  # published defaults
-        closed = inilora.get_peft_model(load(name, "cpu", "float32"), lora_config(name, args.rank), "inilora",
+        peft_model = inilora.get_peft_model(model, lora_config(name, args.rank), method="inilora")  # published defaults
+        closed = inilora.get_peft_model(load(name, "cpu", "float32"), lora_config(name, args.rank), method="inilora",
                                         solver="svd").inilora.layers  # svd_basis="adam-like"
         rows = {n: geometry(weights[n], layer.A0.float(), layer.B0.float(), args.rank,
                             (closed[n].A0.float(), closed[n].B0.float()))

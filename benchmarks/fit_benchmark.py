@@ -71,7 +71,7 @@ def warm_up(device: str) -> None:
 
     tiny = lambda: BertModel(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                                         num_attention_heads=2)).to(device)
-    inilora.get_peft_model(tiny(), LoraConfig(r=4, target_modules=["query"]), "inilora", steps=10, progress=False,
+    inilora.get_peft_model(tiny(), LoraConfig(r=4, target_modules=["query"]), method="inilora", steps=10, progress=False,
                            cache=False)
     peft.get_peft_model(tiny(), LoraConfig(r=4, target_modules=["query"], init_lora_weights="pissa_niter_2"))
     torch.linalg.svdvals(torch.randn(8, 8, device=device))
@@ -148,7 +148,7 @@ def run_cell(args) -> dict:
                    "svd": {"solver": "svd"}, "svd-randomized": {"solver": "svd_randomized"}}[cell]
 
         def init():
-            m = inilora.get_peft_model(model, lora_config(args.model, r), "inilora", steps=args.steps,
+            m = inilora.get_peft_model(model, lora_config(args.model, r), method="inilora", steps=args.steps,
                                        progress=False, cache=False, **options)
             sync()
             return m

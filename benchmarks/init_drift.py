@@ -53,7 +53,7 @@ def main() -> None:
                 for keep_fp32 in ((False,) if dtype == "float32" else (False, True)):
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        peft_model = inilora.get_peft_model(load(name, "cpu", dtype), lora_config(name, 8), method,
+                        peft_model = inilora.get_peft_model(load(name, "cpu", dtype), lora_config(name, 8), method=method,
                                                             residual_fp32=keep_fp32, progress=False,
                                                             **({"solver": "svd"} if inilora.get_method(method).has_fit
                                                                else {}))

@@ -15,7 +15,7 @@ OPTS = {"steps": 200, "progress": False}
 
 def init_factors(**options):
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, "inilora", **{**OPTS, **options})
+    peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, method="inilora", **{**OPTS, **options})
     return {name: (layer.A0, layer.B0) for name, layer in peft_model.inilora.layers.items()}
 
 

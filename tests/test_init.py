@@ -35,7 +35,7 @@ def model_digest(model) -> str:
 def test_output_at_init_equals_base(arch, method, r, alpha, rslora, input_ids):
     model = tiny_model(arch)
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, config(arch, r, alpha, use_rslora=rslora), method, **fast(method))
+    peft_model = inilora.get_peft_model(model, config(arch, r, alpha, use_rslora=rslora), method=method, **fast(method))
     assert (outputs(peft_model, input_ids) - expected).abs().max().item() <= 1e-5
     report = peft_model.inilora.report
     assert len(report.layers) == {"llama": 4, "gpt2": 2, "bert": 4}[arch]
@@ -46,7 +46,7 @@ def test_output_at_init_equals_base(arch, method, r, alpha, rslora, input_ids):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_only_lora_parameters_train(arch):
     model = tiny_model(arch)
-    peft_model = inilora.get_peft_model(model, config(arch, r=4), "inilora", solver="svd", progress=False)
+    peft_model = inilora.get_peft_model(model, config(arch, r=4), method="inilora", solver="svd", progress=False)
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     expected = 0
@@ -63,7 +63,7 @@ def test_residual_is_the_weight_minus_the_scaled_product():
     model = tiny_model("llama")
     name = "model.layers.0.self_attn.q_proj"
     W = model.get_submodule(name).weight.detach().clone()
-    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=12), "inilora-alpha", progress=False)
+    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=12), method="inilora-alpha", progress=False)
     layer = peft_model.base_model.model.get_submodule(name)
     A0, B0 = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     assert layer.scaling["default"] == 3.0
@@ -73,14 +73,14 @@ def test_residual_is_the_weight_minus_the_scaled_product():
 def test_modules_to_save_train_too():
     model = tiny_model("bert")
     cfg = LoraConfig(r=4, lora_alpha=4, target_modules=["query", "value"], modules_to_save=["pooler"])
-    peft_model = inilora.get_peft_model(model, cfg, "pissa", progress=False)
+    peft_model = inilora.get_peft_model(model, cfg, method="pissa", progress=False)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert any("pooler" in n for n in trainable)
 
 
 def test_same_seed_same_factors_other_seed_differs():
     def factors(seed):
-        peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "inilora", seed=seed, **FAST)
+        peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), method="inilora", seed=seed, **FAST)
         return torch.cat([l.A0.flatten() for l in peft_model.inilora.layers.values()])
     assert torch.equal(factors(1), factors(1))
     assert not torch.equal(factors(1), factors(2))
@@ -90,7 +90,7 @@ def test_same_seed_same_factors_other_seed_differs():
 def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids):
     model = tiny_model("llama", torch.bfloat16)
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=4), method, drift_warn_threshold=1.0, **fast(method))
+    peft_model = inilora.get_peft_model(model, config("llama", r=4, alpha=4), method=method, drift_warn_threshold=1.0, **fast(method))
     report = peft_model.inilora.report
     # the residual was rounded to bf16: drift is the rounding, at most a few bf16 ulps of the residual
     assert report.max_drift < 0.5
@@ -98,7 +98,7 @@ def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids)
         assert report.max_drift == 0
     # fp32 residual: the drift is gone
     model32 = tiny_model("llama", torch.bfloat16)
-    exact = inilora.get_peft_model(model32, config("llama", r=4, alpha=4), method, residual_fp32=True, **fast(method))
+    exact = inilora.get_peft_model(model32, config("llama", r=4, alpha=4), method=method, residual_fp32=True, **fast(method))
     assert exact.inilora.report.max_drift <= 1e-5
     name = next(iter(exact.inilora.layers))
     residual_dtype = exact.base_model.model.get_submodule(name).base_layer.weight.dtype
@@ -111,17 +111,17 @@ def test_bf16_residual_from_stored_factors_and_drift_reported(method, input_ids)
 
 def test_bf16_alpha_drift_warns_and_fp32_does_not():
     with pytest.warns(inilora.InitDriftWarning, match="residual_fp32=True"):
-        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), "inilora-alpha", progress=False)
+        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), method="inilora-alpha", progress=False)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error", inilora.InitDriftWarning)
-        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), "inilora-alpha",
+        inilora.get_peft_model(tiny_model("llama", torch.bfloat16), config("llama"), method="inilora-alpha",
                                residual_fp32=True, progress=False)
 
 
 def test_report_table_lists_every_layer():
-    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "inilora", solver="svd", progress=False)
-    table = str(peft_model.inilora.report)
+    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), method="inilora", solver="svd", progress=False)
+    table = peft_model.inilora.report.table()
     assert "optimum" in table and table.count("self_attn") == 4
     rows = peft_model.inilora.report.to_rows()
     assert all(row["ratio"] <= 1 + 1e-6 for row in rows)
@@ -171,28 +171,28 @@ def test_bad_input_raises_clearly_and_leaves_model_untouched(case):
     kwargs = dict(kwargs)
     method = kwargs.pop("method", "inilora")
     with pytest.raises((ValueError, TypeError), match=message):
-        inilora.get_peft_model(model, make_config(), method, progress=False, **kwargs)
+        inilora.get_peft_model(model, make_config(), method=method, progress=False, **kwargs)
     assert model_digest(model) == before
     assert not hasattr(model, "peft_config")
 
 
 def test_stacking_a_second_residual_adapter_is_refused():
-    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), "pissa", progress=False)
+    peft_model = inilora.get_peft_model(tiny_model("llama"), config("llama"), method="pissa", progress=False)
     inner = peft_model.base_model.model
     before = model_digest(inner)
     with pytest.raises(ValueError, match="already carries an IniLoRA residual"):
-        inilora.get_peft_model(inner, config("llama"), "inilora", progress=False)
+        inilora.get_peft_model(inner, config("llama"), method="inilora", progress=False)
     with pytest.raises(ValueError, match="not a PeftModel"):
-        inilora.get_peft_model(peft_model, config("llama"), "inilora", progress=False)
+        inilora.get_peft_model(peft_model, config("llama"), method="inilora", progress=False)
     assert model_digest(inner) == before
 
 
 def test_svd_basis_singular_reproduces_pissa_and_adam_like_differs_only_in_factoring():
     cfg = lambda: config("llama", r=4, alpha=8)
-    pissa = inilora.get_peft_model(tiny_model("llama"), cfg(), "pissa", progress=False).inilora.layers
-    singular = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd", svd_basis="singular",
+    pissa = inilora.get_peft_model(tiny_model("llama"), cfg(), method="pissa", progress=False).inilora.layers
+    singular = inilora.get_peft_model(tiny_model("llama"), cfg(), method="inilora", solver="svd", svd_basis="singular",
                                       progress=False).inilora.layers
-    rotated = inilora.get_peft_model(tiny_model("llama"), cfg(), "inilora", solver="svd",
+    rotated = inilora.get_peft_model(tiny_model("llama"), cfg(), method="inilora", solver="svd",
                                      progress=False).inilora.layers
     for name in pissa:  # the same triplets, up to each one's sign
         signs = torch.sign((pissa[name].A0 * singular[name].A0).sum(dim=1))
@@ -207,14 +207,14 @@ def test_exclude_modules_and_layers_to_transform_follow_peft(input_ids):
                      exclude_modules=["model.layers.1.self_attn.v_proj"])
     model = tiny_model("llama")
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, cfg, "pissa", progress=False)
+    peft_model = inilora.get_peft_model(model, cfg, method="pissa", progress=False)
     assert list(peft_model.inilora.layers) == ["model.layers.1.self_attn.q_proj"]
     assert (outputs(peft_model, input_ids) - expected).abs().max() <= 1e-5
 
 
 def test_fp16_model(input_ids):
     model = tiny_model("llama", torch.float16)
-    peft_model = inilora.get_peft_model(model, config("llama"), "inilora", solver="svd", residual_fp32=True,
+    peft_model = inilora.get_peft_model(model, config("llama"), method="inilora", solver="svd", residual_fp32=True,
                                         progress=False)
     assert peft_model.inilora.report.max_drift <= 1e-5
     assert torch.isfinite(outputs(peft_model, input_ids)).all()

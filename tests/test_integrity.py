@@ -22,7 +22,7 @@ IDS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
 
 def make(method, dtype=torch.float32, adapter_name="default", **kw):
     config = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS["llama"])
-    return inilora.get_peft_model(tiny_model("llama", dtype), config, method, adapter_name=adapter_name,
+    return inilora.get_peft_model(tiny_model("llama", dtype), config, method=method, adapter_name=adapter_name,
                                   **FAST, **SOLVER.get(method, {}), **kw)
 
 

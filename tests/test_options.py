@@ -43,16 +43,16 @@ def test_every_bad_option_is_an_init_error_naming_it_and_the_allowed_values(opti
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(InitError, match=rf"Option {name} must be .*{allowed}"):
-        inilora.get_peft_model(model, config(), "inilora", progress=False, **options)
+        inilora.get_peft_model(model, config(), method="inilora", progress=False, **options)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not hasattr(model, "peft_config")
 
 
 def test_unknown_method_and_unknown_keyword():
     with pytest.raises(InitError, match="Unknown method 'dora'; choose one of lora, pissa, milora, inilora"):
-        inilora.get_peft_model(tiny_model("llama"), config(), "dora")
+        inilora.get_peft_model(tiny_model("llama"), config(), method="dora")
     with pytest.raises(UnknownOptionError, match="Unknown option.* sover; known options: .*solver") as info:
-        inilora.get_peft_model(tiny_model("llama"), config(), "inilora", sover="svd")
+        inilora.get_peft_model(tiny_model("llama"), config(), method="inilora", sover="svd")
     assert isinstance(info.value, InitError) and isinstance(info.value, TypeError)
 
 
@@ -63,23 +63,23 @@ def test_fit_options_for_a_method_without_a_fit_are_refused(method, options):
     name = next(iter(options))
     with pytest.raises(InitError, match=rf"Option\(s\) {name} configure the IniLoRA fit, which method '{method}' "
                                         r"does not run.*\(inilora\)"):
-        inilora.get_peft_model(tiny_model("llama"), config(), method, progress=False, **options)
+        inilora.get_peft_model(tiny_model("llama"), config(), method=method, progress=False, **options)
 
 
 @pytest.mark.parametrize("init", ["pissa", "gaussian", False, "olora"])
 def test_a_peft_init_in_the_lora_config_is_refused_not_reset(init):
     model = tiny_model("llama")
     with pytest.raises(InitError, match=rf"LoraConfig\(init_lora_weights={init!r}\) would be overwritten"):
-        inilora.get_peft_model(model, config(init_lora_weights=init), "inilora", solver="svd", progress=False)
+        inilora.get_peft_model(model, config(init_lora_weights=init), method="inilora", solver="svd", progress=False)
     assert not hasattr(model, "peft_config")
 
 
 def test_sub_configs_and_flat_keywords_give_identical_factors():
-    flat = inilora.get_peft_model(tiny_model("llama"), config(), "inilora", steps=20, lr=1e-3, cache=False,
+    flat = inilora.get_peft_model(tiny_model("llama"), config(), method="inilora", steps=20, lr=1e-3, cache=False,
                                   progress=False).inilora.layers
-    nested = inilora.get_peft_model(tiny_model("llama"), config(), "inilora", adam=AdamSchedule(steps=20, lr=1e-3),
+    nested = inilora.get_peft_model(tiny_model("llama"), config(), method="inilora", adam=AdamSchedule(steps=20, lr=1e-3),
                                     cache=False, progress=False).inilora.layers
-    randomized = [inilora.get_peft_model(tiny_model("llama"), config(), "inilora", solver="svd_randomized",
+    randomized = [inilora.get_peft_model(tiny_model("llama"), config(), method="inilora", solver="svd_randomized",
                                          progress=False, cache=False, **kw).inilora.layers
                   for kw in ({"randomized_niter": 2}, {"randomized": RandomizedSVD(niter=2)})]
     for name in flat:
@@ -122,7 +122,7 @@ def test_a_new_method_is_one_registry_entry(monkeypatch, input_ids):
                                                    compute=per_matrix(halves)))
     model = tiny_model("llama")
     expected = outputs(model, input_ids)
-    peft_model = inilora.get_peft_model(model, config(), "halves", progress=False)
+    peft_model = inilora.get_peft_model(model, config(), method="halves", progress=False)
     layer = peft_model.inilora.layers["model.layers.0.self_attn.q_proj"]
     assert torch.count_nonzero(layer.B0) == 4 and peft_model.inilora.is_residual
     assert (outputs(peft_model, input_ids) - expected).abs().max() <= 1e-5

@@ -12,7 +12,7 @@ from conftest import ARCHS, TARGETS, fit_options, outputs, tiny_model, train_ste
 def trained(arch, method, tmp_path, dtype=torch.float32, input_ids=None, **kw):
     model = tiny_model(arch, dtype)
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[arch])
-    peft_model = inilora.get_peft_model(model, cfg, method, progress=False, **fit_options(method, steps=300), **kw)
+    peft_model = inilora.get_peft_model(model, cfg, method=method, progress=False, **fit_options(method, steps=300), **kw)
     train_steps(peft_model, input_ids)
     inilora.save_pretrained(peft_model, tmp_path / "adapter")
     return peft_model
@@ -122,7 +122,7 @@ def test_save_refuses_a_model_not_made_by_inilora(tmp_path):
 def test_rank_and_alpha_patterns_survive_reload_export_and_merge(rslora, tmp_path, input_ids):
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=rslora,
                      rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 6})
-    peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, "inilora-beta", progress=False)
+    peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, method="inilora-beta", progress=False)
     scalings = {n.rsplit(".", 1)[-1]: l.scaling for n, l in peft_model.inilora.layers.items()}
     assert scalings["v_proj"] == pytest.approx(6 / 2 ** 0.5 if rslora else 3.0)
     train_steps(peft_model, input_ids)

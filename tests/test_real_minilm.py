@@ -33,7 +33,7 @@ def test_every_method_is_exact_at_init_and_after_reload(method, batch, tmp_path)
     model = load_minilm()
     expected = embed(model, batch)
     config = LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"])
-    peft_model = inilora.get_peft_model(model, config, method, progress=False, **fit_options(method, solver="svd"))
+    peft_model = inilora.get_peft_model(model, config, method=method, progress=False, **fit_options(method, solver="svd"))
     assert len(peft_model.inilora.report.layers) == 12
     # IniLoRA-α's product is ~20× larger than W: both the fp32 residual and y = W_res·x + s·B0·A0·x
     # cancel, so its rounding is ~20× that of the other methods (measured 1.05e-5 here)
@@ -54,7 +54,7 @@ def test_every_method_is_exact_at_init_and_after_reload(method, batch, tmp_path)
 
 def test_published_adam_fit_reaches_the_optimum_on_real_weights():
     config = LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"], layers_to_transform=[5])
-    peft_model = inilora.get_peft_model(load_minilm(), config, "inilora", progress=False)  # published defaults
+    peft_model = inilora.get_peft_model(load_minilm(), config, method="inilora", progress=False)  # published defaults
     report = peft_model.inilora.report
     assert len(report.layers) == 2
     assert report.max_ratio <= 1.01

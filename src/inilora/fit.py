@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -29,7 +29,8 @@ def draw_start(shape: tuple[int, int], r: int, sigma: float, generator: torch.Ge
     return U, P
 
 
-def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> tuple[Tensor, Tensor, int]:
+def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule,
+             on_step: Callable[[], object] | None = None) -> tuple[Tensor, Tensor, int]:
     """Fit a batch ``targets (n, out, in)`` from starts ``U (n, out, r)``, ``P (n, in, r)``.
 
     Each matrix's loss is the mean over its entries, so the batch's summed loss gives every matrix
@@ -37,7 +38,8 @@ def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> t
     computed in Gram form, ``2/N · (U (PᵀP) − W P)``, which never materializes ``U Pᵀ − W``. The
     factors are stored transposed (``Uᵀ``, ``Pᵀ``: r rows) because the products with ``W`` then have the
     skinny operand on the left, which CPU GEMM kernels run 2–4× faster at small r; Adam is elementwise,
-    so the layout does not change the update.
+    so the layout does not change the update. ``on_step`` (e.g. a progress bar's ``update``) is called
+    after every step; it must not read the tensors, or each step would wait for the device.
     Returns ``(A0 (n, r, in), B0 (n, out, r), steps_taken)``.
     """
     targets = targets.float()
@@ -71,6 +73,8 @@ def fit_adam(targets: Tensor, U: Tensor, P: Tensor, schedule: AdamSchedule) -> t
             last_loss = loss
         optimizer.step()
         scheduler.step()
+        if on_step is not None:
+            on_step()
     Ut.grad = Pt.grad = None
     return Pt, Ut.transpose(1, 2).contiguous(), step
 

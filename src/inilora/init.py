@@ -5,6 +5,7 @@ bad input is checked before the model is touched."""
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import peft
@@ -13,9 +14,10 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .cache import FitCache
 from .errors import InitError
 from .memory import release_freed_memory
-from .methods import Factors, Method, compute_factors, get_method
+from .methods import METHODS, Factors, Method, compute_factors, get_method
 from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
 from .report import InitReport, LayerReport
@@ -67,21 +69,54 @@ def warn_on_drift(report: InitReport) -> None:
             InitDriftWarning, stacklevel=3)
 
 
-def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "inilora", *,
-                   adapter_name: str = "default", **options) -> PeftModel:
-    """Wrap ``model`` with PEFT LoRA layers initialized by ``method``.
+def new_report(options: InitOptions) -> InitReport:
+    """An empty report for ``options``; the fit columns are shown for the methods defined through the
+    SVD optimum, the only ones whose factors approximate ``W``."""
+    method = get_method(options.method)
+    return InitReport(options.method, options.drift_warn_threshold, solver=options.solver if method.has_fit else None,
+                      approximates_weight=method.rank_limited)
 
+
+def resolve_options(method: str | None, init_options: InitOptions | None, options: dict) -> InitOptions:
+    """One ``InitOptions`` from either ``init_options=`` or keyword options, never both."""
+    if init_options is None:
+        return InitOptions.from_kwargs(method or "inilora", options)
+    if not isinstance(init_options, InitOptions):
+        raise InitError(f"init_options must be an inilora.InitOptions, got {type(init_options).__name__}.")
+    if options:
+        raise InitError(f"Pass the options either as init_options=InitOptions(...) or as keywords, not both "
+                        f"(got init_options and {', '.join(sorted(options))}).")
+    if method is not None and method != init_options.method:
+        raise InitError(f"method={method!r} contradicts init_options.method={init_options.method!r}; "
+                        "set the method in one place.")
+    return init_options
+
+
+def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str = "default", *,
+                   method: str | None = None, init_options: InitOptions | None = None, **options) -> PeftModel:
+    """Wrap ``model`` with PEFT LoRA layers initialized by ``method`` (default ``"inilora"``).
+
+    The positional arguments are ``peft.get_peft_model``'s: ``(model, config, adapter_name)``.
     ``method`` is one of ``lora``, ``pissa``, ``milora``, ``inilora``, ``inilora-alpha``,
-    ``inilora-beta``. Options (see :class:`inilora.InitOptions`): ``seed``; for ``inilora``
-    ``solver`` (``"adam"``, the published procedure, or ``"svd"``, its closed-form optimum),
-    ``steps``, ``lr``, ``fit_scaled``; ``residual_fp32``; ``progress``.
+    ``inilora-beta``. Options (see :class:`inilora.InitOptions`), either as keywords or as one
+    ``init_options=InitOptions(...)``: ``seed``; for ``inilora`` ``solver`` (``"adam"``, the
+    published procedure, or ``"svd"``, its closed-form optimum), ``steps``, ``lr``, ``fit_scaled``;
+    ``residual_fp32``; ``progress``.
 
     Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
     factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified
     in place, as with ``peft.get_peft_model``; on any error it is left untouched. The per-layer
     :class:`~inilora.InitReport` is at ``peft_model.inilora.report``.
     """
-    opts = InitOptions.from_kwargs(method, options)
+    start = time.perf_counter()
+    if method is None and init_options is None and adapter_name in METHODS:
+        warnings.warn(f"get_peft_model(model, config, {adapter_name!r}): the third positional argument is "
+                      f"adapter_name, as in PEFT; it is taken as method={adapter_name!r} for now, and will be "
+                      f"an adapter name in a later release. Pass method={adapter_name!r}.",
+                      FutureWarning, stacklevel=2)
+        method, adapter_name = adapter_name, "default"
+    opts = resolve_options(method, init_options, options)
+    method = opts.method
     spec = get_method(method)
     config = resolve_config(lora_config, model)
     targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual)
@@ -90,7 +125,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
     fingerprints = {t.name: t.fingerprint for t in targets}
     dtypes = {t.name: t.weight.dtype for t in targets}
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes)
+    cache = FitCache(opts.cache_dir) if opts.cache else None
+    factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes, cache)
 
     # the model changes from here on
     peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
@@ -99,7 +135,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
         peft_model.unload()
         raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
                         "matching; this is a bug in inilora, please report it with your LoraConfig.")
-    state = InitState(opts, adapter_name, report=InitReport(method, opts.drift_warn_threshold))
+    state = InitState(opts, adapter_name, report=new_report(opts))
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(fingerprints)).items():
             lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
@@ -110,6 +146,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
                                                      opts.residual_fp32, factors[name].optimum))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)
+    state.report.seconds = time.perf_counter() - start
+    state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
     from .persistence import attach  # persistence imports this module
 
     attach(peft_model, state)

@@ -24,29 +24,26 @@ for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=Fa
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
-import math
 import os
+import time
 import types
 from pathlib import Path
 
 import peft
 import torch
 from peft import LoraConfig, PeftModel
-from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
-from .errors import AdapterLoadError
-from .init import install_layer, warn_on_drift
+from .errors import AdapterLoadError, InitError
+from .init import install_layer, new_report, warn_on_drift
 from .methods import get_method
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
-from .report import InitReport
+from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
 from .rollback import Snapshot
 from .state import InitState, LayerState, fingerprint
 
@@ -70,10 +67,10 @@ different model); for plain PEFT, use the rank-2r adapter written by `inilora.ex
 """
 
 
-def _state(peft_model: PeftModel) -> InitState:
+def state_of(peft_model: PeftModel) -> InitState:
     state = getattr(peft_model, "inilora", None)
     if not isinstance(state, InitState):
-        raise ValueError("This model was not made by inilora.get_peft_model or inilora.from_pretrained.")
+        raise InitError("This model was not made by inilora.get_peft_model or inilora.from_pretrained.")
     return state
 
 
@@ -90,30 +87,33 @@ def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:
 
 
 def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refuse_plain_peft: bool = True,
-                    push_to_hub: bool = False, **kwargs) -> None:
+                    push_to_hub: bool = False, **kwargs) -> Path:
     """Save the adapter with PEFT's ``save_pretrained`` (``args``/``kwargs`` are PEFT's, e.g.
-    ``is_main_process``, ``selected_adapters``) and add what rebuilds its residual; also bound to the
+    ``is_main_process``, ``selected_adapters``) and add what rebuilds its residual; return the adapter's
+    directory (``path``, or PEFT's ``path/adapter_name`` for a non-default adapter). Also bound to the
     model as ``peft_model.save_pretrained``.
 
     ``refuse_plain_peft`` (residual methods): make ``peft.PeftModel.from_pretrained`` raise on this
     adapter (see the module docstring); ``False`` only for an adapter meant for the residual model.
     ``push_to_hub``: upload the directory once everything is written (``repo_id``, default the
     directory's name; ``token``, ``private``, ``commit_message``, ``revision``, ``create_pr``)."""
-    state = _state(peft_model)
+    state = state_of(peft_model)
     hub = {k: kwargs.pop(k) for k in HUB_ARGS if k in kwargs}
     peft_save = type(peft_model).save_pretrained
     bound = inspect.signature(peft_save).bind(peft_model, str(path), *args, **kwargs)
     bound.apply_defaults()
     if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
-        raise ValueError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
+        raise InitError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
                          "use inilora.export_lora for a plain LoRA adapter on the original base.")
     peft_save(*bound.args, **bound.kwargs)
+    out = _adapter_dir(path, state.adapter_name)
     if not bound.arguments["is_main_process"]:
-        return
+        return out
     if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
-        _write_init_files(state, _adapter_dir(path, state.adapter_name), refuse_plain_peft)
+        _write_init_files(state, out, refuse_plain_peft)
     if push_to_hub:
         _push(Path(path), **hub)
+    return out
 
 
 def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> None:
@@ -201,6 +201,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
     failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
     is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
+    start = time.perf_counter()
     path = _locate(path, adapter_name)
     meta, tensors, config = _read_saved(path)
     options = InitOptions.from_record(meta["options"])
@@ -230,7 +231,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     try:
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
-        state = InitState(options, adapter_name, report=InitReport(options.method, options.drift_warn_threshold))
+        state = InitState(options, adapter_name, report=new_report(options))
         with torch.no_grad():
             for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
@@ -246,52 +247,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             raise AdapterLoadError(f"Loading {path} failed ({type(exc).__name__}: {exc}); the model was put back "
                                    "as it was.") from exc
         raise
+    state.report.seconds = time.perf_counter() - start
     attach(peft_model, state)
     warn_on_drift(state.report)
     return peft_model
-
-
-def export_lora(peft_model: PeftModel, path: str | os.PathLike) -> None:
-    """Write a plain PEFT LoRA adapter for the *original* base: ``ΔW = s(BA − B0A0) = s·[B, −B0]·[A; A0]``,
-    rank 2r with alpha doubled (×√2 under rsLoRA) so the scaling is unchanged. Plain LoRA is written
-    as it is (its B0 is zero)."""
-    state = _state(peft_model)
-    config: LoraConfig = copy.deepcopy(peft_model.peft_config[state.adapter_name])
-    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
-    if state.is_residual:
-        for name, layer in state.layers.items():
-            a_key, b_key = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
-            A, B = tensors[a_key], tensors[b_key]
-            tensors[a_key] = torch.cat([A, layer.A0.to(A)], dim=0).contiguous()
-            tensors[b_key] = torch.cat([B, -layer.B0.to(B)], dim=1).contiguous()
-        alpha_factor = math.sqrt(2) if config.use_rslora else 2
-        config.r *= 2
-        config.lora_alpha *= alpha_factor
-        config.rank_pattern = {k: 2 * v for k, v in config.rank_pattern.items()}
-        config.alpha_pattern = {k: alpha_factor * v for k, v in config.alpha_pattern.items()}
-    config.init_lora_weights = True
-    config.inference_mode = True
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter_model.safetensors",
-              metadata={"format": "pt"})
-
-
-def merge_and_unload(peft_model: PeftModel) -> nn.Module:
-    """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
-    stored in the base model's dtype; other PEFT wrappers (``modules_to_save``) are unloaded by PEFT."""
-    state = _state(peft_model)
-    adapter = state.adapter_name
-    with torch.no_grad():
-        for name, layer in lora_layers(peft_model, list(state.layers)).items():
-            base = layer.get_base_layer()
-            A = layer.lora_A[adapter].weight.float()
-            B = layer.lora_B[adapter].weight.float()
-            merged = weight_view(base).float() + layer.scaling[adapter] * (B @ A)
-            restore_plain_layer(base, merged)
-            if layer.lora_bias.get(adapter) and base.bias is not None:
-                base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
-    model = peft_model.unload()
-    del peft_model.inilora, peft_model.save_pretrained
-    return model

@@ -25,11 +25,22 @@ class LayerReport:
         return self.init_error / self.optimum if self.optimum > 0 else (1.0 if self.init_error == 0 else float("inf"))
 
 
+FIT_COLUMNS = ("init_error", "optimum", "ratio")  # blank where the method does not approximate W
+
+
 @dataclass
 class InitReport:
+    """``print(report)``: one line; ``report.table()``: one row per layer. Columns that mean nothing for
+    the method are blank (the fit's error and optimum for ``lora``, ``inilora-alpha``, ``inilora-beta``,
+    whose factors do not approximate ``W``)."""
+
     method: str
     drift_warn_threshold: float
     layers: list[LayerReport] = field(default_factory=list)
+    solver: str | None = None  # the IniLoRA fit's solver; None for methods without one
+    approximates_weight: bool = True  # s·B0·A0 is meant to approximate W: the fit columns mean something
+    seconds: float | None = None  # wall time of the initialization (or the reload)
+    cache_hits: int | None = None  # layers whose factors came from the fit cache; None: no cache consulted
 
     @property
     def max_drift(self) -> float:
@@ -38,30 +49,47 @@ class InitReport:
     @property
     def max_ratio(self) -> float | None:
         ratios = [layer.ratio for layer in self.layers if layer.ratio is not None]
-        return max(ratios) if ratios else None
+        return max(ratios) if ratios and self.approximates_weight else None
 
     def drifting_layers(self) -> list[LayerReport]:
         return [layer for layer in self.layers if layer.drift > self.drift_warn_threshold]
 
     def to_rows(self) -> list[dict]:
-        return [{**asdict(layer), "ratio": layer.ratio} for layer in self.layers]
+        rows = [{**asdict(layer), "ratio": layer.ratio} for layer in self.layers]
+        if not self.approximates_weight:
+            rows = [{**row, **dict.fromkeys(FIT_COLUMNS)} for row in rows]
+        return rows
+
+    def summary(self) -> str:
+        """One line: method, solver, time, cache hits, worst drift, worst error/optimum."""
+        parts = [f"{self.method}" + (f" ({self.solver})" if self.solver else "") + f": {len(self.layers)} layers"]
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:.2f} s")
+        if self.cache_hits is not None:
+            parts.append(f"{self.cache_hits}/{len(self.layers)} from cache")
+        parts.append(f"max drift {self.max_drift:.2e}")
+        if self.max_ratio is not None:
+            parts.append(f"max error/optimum {self.max_ratio:.6f}")
+        return ", ".join(parts)
 
     def table(self) -> str:
+        """The summary line, then one row per layer."""
+        def number(value: float | None, spec: str) -> str:
+            return "" if value is None else format(value, spec)
+
         header = ("layer", "shape", "r", "s", "init err", "optimum", "ratio", "drift", "max|drift|")
         rows = [header]
+        fit = self.approximates_weight
         for layer in self.layers:
             rows.append((layer.name, "x".join(map(str, layer.shape)), str(layer.r), f"{layer.scaling:g}",
-                         f"{layer.init_error:.6f}", "-" if layer.optimum is None else f"{layer.optimum:.6f}",
-                         "-" if layer.ratio is None else f"{layer.ratio:.6f}", f"{layer.drift:.2e}",
+                         number(layer.init_error if fit else None, ".6f"), number(layer.optimum if fit else None, ".6f"),
+                         number(layer.ratio if fit else None, ".6f"), f"{layer.drift:.2e}",
                          f"{layer.max_abs_drift:.2e}"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                  for row in rows]
         lines.insert(1, "-" * len(lines[0]))
-        summary = f"{self.method}: {len(self.layers)} layers, max drift {self.max_drift:.2e}"
-        if self.max_ratio is not None:
-            summary += f", max error/optimum {self.max_ratio:.6f}"
-        return "\n".join([summary, *lines])
+        return "\n".join([self.summary(), *lines])
 
     def __str__(self) -> str:
-        return self.table()
+        return self.summary()

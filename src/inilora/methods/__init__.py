@@ -15,6 +15,7 @@ from .random import INILORA_ALPHA, INILORA_BETA, LORA
 from .svd import MILORA, PISSA
 
 if TYPE_CHECKING:
+    from ..cache import FitCache
     from ..options import InitOptions
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (LORA, PISSA, MILORA, INILORA, INILORA_ALPHA, INILORA_BETA)}
@@ -32,9 +33,11 @@ def get_method(name: str) -> Method:
     return method
 
 
-def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None) -> dict[str, Factors]:
-    """Initial factors (fp32, on each weight's device) for every target, in the targets' order."""
+def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None,
+                    cache: FitCache | None = None) -> dict[str, Factors]:
+    """Initial factors (fp32, on each weight's device) for every target, in the targets' order; a fit
+    reuses and fills ``cache`` when one is given."""
     bar = tqdm(total=len(targets), desc=f"{options.method} init", unit="matrix", disable=not options.progress)
     with torch.no_grad(), bar:
-        result = get_method(options.method).compute(targets, options, bar, model_bytes)
+        result = get_method(options.method).compute(targets, options, bar, model_bytes, cache)
     return {t.name: result[t.name] for t in targets}

@@ -19,6 +19,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
+    from ..cache import FitCache
     from ..options import InitOptions
 
 MethodName = Literal["lora", "pissa", "milora", "inilora", "inilora-alpha", "inilora-beta"]
@@ -50,8 +51,9 @@ class Target:
         return self.name.rsplit(".", 1)[-1]
 
 
-# every target's factors from the options; ``bar`` advances one step per matrix
-ComputeFactors = Callable[[list[Target], "InitOptions", "tqdm", "int | None"], dict[str, Factors]]
+# every target's factors from the options; ``bar`` advances one step per matrix; a method with a fit
+# reuses and fills the fit cache (which counts its hits) when one is given
+ComputeFactors = Callable[[list[Target], "InitOptions", "tqdm", "int | None", "FitCache | None"], dict[str, Factors]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class Method:
 
 def per_matrix(factors_of: Callable[[Target, "InitOptions"], Factors]) -> ComputeFactors:
     """A method computed one matrix at a time, as a :data:`ComputeFactors`."""
-    def compute(targets: list[Target], options: "InitOptions", bar: "tqdm", model_bytes: int | None):
+    def compute(targets: list[Target], options: "InitOptions", bar: "tqdm", model_bytes: int | None,
+                cache: "FitCache | None"):
         result = {}
         for t in targets:
             result[t.name] = factors_of(t, options)

@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..cache import FitCache, fit_key
+from .. import cache as fit_cache  # a module import: cache.py imports this package's Factors
 from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
 from ..memory import release_freed_memory
 from .base import Factors, Method, Target, layer_generator, relative_tail_energy
 from .svd import equalize_entry_scale, random_orthogonal, rotate_basis
 
 if TYPE_CHECKING:
+    from ..cache import FitCache
     from ..options import InitOptions
 
 logger = logging.getLogger("inilora")
@@ -99,8 +100,12 @@ def _adam_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, flo
     starts = [draw_start(tuple(t.weight.shape), t.r, sigmas[t.module_name], layer_generator(options.seed, t.name))
               for t in chunk]
     targets = torch.stack([fit_target(t, options) for t in chunk])
-    A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]),
-                         options.adam)
+    shape = "x".join(map(str, chunk[0].weight.shape))
+    # the Adam fit's own bar of steps (with an ETA), under the bar of matrices that moves once per chunk
+    with tqdm(total=options.adam.steps, desc=f"adam fit of {len(chunk)} {shape} matrices", unit="step",
+              leave=False, disable=not options.progress) as steps_bar:
+        A0, B0, _ = fit_adam(targets, torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts]),
+                             options.adam, on_step=steps_bar.update)
     # one matrix at a time: LAPACK's workspace stays one matrix, not a second copy of the chunk
     optima = [relative_tail_energy(torch.linalg.svdvals(target), t.r) for target, t in zip(targets, chunk)]
     del targets
@@ -120,14 +125,14 @@ def _fit_chunk(chunk: list[Target], options: InitOptions, sigmas: dict[str, floa
     return FIT_CHUNK[options.solver](chunk, options, sigmas)
 
 
-def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None) -> dict[str, Factors]:
+def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, model_bytes: int | None,
+                    cache: FitCache | None) -> dict[str, Factors]:
     """The IniLoRA fit of every target: cached entries are reused, the rest fitted chunk by chunk."""
-    cache = FitCache(options.cache_dir) if options.cache else None
     sigmas = published_sigmas(targets, options) if options.solver == "adam" else {}
     keys, result = {}, {}
     for t in targets:
         if cache is not None:
-            keys[t.name] = fit_key(t.fingerprint, t.name, t.r, t.scaling,
+            keys[t.name] = fit_cache.fit_key(t.fingerprint, t.name, t.r, t.scaling,
                                    _fit_options(options, sigmas.get(t.module_name)))
             cached = cache.load(keys[t.name], t.weight.shape[0], t.weight.shape[1], t.r)
             if cached is not None:

@@ -64,7 +64,7 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
         if cfg.fit_steps:
             options["steps"] = cfg.fit_steps
     start = time.perf_counter()
-    peft_model = inilora.get_peft_model(model, lora_config, cfg.method, **options)
+    peft_model = inilora.get_peft_model(model, lora_config, method=cfg.method, **options)
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),

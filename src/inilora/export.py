@@ -1,0 +1,94 @@
+"""Leaving inilora behind: a trained adapter as a plain PEFT LoRA for the *original* base (exact at rank
+2r, or truncated to a servable rank with its error reported), or merged into a plain model."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from .errors import InitError
+from .peft_glue import lora_layers, restore_plain_layer, weight_view
+from .persistence import state_of
+from .truncation import ExportTruncationWarning, export_config, truncate
+
+EXPORT_FILE = "inilora_export.json"  # what export_lora did to each layer: rank and relative error
+
+
+def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None = None, *,
+                warn_above: float = 1e-2) -> Path:
+    """Write a plain PEFT LoRA adapter for the *original* base model; return the directory written.
+
+    What was trained is ``ΔW = s(BA − B0A0) = s·[B, −B0]·[A; A0]``: a difference of two rank-r products,
+    so the exact adapter has rank **2r** (alpha doubled, ×√2 under rsLoRA, so the scaling is unchanged).
+    Servers cap the rank: vLLM's default ``--max-lora-rank`` is 16, so an exact r=16 export needs
+    ``--max-lora-rank 32``. With ``rank=k`` each layer is written at rank ``min(k, 2r)`` as the best
+    rank-k approximation of its ``ΔW`` (truncated SVD), alpha set to keep the scaling; the per-layer
+    relative error ``‖ΔW_k − ΔW‖_F / ‖ΔW‖_F`` goes to ``inilora_export.json`` next to the adapter, and
+    an :class:`ExportTruncationWarning` names the worst layer when it exceeds ``warn_above``.
+    ``rank >= 2r`` is exact. Plain LoRA is written as trained (rank r; B0 is zero), truncated likewise.
+    """
+    state = state_of(peft_model)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise InitError(f"rank must be a positive int or None, got {rank!r}.")
+    config: LoraConfig = peft_model.peft_config[state.adapter_name]
+    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
+    ranks, errors = {}, {}
+    for name, layer in state.layers.items():
+        a_key, b_key = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
+        A, B = tensors[a_key], tensors[b_key]
+        if state.is_residual:  # ΔW/s = [B, −B0]·[A; A0]
+            A = torch.cat([A, layer.A0.to(A)], dim=0)
+            B = torch.cat([B, -layer.B0.to(B)], dim=1)
+        ranks[name] = A.shape[0] if rank is None else min(rank, A.shape[0])
+        if ranks[name] < A.shape[0]:
+            low = truncate(B, A, ranks[name])
+            A, B, errors[name] = low.A, low.B, low.relative_error
+        else:
+            errors[name] = 0.0
+        tensors[a_key], tensors[b_key] = A.contiguous(), B.contiguous()
+    config = export_config(config, ranks)
+    config.init_lora_weights = True
+    config.inference_mode = True
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter_model.safetensors",
+              metadata={"format": "pt"})
+    worst = max(errors, key=errors.get, default=None)
+    (out / EXPORT_FILE).write_text(json.dumps({
+        "rank": rank, "max_relative_error": errors.get(worst, 0.0),
+        "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
+    if worst is not None and errors[worst] > warn_above:
+        warnings.warn(f"export at rank {rank}: {sum(e > warn_above for e in errors.values())} layer(s) differ from "
+                      f"the trained update by more than {warn_above:g} (relative Frobenius norm; worst {worst!r}: "
+                      f"{errors[worst]:.3g}); per-layer errors in {out / EXPORT_FILE}.",
+                      ExportTruncationWarning, stacklevel=2)
+    return out
+
+
+
+def merge_and_unload(peft_model: PeftModel) -> nn.Module:
+    """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
+    stored in the base model's dtype; other PEFT wrappers (``modules_to_save``) are unloaded by PEFT."""
+    state = state_of(peft_model)
+    adapter = state.adapter_name
+    with torch.no_grad():
+        for name, layer in lora_layers(peft_model, list(state.layers)).items():
+            base = layer.get_base_layer()
+            A = layer.lora_A[adapter].weight.float()
+            B = layer.lora_B[adapter].weight.float()
+            merged = weight_view(base).float() + layer.scaling[adapter] * (B @ A)
+            restore_plain_layer(base, merged)
+            if layer.lora_bias.get(adapter) and base.bias is not None:
+                base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
+    model = peft_model.unload()
+    del peft_model.inilora, peft_model.save_pretrained
+    return model
