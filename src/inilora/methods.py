@@ -22,8 +22,8 @@ RANK_LIMITED_METHODS = ("pissa", "milora", "inilora")
 ALPHA_STD = 0.5
 # Bumped when a method's initial factors change, so stored results (the benchmark's runs) made with
 # older factors are not mistaken for current ones. (method, solver) -> version; 1 when absent.
-# 2: inilora's closed forms factor the optimum adam-like.
-INIT_VERSIONS = {("inilora", "svd"): 2, ("inilora", "svd_randomized"): 2}
+# 2: inilora's closed forms factor the optimum adam-like. 3 (svd): top-r by subspace iteration, not eigh.
+INIT_VERSIONS = {("inilora", "svd"): 3, ("inilora", "svd_randomized"): 2}
 
 
 @dataclass
