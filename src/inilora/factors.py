@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .cache import FitCache, fit_key
 from .config import InitOptions
+from .distributed import agreed_todo, fit_chunks
 from .memory import release_freed_memory
 from .fit import AdamSchedule, draw_start, fit_adam, fit_svd, fit_svd_randomized
 from .methods import (Factors, equalize_entry_scale, layer_generator, random_factors, random_orthogonal,
@@ -141,10 +142,13 @@ def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, mode
                 result[t.name] = Factors(cached.A0.to(t.weight.device), cached.B0.to(t.weight.device), cached.optimum)
                 _log_fit(t, options, result[t.name], "cache hit")
                 bar.update(1)
-    for chunk in chunks([t for t in targets if t.name not in result], chunk_bytes(options, model_bytes)):
-        for t, factors in zip(chunk, _fit_chunk(chunk, options, sigmas)):
+    todo = agreed_todo([t for t in targets if t.name not in result], targets, options.shard_fit)
+    fitted_chunks = fit_chunks(list(chunks(todo, chunk_bytes(options, model_bytes))),
+                               lambda chunk: _fit_chunk(chunk, options, sigmas), options.shard_fit)
+    for chunk, fitted, fitted_here in fitted_chunks:  # sharded over ranks when torch.distributed runs
+        for t, factors in zip(chunk, fitted):
             result[t.name] = factors
-            if cache is not None:
+            if cache is not None and fitted_here:
                 cache.store(keys[t.name], factors)
             _log_fit(t, options, factors, "fitted")
         bar.update(len(chunk))

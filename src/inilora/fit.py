@@ -138,7 +138,7 @@ def top_singular_triplets(M: Tensor, r: int, tol: float = CLOSED_FORM_TOL,
     k = r + SUBSPACE_EXTRA
     if k * SUBSPACE_MIN_SIDE > min(m, n):
         return None
-    total = float(M.double().square().sum())
+    total = float(torch.linalg.vector_norm(M)) ** 2  # fp32 norm: no fp64 copy of M
     if total == 0:
         return None
     start = torch.randn(m, k, generator=torch.Generator().manual_seed(0)).to(M)
@@ -170,16 +170,16 @@ def fit_svd(target: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
     Only the top r triplets are needed: they come from :func:`top_singular_triplets` (about 10× faster
     than a full SVD at 4096² and r = 8), or, when that has not converged or the matrix is small, from
     the full eigendecomposition of the smaller Gram matrix. Either way the product's relative error is
-    within 1e-7 of the optimum, which is returned as the relative error of the rank-r product (fp64 sum)."""
+    within 1e-7 of the optimum, which is returned as the relative error of the rank-r product."""
     T = target.float()
     wide = T.shape[0] < T.shape[1]
     M = T.T if wide else T  # tall: its Gram matrix is the smaller one
     triplets = top_singular_triplets(M, r)
     U, S, V = triplets if triplets is not None else _top_eigh_triplets(M, r)
     # measured directly: ‖W‖² − Σ S_i² would cancel catastrophically for (nearly) rank-r matrices
-    energy = float(T.double().square().sum())
-    tail = float(torch.addmm(M, U * S, V.T, alpha=-1).double().square().sum())
-    optimum = math.sqrt(min(tail / energy, 1.0)) if energy > 0 else 0.0
+    norm = float(torch.linalg.vector_norm(M))
+    tail = float(torch.linalg.vector_norm(torch.addmm(M, U * S, V.T, alpha=-1)))
+    optimum = min(tail / norm, 1.0) if norm > 0 else 0.0
     left, right = (V, U.T) if wide else (U, V.T)
     A0, B0 = split_singular_triplets(left, S, right, 1.0)
     return A0, B0, optimum

@@ -109,6 +109,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
             state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
                                                      opts.residual_fp32, factors[name].optimum))
+            state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)
     peft_model.inilora = state

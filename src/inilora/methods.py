@@ -34,6 +34,7 @@ class Factors:
     A0: Tensor
     B0: Tensor
     optimum: float | None = None
+    fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it (None: not fitted here)
 
 
 def layer_generator(seed: int, name: str) -> torch.Generator:
