@@ -178,7 +178,9 @@ def fit_svd(target: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
     U, S, V = triplets if triplets is not None else _top_eigh_triplets(M, r)
     # measured directly: ‖W‖² − Σ S_i² would cancel catastrophically for (nearly) rank-r matrices
     norm = float(torch.linalg.vector_norm(M))
-    tail = float(torch.linalg.vector_norm(torch.addmm(M, U * S, V.T, alpha=-1)))
+    US, rows = U * S, max(1, 2**22 // M.shape[1])  # the residual in blocks of 16 MiB, not one more copy of W
+    tail = math.sqrt(sum(float(torch.linalg.vector_norm(torch.addmm(M[i:i + rows], US[i:i + rows], V.T, alpha=-1))) ** 2
+                         for i in range(0, M.shape[0], rows)))
     optimum = min(tail / norm, 1.0) if norm > 0 else 0.0
     left, right = (V, U.T) if wide else (U, V.T)
     A0, B0 = split_singular_triplets(left, S, right, 1.0)
