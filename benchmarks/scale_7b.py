@@ -13,6 +13,7 @@ The full-model table is an extrapolation (sum over a 32-layer model's matrices, 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -113,17 +114,33 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "inilora" / "scale_7b"))
     parser.add_argument("--out", default=str(ROOT / "results" / "scale_7b"))
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--from-log", help="summarize the cells a (partial) run printed, instead of running")
     args = parser.parse_args()
-    files = {key: weight_file(SHAPES[key], Path(args.cache)) for key in args.shapes}
     cells: dict[tuple[str, str], list[dict]] = {}
-    load = [os.getloadavg()]
-    for repeat in range(args.repeats):  # interleaved: every cell once per repeat
-        for key in args.shapes:
-            for method in args.methods:
-                result = cell_in_fresh_process(method, files[key], args.r, args.adam_steps)
-                cells.setdefault((key, method), []).append(result)
-                print(f"[{repeat}] {key} {method}: {result}", flush=True)
-        load.append(os.getloadavg())
+    if args.from_log:
+        for line in Path(args.from_log).read_text().splitlines():
+            if line.startswith("[") and ": {" in line:
+                head, cell = line.split(": ", 1)
+                key, method = head.split("] ", 1)[1].rsplit(" ", 1)
+                cells.setdefault((key, method), []).append(ast.literal_eval(cell))
+        load = [tuple(float(x) for x in line.split()[1:4]) for line in Path(args.from_log).read_text().splitlines()
+                if line.startswith("load ")]
+        args.methods = [m for m in args.methods if any(m == cm for _, cm in cells)]
+    else:
+        files = {key: weight_file(SHAPES[key], Path(args.cache)) for key in args.shapes}
+        load = [os.getloadavg()]
+        for repeat in range(args.repeats):  # interleaved: every cell once per repeat
+            for key in args.shapes:
+                for method in args.methods:
+                    result = cell_in_fresh_process(method, files[key], args.r, args.adam_steps)
+                    cells.setdefault((key, method), []).append(result)
+                    print(f"[{repeat}] {key} {method}: {result}", flush=True)
+            load.append(os.getloadavg())
+            print("load", *load[-1], flush=True)
+    summarize(cells, args, load)
+
+
+def summarize(cells: dict, args, load: list) -> None:
     table = {}
     for (key, method), runs in cells.items():
         table.setdefault(key, {})[method] = {
@@ -135,13 +152,14 @@ def main() -> None:
     for scope, counts in PER_LAYER.items():
         if not all(k in table for k in counts):
             continue
-        for method in args.methods:
+        for method in [m for m in args.methods if all(m in table[k] for k in counts)]:
             total = LAYERS * sum(n * table[k][method]["seconds_median"] for k, n in counts.items())
             model[f"{scope} {method}"] = {f"hours_on_{w}_ranks": total / w / 3600 for w in args.ranks}
             if method == "adam" and fraction is not None:
                 model[f"{scope} adam early stop"] = {f"hours_on_{w}_ranks": total * fraction / w / 3600
                                                      for w in args.ranks}
     result = {"command": "PYTHONPATH=src python benchmarks/scale_7b.py " + " ".join(sys.argv[1:]),
+              "ratios_vs_peft": ratios(table),
               "r": args.r, "threads": 1, "loadavg_1_5_15_per_repeat": load, "cpu_count": os.cpu_count(),
               "matrices": table, "extrapolated_7b_model": model, "early_stop_fraction": fraction,
               "note": "per-matrix cells measured; full-model rows are EXTRAPOLATED (32 layers, ideal split over "
@@ -150,6 +168,13 @@ def main() -> None:
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     Path(args.out + ".md").write_text(markdown(result, args.methods))
     print(markdown(result, args.methods))
+
+
+def ratios(table: dict) -> dict:
+    """Our closed forms' median time over PEFT's: svd / pissa and svd_randomized / pissa_niter_4."""
+    pairs = {"svd / pissa": ("svd", "pissa"), "svd_randomized / pissa_niter_4": ("svd_randomized", "pissa_niter_4")}
+    return {key: {name: row[a]["seconds_median"] / row[b]["seconds_median"] for name, (a, b) in pairs.items()
+                  if a in row and b in row} for key, row in table.items()}
 
 
 def markdown(result: dict, methods: list[str]) -> str:
@@ -163,6 +188,8 @@ def markdown(result: dict, methods: list[str]) -> str:
         cells = [f"{row[m]['seconds_median']:.2f} s / {row[m]['peak_bytes_median'] / row[m]['weight_bytes']:.2f}×W"
                  if m in row else "-" for m in methods]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios of median times: " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.3f}" for n, v in r.items())
+                                                    for k, r in result["ratios_vs_peft"].items())]
     lines += ["", "Cells: median seconds / peak memory rise over the fp32 weight, as a multiple of the weight. "
               "`adam`: measured per-step time × 20,000 steps.", "",
               "## Full 7B model (EXTRAPOLATED: 32 layers, ideal split over ranks)", "",
