@@ -38,3 +38,11 @@ def test_accelerate_offloaded_weight_is_refused_with_what_to_do():
                                                 r".*inilora init.*without offloading"):
         inilora.get_peft_model(model, CONFIG, method="pissa", progress=False)
     assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+
+
+def test_a_gathered_zero3_weight_initializes():
+    model = tiny_model("llama")
+    weight = model.model.layers[1].self_attn.v_proj.weight
+    weight.ds_numel, weight.ds_status = weight.numel(), "AVAILABLE"  # inside GatheredParameters: whole
+    peft_model = inilora.get_peft_model(model, CONFIG, method="pissa", progress=False)
+    assert len(peft_model.inilora.report.layers) == 4

@@ -121,11 +121,11 @@ def fit_chunks(chunk_list: list[list], fit: Callable[[list], list[Factors]],
 
 def check_readable(name: str, module: nn.Module, weight: Tensor) -> None:
     """Raise :class:`InitError` when ``weight`` is not the whole weight in memory: a DeepSpeed ZeRO-3
-    partition (``ds_numel``/``ds_status``, empty local tensor) or an accelerate-offloaded weight (a
+    partition (``ds_numel`` larger than the local tensor) or an accelerate-offloaded weight (a
     meta tensor behind an ``_hf_hook``). A residual computed from either would be silently wrong."""
-    if hasattr(weight, "ds_numel") or hasattr(weight, "ds_status"):
+    if hasattr(weight, "ds_numel") and weight.numel() < weight.ds_numel:  # gathered (whole) weights pass
         raise InitError(f"Layer {name!r} holds a DeepSpeed ZeRO-3 partition of its weight (local tensor of "
-                        f"{weight.numel()} elements, full size {getattr(weight, 'ds_numel', '?')}); inilora needs "
+                        f"{weight.numel()} elements, full size {weight.ds_numel}); inilora needs "
                         f"the whole weight to compute the residual. {OFFLINE_HINT}")
     if weight.device.type == "meta":
         if getattr(module, "_hf_hook", None) is not None:
