@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import tiny
 
@@ -41,3 +42,47 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
         # the adapter was saved once, by the main process, and it reloads
         assert (tmp_path / "out" / method / "adapter" / "inilora_init.safetensors").is_file()
     assert len(digests) == 4  # and the methods really start from different factors
+
+
+def run_fit_worker(tmp_path, nproc):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__import__("inilora").__file__).parents[1]), str(HERE)]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    if nproc == 1:
+        command = [sys.executable, str(HERE / "distributed_fit_worker.py"), str(tmp_path)]
+    else:
+        torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+        if torchrun is None:
+            pytest.skip("torchrun is not installed")
+        command = [torchrun, "--nproc_per_node", str(nproc), "--master_port", "29541",
+                   str(HERE / "distributed_fit_worker.py"), str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_sharded_fit_gives_every_rank_the_single_process_factors_and_shares_a_failure(tmp_path):
+    from safetensors.torch import load_file
+
+    run_fit_worker(tmp_path, 2)
+    run_fit_worker(tmp_path, 1)
+    single = load_file(tmp_path / "single_rank0.safetensors")
+    for rank in (0, 1):
+        sharded = load_file(tmp_path / f"sharded_rank{rank}.safetensors")
+        assert sharded.keys() == single.keys() and len(single) == 3 * 4 * 3  # solvers × layers × tensors
+        for key, value in single.items():
+            assert torch.equal(sharded[key], value), (rank, key)  # bit-identical factors and residuals
+    for solver in ("adam", "svd", "svd_randomized"):
+        rows = [json.loads((tmp_path / f"sharded_rank{r}.json").read_text())[solver] for r in (0, 1)]
+        assert rows[0] == rows[1]
+        assert {row["fitted_by_rank"] for row in rows[0]} == {0, 1}  # both ranks fitted a share
+        assert {row["fitted_by_rank"] for row in json.loads((tmp_path / "single_rank0.json").read_text())[solver]} == {0}
+    for rank in (0, 1):  # rank 1 raised; both ranks ended with that error instead of waiting
+        message = (tmp_path / f"failure_rank{rank}.txt").read_text()
+        assert "rank 1: RuntimeError: injected failure" in message, message
+
+
+def test_owners_are_balanced_by_cost():
+    from inilora.distributed import assign_owners
+
+    owners = assign_owners([6.0, 3.0, 3.0, 1.0, 1.0], 2)
+    loads = [sum(c for c, o in zip([6.0, 3.0, 3.0, 1.0, 1.0], owners) if o == r) for r in (0, 1)]
+    assert sorted(loads) == [7.0, 7.0] and owners[0] != owners[1]

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from inilora.fit import draw_start, fit_adam, fit_adam_published, fit_svd, fit_svd_randomized
+from inilora import fit
+from inilora.fit import (_top_eigh_triplets as eigh_triplets, draw_start, fit_adam, fit_adam_published, fit_svd,
+                         fit_svd_randomized, top_singular_triplets)
 from inilora.options import AdamSchedule
 from inilora.methods import layer_generator
 from conftest import realistic_matrix
@@ -74,3 +76,59 @@ def test_randomized_svd_is_within_1e4_of_the_optimum_and_seeded():
     assert relative_error(W, A0, B0) / optimum <= 1 + 1e-4
     A1, B1 = fit_svd_randomized(W, 16, 16, 4, layer_generator(0, "w"))
     assert torch.equal(A0, A1) and torch.equal(B0, B1)
+
+
+def excess_over_optimum(W, A0, B0, r):
+    """‖W − B0A0‖/‖W‖ (fp64) minus the better of the Eckart–Young optimum and what the exact fp32 SVD's
+    truncation reaches (on a matrix of rank ≤ r the optimum is 0 and fp32 rounding alone is ~5e-7)."""
+    Wd = W.double()
+    S = torch.linalg.svdvals(Wd)
+    optimum = float(S[r:].square().sum().sqrt() / S.square().sum().sqrt())
+    U, S32, Vh = torch.linalg.svd(W, full_matrices=False)
+    fp32_svd = float(torch.linalg.norm(Wd - ((U[:, :r] * S32[:r]) @ Vh[:r]).double()) / torch.linalg.norm(Wd))
+    return float(torch.linalg.norm(Wd - B0.double() @ A0.double()) / torch.linalg.norm(Wd)) - max(optimum, fp32_svd)
+
+
+def with_spectrum(S, out_features, in_features, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(out_features, len(S), generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(in_features, len(S), generator=g, dtype=torch.float64))
+    return ((U * S.double()) @ V.T).float()
+
+
+SPECTRA = {
+    "realistic": lambda: realistic_matrix(400, 300, seed=2),
+    "wide": lambda: realistic_matrix(200, 500, seed=4),
+    # σ_8 = σ_9 exactly, and a cluster of 40 values within 1e-6 of each other around r
+    "tie at r": lambda: with_spectrum(torch.cat([torch.linspace(3, 2, 7), torch.full((2,), 1.0),
+                                                 torch.linspace(0.9, 0.01, 291)]), 400, 300),
+    "cluster": lambda: with_spectrum(torch.cat([torch.linspace(3, 2, 4), 1 + 1e-6 * torch.arange(40.0),
+                                                torch.linspace(0.5, 0.01, 256)]), 400, 300),
+    "rank 5 < r": lambda: with_spectrum(torch.linspace(2, 1, 5), 400, 300),
+    "rank r": lambda: with_spectrum(torch.linspace(2, 1, 8), 300, 400),
+}
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_subspace_iteration_is_within_1e7_of_the_optimum(spectrum):
+    W = SPECTRA[spectrum]()
+    assert top_singular_triplets(W if W.shape[0] >= W.shape[1] else W.T, 8) is not None  # the fast path ran
+    A0, B0, optimum = fit_svd(W, 8)
+    assert excess_over_optimum(W, A0, B0, 8) <= 1e-7
+    S = torch.linalg.svdvals(W.double())
+    assert optimum == pytest.approx(float(S[8:].square().sum().sqrt() / S.square().sum().sqrt()), abs=1e-6)
+
+
+def test_unconverged_subspace_iteration_falls_back_to_the_eigendecomposition(monkeypatch):
+    W = realistic_matrix(400, 300, seed=2)
+    assert top_singular_triplets(W, 8, max_iter=2) is None
+    monkeypatch.setattr(fit, "top_singular_triplets", lambda M, r: top_singular_triplets(M, r, max_iter=2))
+    calls = []
+    monkeypatch.setattr(fit, "_top_eigh_triplets", lambda M, r: calls.append(M.shape) or eigh_triplets(M, r))
+    A0, B0, _ = fit.fit_svd(W, 8)
+    assert calls == [(400, 300)] and excess_over_optimum(W, A0, B0, 8) <= 1e-7
+
+
+def test_all_zero_matrix_gives_zero_factors():
+    A0, B0, optimum = fit_svd(torch.zeros(300, 200), 8)
+    assert optimum == 0.0 and not A0.any() and not B0.any() and A0.isfinite().all()

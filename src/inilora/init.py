@@ -144,6 +144,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
             state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
                                                      opts.residual_fp32, factors[name].optimum))
+            state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)
     state.report.seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from .methods import REGISTRY, MethodName, get_method
 
 SOLVERS = ("adam", "svd", "svd_randomized")
 SVD_BASES = ("adam-like", "singular")
-RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb")  # do not change the factors; not recorded
+RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb", "shard_fit")  # do not change the factors; not recorded
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -102,6 +102,7 @@ class InitOptions:
     randomized: RandomizedSVD = field(default_factory=RandomizedSVD)
     chunk_mb: float | None = None  # fp32 weight copies per fit batch; None: 5% of the model, at most 256 MiB
     cache: bool = True  # reuse fitted factors from the disk cache (inilora only)
+    shard_fit: bool = True  # under torch.distributed, split the fit over ranks (same factors, less time)
     # residual
     residual_fp32: bool = False  # keep the frozen residual in fp32 even when the base is bf16/fp16
     drift_warn_threshold: float = 1e-2  # warn when a layer's relative weight drift exceeds this

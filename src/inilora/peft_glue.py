@@ -14,6 +14,7 @@ from peft.utils.other import get_pattern_key
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from .distributed import check_readable
 from .errors import InitError
 from .methods import Target
 
@@ -116,8 +117,7 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
             raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
                             f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
                             "floating-point dtype to initialize it.")
-        if weight.device.type == "meta":
-            raise InitError(f"Layer {name!r} has its weight on the meta device; load the model's weights first.")
+        check_readable(name, module, weight)  # ZeRO-3 partitions, offloaded and meta weights
         r, scaling = rank_and_scaling(config, name)
         view = weight_view(module)
         if rank_limited and r > min(view.shape):

@@ -16,6 +16,7 @@ class LayerReport:
     optimum: float | None  # Eckart–Young ‖W − W_r‖_F / ‖W‖_F, where computed
     drift: float  # ‖W_res + s·B0·A0 − W‖_F / ‖W‖_F with W_res as stored: 0 means exact
     max_abs_drift: float
+    fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it; None: cache or no fit
 
     @property
     def ratio(self) -> float | None:

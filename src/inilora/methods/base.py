@@ -33,6 +33,7 @@ class Factors:
     A0: Tensor
     B0: Tensor
     optimum: float | None = None
+    fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it (None: not fitted here)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import cache as fit_cache  # a module import: cache.py imports this package's Factors
+from ..distributed import agreed_todo, fit_chunks
 from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
 from ..memory import release_freed_memory
 from .base import Factors, Method, Target, layer_generator, relative_tail_energy
@@ -139,10 +140,13 @@ def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, mode
                 result[t.name] = Factors(cached.A0.to(t.weight.device), cached.B0.to(t.weight.device), cached.optimum)
                 _log_fit(t, options, result[t.name], "cache hit")
                 bar.update(1)
-    for chunk in chunks([t for t in targets if t.name not in result], chunk_bytes(options, model_bytes)):
-        for t, factors in zip(chunk, _fit_chunk(chunk, options, sigmas)):
+    todo = agreed_todo([t for t in targets if t.name not in result], targets, options.shard_fit)
+    fitted_chunks = fit_chunks(list(chunks(todo, chunk_bytes(options, model_bytes))),
+                               lambda chunk: _fit_chunk(chunk, options, sigmas), options.shard_fit)
+    for chunk, fitted, fitted_here in fitted_chunks:  # sharded over ranks when torch.distributed runs
+        for t, factors in zip(chunk, fitted):
             result[t.name] = factors
-            if cache is not None:
+            if cache is not None and fitted_here:
                 cache.store(keys[t.name], factors)
             _log_fit(t, options, factors, "fitted")
         bar.update(len(chunk))
@@ -157,6 +161,6 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
         logger.info("inilora fit %s: relative error %.6f, optimum %s (%s)", t.name, error, optimum, how)
 
 
-# 2: inilora's closed forms factor the optimum adam-like
+# 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh
 INILORA = Method("inilora", residual=True, rank_limited=True, compute=inilora_factors, solvers=tuple(FIT_CHUNK),
-                 init_versions={"svd": 2, "svd_randomized": 2})
+                 init_versions={"svd": 3, "svd_randomized": 2})
