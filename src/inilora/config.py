@@ -44,6 +44,10 @@ class InitOptions:
     # user experience
     progress: bool = True
     cache_dir: str | None = field(default=None, compare=False)
+    # quantized residual (bitsandbytes 4-bit): "nf4" or "fp4"; None keeps full precision (a 4-bit model stays 4-bit)
+    quantize: str | None = None
+    quant_double: bool = True  # double quantization of the 4-bit block scales (QLoRA's recipe)
+    quant_iters: int = 0  # LoftQ-style refits of the factors to W − deq(Q(W − s·B0·A0)) (pissa, inilora)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,6 +65,12 @@ class InitOptions:
                 raise ValueError(f"Option {name} must be positive, got {value!r}.")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"Option lr_decay must be in (0, 1], got {self.lr_decay!r}.")
+        if self.quantize not in (None, "nf4", "fp4"):
+            raise ValueError(f"Unknown quantize {self.quantize!r}; choose nf4, fp4 or None.")
+        if not isinstance(self.quant_iters, int) or self.quant_iters < 0:
+            raise ValueError(f"Option quant_iters must be a non-negative int, got {self.quant_iters!r}.")
+        if self.quant_iters and self.quantize is None:
+            raise ValueError("Option quant_iters refines a quantized residual; set quantize='nf4' or 'fp4' too.")
         if not isinstance(self.seed, int):
             raise ValueError(f"Option seed must be an int, got {self.seed!r}.")
 

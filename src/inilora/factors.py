@@ -35,6 +35,7 @@ class Target:
     r: int
     scaling: float
     fingerprint: str = ""
+    dequantized: bool = False  # ``weight`` is a dequantized copy of a 4-bit layer's weight
 
     @property
     def module_name(self) -> str:

@@ -18,7 +18,8 @@ from .errors import InitError
 from .factors import compute_factors
 from .memory import release_freed_memory
 from .methods import RANK_LIMITED_METHODS, RESIDUAL_METHODS, Factors
-from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
+from .peft_glue import collect_targets, lora_layers, mark_residual, resolve_config, set_residual, weight_view
+from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
 from .state import InitState, LayerState, fingerprint
 
@@ -31,11 +32,16 @@ class InitDriftWarning(UserWarning):
 
 
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
-                  method: str, keep_fp32: bool, optimum: float | None) -> LayerReport:
+                  method: str, keep_fp32: bool, optimum: float | None,
+                  quantized: QuantizedTargets | None = None) -> LayerReport:
     """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
-    measure what that did. The adapter's own A/B are not touched."""
+    measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed before
+    PEFT wrapped the layer (``quantized``): only its report is made here."""
     base = layer.get_base_layer()
     s = layer.scaling[adapter_name]
+    if quantized is not None:
+        mark_residual(layer, method)
+        return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     W = weight_view(base).detach().float().clone()  # the original, kept while the weight is overwritten
     product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
@@ -93,14 +99,25 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes)
 
-    # the model changes from here on
-    peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+    # the model changes from here on (4-bit residual layers swapped in first: PEFT wraps them with its bnb layers)
+    quantized = quantize_targets(model, targets, factors, opts) if needs_quantization(targets, opts) else None
+    del targets  # dequantized copies of 4-bit weights are freed here
+    try:
+        peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+    except Exception:
+        if quantized:
+            quantized.restore()
+        raise
     wrapped = _wrapped_layer_names(peft_model, adapter_name)
     if wrapped != set(fingerprints):
         peft_model.unload()
+        if quantized:
+            quantized.restore()
         raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
                         "matching; this is a bug in inilora, please report it with your LoraConfig.")
     state = InitState(opts, adapter_name, report=InitReport(method, opts.drift_warn_threshold))
+    if quantized:
+        factors = quantized.factors  # refitted when quant_iters > 0
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(fingerprints)).items():
             lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
@@ -108,7 +125,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
             lora_B.copy_(factors[name].B0)
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
             state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
-                                                     opts.residual_fp32, factors[name].optimum))
+                                                     opts.residual_fp32, factors[name].optimum, quantized))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)
     peft_model.inilora = state

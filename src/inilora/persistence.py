@@ -27,6 +27,9 @@ from .config import InitOptions
 from .errors import AdapterLoadError
 from .init import install_layer, warn_on_drift
 from .peft_glue import collect_targets, lora_layers, resolve_config, restore_plain_layer, weight_view
+from .methods import Factors
+from .quantize import (clear_flag_if_dense, dense_linear, dequantize, is_4bit, needs_quantization, quantize_targets,
+                       warn_inexact)
 from .report import InitReport
 from .state import InitState, LayerState, fingerprint
 
@@ -150,16 +153,25 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
-    # the model changes from here on
-    peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
-                                           is_trainable=is_trainable)
+    # the model changes from here on; a 4-bit residual is rebuilt (identically: quantization is deterministic) first
+    quantized = None
+    if needs_quantization(targets, options):
+        quantized = quantize_targets(base_model, targets, {t.name: Factors(tensors[f"{t.name}.lora_A0"], tensors[
+            f"{t.name}.lora_B0"], recorded[t.name]["optimum"]) for t in targets}, options, refine=False)
+    try:
+        peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
+                                               is_trainable=is_trainable)
+    except Exception:
+        if quantized:
+            quantized.restore()
+        raise
     state = InitState(options, adapter_name, report=InitReport(options.method, options.drift_warn_threshold))
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
             A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
             keep_fp32 = recorded[name]["residual_fp32"]
             state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, options.method, keep_fp32,
-                                                     recorded[name]["optimum"]))
+                                                     recorded[name]["optimum"], quantized))
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
                                             getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
     peft_model.inilora = state
@@ -172,6 +184,7 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike) -> None:
     rank 2r with alpha doubled (×√2 under rsLoRA) so the scaling is unchanged. Plain LoRA is written
     as it is (its B0 is zero)."""
     state = _state(peft_model)
+    warn_inexact(state.report, "Exporting to the original base")
     config: LoraConfig = copy.deepcopy(peft_model.peft_config[state.adapter_name])
     tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
     if state.is_residual:
@@ -198,16 +211,22 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
     """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
     stored in the base model's dtype; other PEFT wrappers (``modules_to_save``) are unloaded by PEFT."""
     state = _state(peft_model)
+    warn_inexact(state.report, "Merging")
     adapter = state.adapter_name
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(state.layers)).items():
             base = layer.get_base_layer()
             A = layer.lora_A[adapter].weight.float()
             B = layer.lora_B[adapter].weight.float()
-            merged = weight_view(base).float() + layer.scaling[adapter] * (B @ A)
-            restore_plain_layer(base, merged)
+            four_bit = is_4bit(base)  # merged into a dense layer: deq(Q(W_res)) + s·B·A, what the model computed
+            merged = (dequantize(base.weight) if four_bit else weight_view(base).float()) + layer.scaling[adapter] * (B @ A)
+            if four_bit:
+                layer.base_layer = base = dense_linear(base, merged)
+            else:
+                restore_plain_layer(base, merged)
             if layer.lora_bias.get(adapter) and base.bias is not None:
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
     model = peft_model.unload()
+    clear_flag_if_dense(model)
     del peft_model.inilora
     return model
