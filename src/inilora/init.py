@@ -81,7 +81,10 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, method: str = "ini
     ``method`` is one of ``lora``, ``pissa``, ``milora``, ``inilora``, ``inilora-alpha``,
     ``inilora-beta``. Options (see :class:`inilora.InitOptions`): ``seed``; for ``inilora``
     ``solver`` (``"adam"``, the published procedure, or ``"svd"``, its closed-form optimum),
-    ``steps``, ``lr``, ``fit_scaled``; ``residual_fp32``; ``progress``.
+    ``steps``, ``lr``, ``fit_scaled``; ``residual_fp32``; ``progress``; ``quantize="nf4"``/``"fp4"``
+    (needs bitsandbytes): the factors come from the full-precision ``W`` and the residual is stored as a
+    4-bit ``Linear4bit`` that PEFT wraps with its bnb LoRA layer (``quant_double``, ``quant_iters`` for
+    LoftQ-style refits). Targets that are already 4-bit are dequantized, fitted and re-quantized as they were.
 
     Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
     factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified

@@ -142,8 +142,9 @@ def _quantize_one(target, module: nn.Module, factors: Factors, spec: QuantSpec, 
     plain_error = None if target.dequantized else float(torch.linalg.matrix_norm(dequantize(quantize(W, spec)) - W))
     record = QuantizedLayer(spec.quant_type, target.dequantized)
     for step in range(options.quant_iters + 1 if refine else 1):
-        if step:
-            factors = _refit(target, W, deq, options)
+        if step:  # the optimum reported stays W's: the report's fit ratio then shows how far the refit moved
+            refit = _refit(target, W, deq, options)
+            factors = Factors(refit.A0, refit.B0, factors.optimum)
         product = s * (factors.B0.float() @ factors.A0.float())
         param = quantize(W - product, spec)
         deq = dequantize(param)
