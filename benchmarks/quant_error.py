@@ -44,7 +44,8 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         s = row["summary"]
         refits = " → ".join(f"{m:.4f}" for m in s["mean"][1:]) or "-"
-        lines.append(f"| {row['model']} | {row['targets']} ({s['targets']}) | {row['method']} | {s['mean'][0]:.4f} "
+        blocks = f", first {row['blocks']} blocks" if row.get("blocks") else ""
+        lines.append(f"| {row['model']} | {row['targets']} ({s['targets']}{blocks}) | {row['method']} | {s['mean'][0]:.4f} "
                      f"({s['min'][0]:.4f}–{s['max'][0]:.4f}) | {refits} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="only the first N transformer blocks")
     parser.add_argument("--quant", choices=["nf4", "fp4"], default="nf4")
     parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", default=[m for m, _ in RUNS], choices=[m for m, _ in RUNS])
+    parser.add_argument("--append", action="store_true", help="add to the rows already in --out")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "quant_error.json")
     args = parser.parse_args()
 
@@ -71,18 +74,18 @@ def main() -> None:
 
     versions = (f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
                 f"bitsandbytes {bitsandbytes.__version__}")
-    rows = []
+    rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.exists() else []
     for name in args.models:
         for targets in args.targets:
             config = LoraConfig(r=args.r, lora_alpha=args.r,
                                 target_modules=TARGETS[name] if targets == "qv" else "all-linear",
                                 layers_to_transform=None if args.layers is None else list(range(args.layers)))
-            for method, options in RUNS:
+            for method, options in (run for run in RUNS if run[0] in args.methods):
                 iters = args.iters if method == REFIT else 0
                 start = time.perf_counter()
                 peft_model = inilora.get_peft_model(load(name, "cpu", "float32"), config, method, quantize=args.quant,
                                                     quant_iters=iters, progress=False, **options)
-                row = {"model": name, "targets": targets, "method": method, "options": options, "quant_iters": iters,
+                row = {"model": name, "targets": targets, "blocks": args.layers, "method": method, "options": options, "quant_iters": iters,
                        "seconds": time.perf_counter() - start, "summary": summarize(peft_model.inilora.report),
                        "layers": {layer.name: layer.quant_ratios for layer in peft_model.inilora.report.layers}}
                 rows.append(row)
@@ -93,8 +96,10 @@ def main() -> None:
 
 
 def write(args, rows: list[dict], versions: str) -> None:
-    result = {"command": "python " + " ".join(["benchmarks/quant_error.py", *sys.argv[1:]]), "quant": args.quant,
-              "r": args.r, "versions": versions, "rows": rows}
+    command = "python " + " ".join(["benchmarks/quant_error.py", *sys.argv[1:]])
+    previous = json.loads(args.out.read_text()).get("command", "") if args.append and args.out.exists() else ""
+    result = {"command": f"{previous}; {command}" if previous and command not in previous else command,
+              "quant": args.quant, "r": args.r, "versions": versions, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".md").write_text(markdown(result))
