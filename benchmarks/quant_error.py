@@ -23,6 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [("lora", {}), ("pissa", {}), ("milora", {}), ("inilora", {"solver": "svd"}), ("inilora-alpha", {}),
         ("inilora-beta", {})]
+# every linear layer of a block, by name (PEFT's "all-linear" cannot be combined with layers_to_transform)
+ALL_LINEAR = {"minilm": ["query", "key", "value", "dense"],
+              "smollm2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 REFIT = "inilora"  # pissa's product is the same optimum (ratios equal to 1e-5 here), so its refits are too
 
 
@@ -78,7 +81,7 @@ def main() -> None:
     for name in args.models:
         for targets in args.targets:
             config = LoraConfig(r=args.r, lora_alpha=args.r,
-                                target_modules=TARGETS[name] if targets == "qv" else "all-linear",
+                                target_modules=TARGETS[name] if targets == "qv" else ALL_LINEAR[name],
                                 layers_to_transform=None if args.layers is None else list(range(args.layers)))
             for method, options in (run for run in RUNS if run[0] in args.methods):
                 iters = args.iters if method == REFIT else 0
