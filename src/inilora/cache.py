@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ._io import atomic_path, cache_root, hash_tensors
-from .methods.base import Factors
+from .matrices import Factors
 
 logger = logging.getLogger("inilora")
 FIT_CACHE_ENV = "INILORA_FIT_CACHE"

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InitError
-from .methods.base import Factors
+from .matrices import Factors
 
 OFFLINE_HINT = ("Initialize offline instead (`inilora init`: it writes the residual model and the initial "
                 "adapter once, on one process, and any engine then trains from them), or load the model "

@@ -17,6 +17,7 @@ from torch import nn
 from .errors import InitError
 from .peft_glue import lora_layers, restore_plain_layer, weight_view
 from .persistence import state_of
+from .quantize import clear_flag_if_dense, dense_linear, dequantize, is_4bit, warn_inexact
 from .truncation import ExportTruncationWarning, export_config, truncate
 
 EXPORT_FILE = "inilora_export.json"  # what export_lora did to each layer: rank and relative error
@@ -36,6 +37,7 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
     ``rank >= 2r`` is exact. Plain LoRA is written as trained (rank r; B0 is zero), truncated likewise.
     """
     state = state_of(peft_model)
+    warn_inexact(state.report, "Exporting to the original base")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise InitError(f"rank must be a positive int or None, got {rank!r}.")
     config: LoraConfig = peft_model.peft_config[state.adapter_name]
@@ -79,16 +81,22 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
     """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
     stored in the base model's dtype; other PEFT wrappers (``modules_to_save``) are unloaded by PEFT."""
     state = state_of(peft_model)
+    warn_inexact(state.report, "Merging")
     adapter = state.adapter_name
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(state.layers)).items():
             base = layer.get_base_layer()
             A = layer.lora_A[adapter].weight.float()
             B = layer.lora_B[adapter].weight.float()
-            merged = weight_view(base).float() + layer.scaling[adapter] * (B @ A)
-            restore_plain_layer(base, merged)
+            four_bit = is_4bit(base)  # merged into a dense layer: deq(Q(W_res)) + s·B·A, what the model computed
+            merged = (dequantize(base.weight) if four_bit else weight_view(base).float()) + layer.scaling[adapter] * (B @ A)
+            if four_bit:
+                layer.base_layer = base = dense_linear(base, merged)
+            else:
+                restore_plain_layer(base, merged)
             if layer.lora_bias.get(adapter) and base.bias is not None:
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
     model = peft_model.unload()
+    clear_flag_if_dense(model)
     del peft_model.inilora, peft_model.save_pretrained
     return model

@@ -19,7 +19,8 @@ from .errors import InitError
 from .memory import release_freed_memory
 from .methods import METHODS, Factors, Method, compute_factors, get_method
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, resolve_config, set_residual, weight_view
+from .peft_glue import collect_targets, lora_layers, mark_residual, resolve_config, set_residual, weight_view
+from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
 from .state import InitState, LayerState, fingerprint
 
@@ -32,11 +33,16 @@ class InitDriftWarning(UserWarning):
 
 
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
-                  method: Method, keep_fp32: bool, optimum: float | None) -> LayerReport:
+                  method: Method, keep_fp32: bool, optimum: float | None,
+                  quantized: QuantizedTargets | None = None) -> LayerReport:
     """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
-    measure what that did. The adapter's own A/B are not touched."""
+    measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed before
+    PEFT wrapped the layer (``quantized``): only its report is made here."""
     base = layer.get_base_layer()
     s = layer.scaling[adapter_name]
+    if quantized is not None:
+        mark_residual(layer, method.name)
+        return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     W = weight_view(base).detach().float().clone()  # the original, kept while the weight is overwritten
     product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
@@ -101,7 +107,10 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     ``inilora-beta``. Options (see :class:`inilora.InitOptions`), either as keywords or as one
     ``init_options=InitOptions(...)``: ``seed``; for ``inilora`` ``solver`` (``"adam"``, the
     published procedure, or ``"svd"``, its closed-form optimum), ``steps``, ``lr``, ``fit_scaled``;
-    ``residual_fp32``; ``progress``.
+    ``residual_fp32``; ``progress``; ``quantize="nf4"``/``"fp4"`` (needs bitsandbytes): the factors
+    come from the full-precision ``W`` and the residual is stored as a 4-bit ``Linear4bit`` that PEFT
+    wraps with its bnb LoRA layer (``quant_double``, ``quant_iters`` for LoftQ-style refits). Targets
+    that are already 4-bit are dequantized, fitted and re-quantized as they were.
 
     Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
     factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified
@@ -128,14 +137,25 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     cache = FitCache(opts.cache_dir) if opts.cache else None
     factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes, cache)
 
-    # the model changes from here on
-    peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+    # the model changes from here on (4-bit residual layers swapped in first: PEFT wraps them with its bnb layers)
+    quantized = quantize_targets(model, targets, factors, opts) if needs_quantization(targets, opts) else None
+    del targets  # dequantized copies of 4-bit weights are freed here
+    try:
+        peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+    except Exception:
+        if quantized:
+            quantized.restore()
+        raise
     wrapped = _wrapped_layer_names(peft_model, adapter_name)
     if wrapped != set(fingerprints):
         peft_model.unload()
+        if quantized:
+            quantized.restore()
         raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
                         "matching; this is a bug in inilora, please report it with your LoraConfig.")
     state = InitState(opts, adapter_name, report=new_report(opts))
+    if quantized:
+        factors = quantized.factors  # refitted when quant_iters > 0
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(fingerprints)).items():
             lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
@@ -143,7 +163,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             lora_B.copy_(factors[name].B0)
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
             state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
-                                                     opts.residual_fp32, factors[name].optimum))
+                                                     opts.residual_fp32, factors[name].optimum, quantized))
             state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)

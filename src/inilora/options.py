@@ -14,6 +14,7 @@ from .methods import REGISTRY, MethodName, get_method
 
 SOLVERS = ("adam", "svd", "svd_randomized")
 SVD_BASES = ("adam-like", "singular")
+QUANT_TYPES = (None, "nf4", "fp4")
 RUNTIME_ONLY = ("progress", "cache", "cache_dir", "chunk_mb", "shard_fit")  # do not change the factors; not recorded
 
 
@@ -106,6 +107,10 @@ class InitOptions:
     # residual
     residual_fp32: bool = False  # keep the frozen residual in fp32 even when the base is bf16/fp16
     drift_warn_threshold: float = 1e-2  # warn when a layer's relative weight drift exceeds this
+    # quantized residual (bitsandbytes 4-bit): "nf4" or "fp4"; None keeps full precision (a 4-bit model stays 4-bit)
+    quantize: str | None = None
+    quant_double: bool = True  # double quantization of the 4-bit block scales (QLoRA's recipe)
+    quant_iters: int = 0  # LoftQ-style refits of the factors to W − deq(Q(W − s·B0·A0)) (pissa, inilora)
     # user experience
     progress: bool = True
     cache_dir: str | None = field(default=None, compare=False)
@@ -123,6 +128,11 @@ class InitOptions:
                      "None or a positive number of MiB")
         _require(isinstance(self.drift_warn_threshold, (int, float)) and self.drift_warn_threshold >= 0,
                  "drift_warn_threshold", self.drift_warn_threshold, "a non-negative number")
+        _require(self.quantize in QUANT_TYPES, "quantize", self.quantize, "None, 'nf4' or 'fp4'")
+        _require(_is_int(self.quant_iters) and self.quant_iters >= 0, "quant_iters", self.quant_iters,
+                 "a non-negative int")
+        _require(not self.quant_iters or self.quantize is not None, "quant_iters", self.quant_iters,
+                 "0 unless quantize='nf4' or 'fp4' is set (it refines a quantized residual)")
 
     @classmethod
     def from_kwargs(cls, method: str, options: dict) -> "InitOptions":

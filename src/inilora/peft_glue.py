@@ -16,7 +16,8 @@ from transformers.pytorch_utils import Conv1D
 
 from .distributed import check_readable
 from .errors import InitError
-from .methods import Target
+from .methods import Target, get_method
+from .quantize import dequantized_weight, is_4bit, refuse_unsupported
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -110,7 +111,9 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
         if not isinstance(module, (nn.Linear, Conv1D)):
             raise InitError(f"Layer {name!r} is a {type(module).__name__}; inilora supports nn.Linear and "
                             "transformers' Conv1D.")
-        weight = getattr(module, "weight", None)
+        refuse_unsupported(name, module)
+        four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
+        weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
         if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
                 nn.Parameter, Tensor):
             dtype = getattr(weight, "dtype", None)
@@ -119,7 +122,7 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
                             "floating-point dtype to initialize it.")
         check_readable(name, module, weight)  # ZeRO-3 partitions, offloaded and meta weights
         r, scaling = rank_and_scaling(config, name)
-        view = weight_view(module)
+        view = weight if four_bit else weight_view(module)
         if rank_limited and r > min(view.shape):
             raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
                             f"{tuple(view.shape)}, so r must be at most {min(view.shape)}.")
@@ -128,8 +131,14 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
                             "replaces the weight with a residual, which would change the other module too.")
         if not bool(torch.isfinite(weight).all()):
             raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
-        targets.append(Target(name, view, r, scaling))
+        targets.append(Target(name, view, r, scaling, dequantized=four_bit))
     return targets
+
+
+def mark_residual(layer: BaseTunerLayer, method: str) -> None:
+    """Flag the base layer as holding ``method``'s residual (a second adapter on it is refused)."""
+    if get_method(method).residual:
+        setattr(layer.get_base_layer(), RESIDUAL_MARK, method)
 
 
 def _to_residual_dtype(module: nn.Module, args):
@@ -147,7 +156,7 @@ def set_residual(layer: BaseTunerLayer, residual: Tensor, method: str, keep_fp32
     sum back to the model's dtype — so ``W_res·x + s·B·A·x`` cancels in fp32, not in bf16."""
     base_layer = layer.get_base_layer()
     weight = base_layer.weight
-    setattr(base_layer, RESIDUAL_MARK, method)
+    mark_residual(layer, method)
     if not keep_fp32 or weight.dtype == torch.float32:
         weight_view(base_layer).copy_(residual)
         return

@@ -41,9 +41,10 @@ from torch import nn
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
-from .methods import get_method
+from .methods import Factors, get_method
 from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
+from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
 from .state import InitState, LayerState, fingerprint
 
@@ -227,8 +228,12 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
     # the model changes from here on; any failure puts it back as it was
-    snapshot, originals = Snapshot(base_model), {}
+    snapshot, originals, quantized = Snapshot(base_model), {}, None
     try:
+        if needs_quantization(targets, options):  # the 4-bit residual, rebuilt identically (deterministic)
+            quantized = quantize_targets(base_model, targets, {t.name: Factors(
+                tensors[f"{t.name}.lora_A0"], tensors[f"{t.name}.lora_B0"], recorded[t.name]["optimum"])
+                for t in targets}, options, refine=False)
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
         state = InitState(options, adapter_name, report=new_report(options))
@@ -236,12 +241,15 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
                 keep_fp32 = recorded[name]["residual_fp32"]
-                originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
+                if quantized is None:  # a 4-bit swap keeps the original layer aside whole
+                    originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
-                                                         keep_fp32, recorded[name]["optimum"]))
+                                                         keep_fp32, recorded[name]["optimum"], quantized))
                 state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
                                                 getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
     except BaseException as exc:
+        if quantized:
+            quantized.restore()
         snapshot.unwind(base_model, originals)
         if isinstance(exc, Exception):
             raise AdapterLoadError(f"Loading {path} failed ({type(exc).__name__}: {exc}); the model was put back "

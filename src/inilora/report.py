@@ -17,6 +17,14 @@ class LayerReport:
     drift: float  # ‖W_res + s·B0·A0 − W‖_F / ‖W‖_F with W_res as stored: 0 means exact
     max_abs_drift: float
     fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it; None: cache or no fit
+    quantized: str | None = None  # "nf4"/"fp4": the residual is 4-bit and drift is its quantization error
+    quant_ratios: tuple[float, ...] = ()  # ‖deq(Q(W_res)) + s·B0A0 − W‖_F / ‖deq(Q(W)) − W‖_F, then per refit
+    dequantized_base: bool = False  # the factors were fitted to a dequantized 4-bit weight (no ratio: W unknown)
+
+    @property
+    def quant_ratio(self) -> float | None:
+        """The error ratio of the installed residual (1.0 is plain QLoRA's error; < 1 removes some of it)."""
+        return self.quant_ratios[-1] if self.quant_ratios else None
 
     @property
     def ratio(self) -> float | None:
@@ -53,10 +61,10 @@ class InitReport:
         return max(ratios) if ratios and self.approximates_weight else None
 
     def drifting_layers(self) -> list[LayerReport]:
-        return [layer for layer in self.layers if layer.drift > self.drift_warn_threshold]
+        return [layer for layer in self.layers if layer.drift > self.drift_warn_threshold and not layer.quantized]
 
     def to_rows(self) -> list[dict]:
-        rows = [{**asdict(layer), "ratio": layer.ratio} for layer in self.layers]
+        rows = [{**asdict(layer), "ratio": layer.ratio, "quant_ratio": layer.quant_ratio} for layer in self.layers]
         if not self.approximates_weight:
             rows = [{**row, **dict.fromkeys(FIT_COLUMNS)} for row in rows]
         return rows
@@ -71,6 +79,11 @@ class InitReport:
         parts.append(f"max drift {self.max_drift:.2e}")
         if self.max_ratio is not None:
             parts.append(f"max error/optimum {self.max_ratio:.6f}")
+        quant = [layer.quant_ratio for layer in self.layers if layer.quant_ratio is not None]
+        if quant:
+            parts.append(f"4-bit error ratio ≤ {max(quant):.4f}")
+        if any(layer.dequantized_base for layer in self.layers):
+            parts.append("factors fitted to dequantized 4-bit weights")
         return ", ".join(parts)
 
     def table(self) -> str:
@@ -78,14 +91,19 @@ class InitReport:
         def number(value: float | None, spec: str) -> str:
             return "" if value is None else format(value, spec)
 
+        quantized = any(layer.quantized for layer in self.layers)
         header = ("layer", "shape", "r", "s", "init err", "optimum", "ratio", "drift", "max|drift|")
+        header += ("4-bit", "q-error ratio") if quantized else ()
         rows = [header]
         fit = self.approximates_weight
         for layer in self.layers:
-            rows.append((layer.name, "x".join(map(str, layer.shape)), str(layer.r), f"{layer.scaling:g}",
-                         number(layer.init_error if fit else None, ".6f"), number(layer.optimum if fit else None, ".6f"),
-                         number(layer.ratio if fit else None, ".6f"), f"{layer.drift:.2e}",
-                         f"{layer.max_abs_drift:.2e}"))
+            row = (layer.name, "x".join(map(str, layer.shape)), str(layer.r), f"{layer.scaling:g}",
+                   number(layer.init_error if fit else None, ".6f"), number(layer.optimum if fit else None, ".6f"),
+                   number(layer.ratio if fit else None, ".6f"), f"{layer.drift:.2e}", f"{layer.max_abs_drift:.2e}")
+            if quantized:
+                ratios = " > ".join(f"{r:.4f}" for r in layer.quant_ratios)
+                row += (f"{layer.quantized or ''}{' (dequantized base)' if layer.dequantized_base else ''}", ratios)
+            rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                  for row in rows]

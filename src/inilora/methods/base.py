@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Callable, Literal, Mapping
 import torch
 from torch import Tensor
 
+from ..matrices import Factors, Target
+
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
@@ -23,33 +25,6 @@ if TYPE_CHECKING:
     from ..options import InitOptions
 
 MethodName = Literal["lora", "pissa", "milora", "inilora", "inilora-alpha", "inilora-beta"]
-
-
-@dataclass
-class Factors:
-    """Initial factors of one matrix. ``optimum`` is the Eckart–Young relative error
-    ``‖W − W_r‖_F / ‖W‖_F`` when the method computed the spectrum anyway, else None."""
-
-    A0: Tensor
-    B0: Tensor
-    optimum: float | None = None
-    fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it (None: not fitted here)
-
-
-@dataclass
-class Target:
-    """One matrix to initialize: ``weight`` is an ``out × in`` view of the model's parameter."""
-
-    name: str
-    weight: Tensor
-    r: int
-    scaling: float
-    fingerprint: str = ""
-
-    @property
-    def module_name(self) -> str:
-        """The last component of the module path (``q_proj``): the σ rule averages over these."""
-        return self.name.rsplit(".", 1)[-1]
 
 
 # every target's factors from the options; ``bar`` advances one step per matrix; a method with a fit
@@ -71,6 +46,7 @@ class Method:
     compute: ComputeFactors = field(repr=False)
     solvers: tuple[str, ...] = ()
     init_versions: Mapping[str, int] = field(default_factory=dict)
+    best_rank_r: bool = False  # its product is W's best rank-r approximation: LoftQ-style refits keep its meaning
 
     @property
     def has_fit(self) -> bool:

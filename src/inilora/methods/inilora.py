@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import cache as fit_cache  # a module import: cache.py imports this package's Factors
+from ..cache import FitCache, fit_key
 from ..distributed import agreed_todo, fit_chunks
 from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
 from ..memory import release_freed_memory
@@ -20,7 +20,6 @@ from .base import Factors, Method, Target, layer_generator, relative_tail_energy
 from .svd import equalize_entry_scale, random_orthogonal, rotate_basis
 
 if TYPE_CHECKING:
-    from ..cache import FitCache
     from ..options import InitOptions
 
 logger = logging.getLogger("inilora")
@@ -133,7 +132,7 @@ def inilora_factors(targets: list[Target], options: InitOptions, bar: tqdm, mode
     keys, result = {}, {}
     for t in targets:
         if cache is not None:
-            keys[t.name] = fit_cache.fit_key(t.fingerprint, t.name, t.r, t.scaling,
+            keys[t.name] = fit_key(t.fingerprint, t.name, t.r, t.scaling,
                                    _fit_options(options, sigmas.get(t.module_name)))
             cached = cache.load(keys[t.name], t.weight.shape[0], t.weight.shape[1], t.r)
             if cached is not None:
@@ -162,5 +161,6 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 
 
 # 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh
-INILORA = Method("inilora", residual=True, rank_limited=True, compute=inilora_factors, solvers=tuple(FIT_CHUNK),
+INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
+                 solvers=tuple(FIT_CHUNK),
                  init_versions={"svd": 3, "svd_randomized": 2})

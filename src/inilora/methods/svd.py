@@ -39,7 +39,7 @@ def equalize_entry_scale(A0: Tensor, B0: Tensor) -> tuple[Tensor, Tensor]:
     return A0 / gamma, B0 * gamma
 
 
-PISSA = Method("pissa", residual=True, rank_limited=True,
+PISSA = Method("pissa", residual=True, rank_limited=True, best_rank_r=True,
                compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling)))
 MILORA = Method("milora", residual=True, rank_limited=True,
                 compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling, smallest=True)))

@@ -1,0 +1,36 @@
+"""One matrix to initialize and its initial factors: plain data, shared by the methods, the fit cache,
+the sharded fit and the quantized residuals (a module of its own so none of them imports another)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Factors:
+    """Initial factors of one matrix. ``optimum`` is the Eckart–Young relative error
+    ``‖W − W_r‖_F / ‖W‖_F`` when the method computed the spectrum anyway, else None."""
+
+    A0: Tensor
+    B0: Tensor
+    optimum: float | None = None
+    fitted_by_rank: int | None = None  # the torch.distributed rank that fitted it (None: not fitted here)
+
+
+@dataclass
+class Target:
+    """One matrix to initialize: ``weight`` is an ``out × in`` view of the model's parameter."""
+
+    name: str
+    weight: Tensor
+    r: int
+    scaling: float
+    fingerprint: str = ""
+    dequantized: bool = False  # ``weight`` is a dequantized copy of a 4-bit layer's weight
+
+    @property
+    def module_name(self) -> str:
+        """The last component of the module path (``q_proj``): the σ rule averages over these."""
+        return self.name.rsplit(".", 1)[-1]

@@ -1,0 +1,145 @@
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnb_f
+import pytest
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import bnb as peft_bnb
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+import inilora
+from conftest import outputs, tiny_model, train_steps
+from inilora import InitError, QuantizedExportWarning
+from tiny import llama_folder
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CFG = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR)
+QV = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])  # fewer 4-bit layers: faster training tests
+
+
+def quantized(method="inilora", config=CFG, **kw):
+    return inilora.get_peft_model(tiny_model("llama"), config, method=method, progress=False, **{"quantize": "nf4", **kw})
+
+
+def reference_error(peft_model, name, W):
+    """‖deq(Q(W − s·B0·A0)) + s·B0A0 − W‖_F and ‖deq(Q(W)) − W‖_F computed here with bitsandbytes directly."""
+    state = peft_model.inilora.layers[name]
+    product = state.scaling * (state.B0 @ state.A0)
+
+    def roundtrip(x):
+        packed, quant_state = bnb_f.quantize_4bit(x, quant_type="nf4", compress_statistics=True, blocksize=64)
+        return bnb_f.dequantize_4bit(packed, quant_state)
+
+    return (float(torch.linalg.matrix_norm(roundtrip(W - product) + product - W)),
+            float(torch.linalg.matrix_norm(roundtrip(W) - W)))
+
+
+def test_nf4_inilora_lowers_the_quantization_error_on_every_target(input_ids):
+    original = tiny_model("llama")
+    weights = {n: m.weight.detach().clone() for n, m in original.named_modules() if n.endswith(tuple(ALL_LINEAR))}
+    peft_model = quantized(solver="svd")
+    report = peft_model.inilora.report
+    assert len(report.layers) == len(weights) == 14
+    for layer in report.layers:
+        wrapped = peft_model.base_model.model.get_submodule(layer.name)
+        assert isinstance(wrapped, peft_bnb.Linear4bit) and isinstance(wrapped.get_base_layer(), bnb.nn.Linear4bit)
+        ours, qlora = reference_error(peft_model, layer.name, weights[layer.name])
+        assert layer.quant_ratio == pytest.approx(ours / qlora, rel=1e-4)
+        assert layer.quant_ratio < 0.95
+    # outputs: closer to the full-precision model than plain QLoRA's
+    expected = outputs(tiny_model("llama"), input_ids)
+    ours = (outputs(peft_model, input_ids) - expected).abs().max().item()
+    qlora = (outputs(quantized("lora"), input_ids) - expected).abs().max().item()
+    assert 0 < ours < 0.8 * qlora
+
+
+def test_qlora_baseline_has_ratio_one_and_fp4_options_are_honoured():
+    assert all(layer.quant_ratio == 1.0 for layer in quantized("lora").inilora.report.layers)
+    peft_model = quantized("pissa", quantize="fp4", quant_double=False)
+    weight = peft_model.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer().weight
+    assert weight.quant_type == "fp4" and weight.compress_statistics is False
+    assert all(layer.quant_ratio < 1 for layer in peft_model.inilora.report.layers)
+
+
+def test_loftq_refits_lower_the_ratio_per_iteration():
+    layers = quantized(solver="svd", quant_iters=2).inilora.report.layers
+    assert all(len(layer.quant_ratios) == 3 for layer in layers)
+    assert all(layer.quant_ratios[2] < layer.quant_ratios[0] for layer in layers)
+    with pytest.raises(InitError, match="quant_iters"):
+        quantized("inilora-alpha", quant_iters=1)
+    with pytest.raises(InitError, match="quantize"):
+        inilora.get_peft_model(tiny_model("llama"), CFG, method="inilora", quant_iters=1)
+    with pytest.raises(InitError, match="Option quantize must be None, 'nf4' or 'fp4'"):
+        inilora.get_peft_model(tiny_model("llama"), CFG, method="inilora", quantize="int8")
+
+
+def test_reload_rebuilds_identical_packed_bytes_and_export_merge_warn(tmp_path, input_ids):
+    peft_model = quantized(config=QV, solver="svd", quant_iters=1)
+    train_steps(peft_model, input_ids)
+    expected = outputs(peft_model, input_ids)
+    inilora.save_pretrained(peft_model, tmp_path / "adapter")
+    reloaded = inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+    for name in peft_model.inilora.layers:
+        ours = peft_model.base_model.model.get_submodule(name).get_base_layer().weight
+        theirs = reloaded.base_model.model.get_submodule(name).get_base_layer().weight
+        assert torch.equal(ours.data, theirs.data)  # the packed 4-bit bytes
+        assert torch.equal(ours.quant_state.absmax, theirs.quant_state.absmax)
+    assert (outputs(reloaded, input_ids) - expected).abs().max().item() <= 1e-6
+
+    with pytest.warns(QuantizedExportWarning, match=r"up to \d"):
+        inilora.export_lora(peft_model, tmp_path / "plain")
+    with pytest.warns(QuantizedExportWarning, match=r"up to \d"):
+        merged = inilora.merge_and_unload(peft_model)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules()) and not merged.is_loaded_in_4bit
+    assert (outputs(merged, input_ids) - expected).abs().max().item() <= 1e-5  # what the 4-bit model computed
+
+
+def test_a_4bit_model_is_dequantized_fitted_and_requantized(tmp_path, input_ids):
+    folder = llama_folder(tmp_path / "base")
+    fp = AutoModelForCausalLM.from_pretrained(folder)
+    bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    four_bit = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb_config, device_map="cpu")
+    q_proj = four_bit.model.layers[0].self_attn.q_proj
+    W_deq = bnb_f.dequantize_4bit(q_proj.weight.data, q_proj.weight.quant_state)
+    expected = outputs(four_bit, input_ids)
+    peft_model = inilora.get_peft_model(four_bit, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+                                        method="inilora", solver="svd", progress=False)
+    report = peft_model.inilora.report
+    assert all(layer.dequantized_base and layer.quantized == "nf4" and layer.quant_ratio is None
+               for layer in report.layers)
+    assert "dequantized 4-bit" in report.table()
+    name = "model.layers.0.self_attn.q_proj"
+    wrapped = peft_model.base_model.model.get_submodule(name)
+    assert isinstance(wrapped, peft_bnb.Linear4bit)
+    state = peft_model.inilora.layers[name]
+    product = state.B0 @ state.A0
+    rebuilt = bnb_f.dequantize_4bit(wrapped.get_base_layer().weight.data, wrapped.get_base_layer().weight.quant_state)
+    drift = float(torch.linalg.matrix_norm(rebuilt + product - W_deq) / torch.linalg.matrix_norm(W_deq))
+    assert report.layers[0].drift == pytest.approx(drift, rel=1e-4) and 0 < drift < 0.15
+    assert (outputs(peft_model, input_ids) - expected).abs().max().item() < 0.1 * expected.abs().max().item()
+    del fp
+
+
+def test_8bit_and_conv1d_layers_are_refused_and_the_model_left_untouched(input_ids):
+    model = tiny_model("llama")
+    attention = model.model.layers[1].self_attn
+    attention.q_proj = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InitError, match="Linear8bitLt.*save_residual_model"):
+        inilora.get_peft_model(model, CFG, method="inilora", solver="svd", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    gpt2 = tiny_model("gpt2")
+    before = outputs(gpt2, input_ids)
+    with pytest.raises(InitError, match="Conv1D"):
+        inilora.get_peft_model(gpt2, LoraConfig(r=4, target_modules=["c_attn"]), method="pissa", quantize="nf4",
+                               progress=False)
+    assert torch.equal(outputs(gpt2, input_ids), before) and not hasattr(gpt2, "is_loaded_in_4bit")
+
+
+def test_quantized_model_trains_and_save_residual_model_refuses_it(tmp_path, input_ids):
+    peft_model = quantized(config=QV, solver="svd")
+    name = "model.layers.0.self_attn.q_proj"
+    A0 = peft_model.inilora.layers[name].A0
+    train_steps(peft_model, input_ids)
+    assert (peft_model.base_model.model.get_submodule(name).lora_A["default"].weight - A0).abs().max() > 1e-3
+    with pytest.raises(InitError, match="4-bit"):
+        inilora.save_residual_model(peft_model, tmp_path / "out")
