@@ -103,7 +103,8 @@ def verdict(entry: dict, margin: float) -> None:
 
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Task screening: plain LoRA on MiniLM vs the majority class (validation split)", "",
-             f"Command: `{report['command']}`  ", f"Commit {report['provenance']['commit'][:12]}"
+             "Commands (in the order they ran; each run's own settings are in the JSON):", "",
+             *[f"    {c}" for c in report.get("commands", [report["command"]])], "", f"Commit {report['provenance']['commit'][:12]}"
              f"{' (dirty)' if report['provenance']['dirty'] else ''}; packages "
              + ", ".join(f"{k} {v}" for k, v in report["provenance"]["packages"].items()) + ".  ",
              f"Setup: {report['setup']}", "",
@@ -136,7 +137,12 @@ def main() -> None:
     import sys
 
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"tasks": {}}
-    report.update(command="python benchmarks/screen_tasks.py " + " ".join(sys.argv[1:]), provenance=provenance(),
+    command = "python benchmarks/screen_tasks.py " + " ".join(sys.argv[1:])
+    commands = report.setdefault("commands", [])  # the screen is resumed over sittings: every command that ran
+    if report.get("command") and report["command"] not in commands:
+        commands.append(report["command"])
+    commands.append(command)
+    report.update(command=command, provenance=provenance(),
                   setup=f"lora r=8 alpha=8 query/value, seed 0, batch 16, {args.epochs:g} epochs, max_len "
                         f"{args.max_len}, training on up to {args.n_train} examples of the training part; "
                         f"validation = {VAL_FRACTION:.0%} (at most {MAX_VAL}) of the training part, seed {VAL_SEED}; "
@@ -165,7 +171,8 @@ def main() -> None:
                 break
             if str(lr) not in entry["runs"]:
                 print(f"{name} lr {lr:g} ...", flush=True)
-                entry["runs"][str(lr)] = run(screen, lr, args)
+                entry["runs"][str(lr)] = {**run(screen, lr, args), "commit": report["provenance"]["commit"],
+                                          "dirty": report["provenance"]["dirty"]}
                 print(f"  {entry['runs'][str(lr)]}", flush=True)
             verdict(entry, args.margin)
             save()
