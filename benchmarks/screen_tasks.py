@@ -87,16 +87,20 @@ def run(task, lr: float, args) -> dict:
 
 
 def verdict(entry: dict, margin: float) -> None:
+    """Kept: best validation accuracy >= majority + margin; hopeless: two or more rates all below half that."""
     runs = entry["runs"]
     if not runs:
         return
     best_lr, best = max(runs.items(), key=lambda kv: kv[1]["val_accuracy"])
     gain = best["val_accuracy"] - entry["majority_val"]
+    hopeless = len(runs) >= 2 and gain < margin / 2
     entry.update(best_lr=float(best_lr), best_val_accuracy=best["val_accuracy"],
                  gain_over_majority=round(gain, 4),
                  cpu_seconds=round(sum(r["cpu_seconds"] for r in runs.values()), 1),
                  wall_seconds=round(sum(r["wall_seconds"] for r in runs.values()), 1),
-                 kept=gain >= margin)
+                 kept=gain >= margin, hopeless=hopeless,
+                 status="kept" if gain >= margin else "dropped: hopeless" if hopeless
+                 else f"not kept at {len(runs)} rate(s); undecided")
     entry["why"] = (f"best validation accuracy {best['val_accuracy']:.3f} is {100 * gain:+.1f} points from the "
                     f"majority class ({entry['majority_val']:.3f}) over lr {sorted(map(float, runs))}")
 
@@ -108,14 +112,14 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{' (dirty)' if report['provenance']['dirty'] else ''}; packages "
              + ", ".join(f"{k} {v}" for k, v in report["provenance"]["packages"].items()) + ".  ",
              f"Setup: {report['setup']}", "",
-             "| task | train part | test part | classes | val majority | best val acc | best lr | lrs tried | CPU s | kept | why |",
+             "| task | train part | test part | classes | val majority | best val acc | best lr | lrs tried | CPU s | verdict | why |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in report["tasks"].values():
         lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in entry["runs"].items())
         lines.append(f"| {entry['task']} | {entry['n_train_part']} | {entry['n_test_part']} | {len(entry['classes'])} "
                      f"| {entry['majority_val']:.3f} | {entry.get('best_val_accuracy', float('nan')):.3f} "
                      f"| {entry.get('best_lr', float('nan')):g} | {lrs} | {entry.get('cpu_seconds', 0):.0f} "
-                     f"| {'kept' if entry.get('kept') else 'dropped'} | {entry.get('why', 'not run')} |")
+                     f"| {entry.get('status', 'not run')} | {entry.get('why', 'not run')} |")
     lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
               f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
     path.write_text("\n".join(lines) + "\n")
@@ -163,11 +167,11 @@ def main() -> None:
             continue
         entry = report["tasks"].setdefault(name, info)
         entry.update({k: v for k, v in info.items() if k != "runs"})
+        verdict(entry, args.margin)  # runs of an earlier sitting count
         for lr in args.lrs:
             if entry.get("kept") and not args.full_grid:
                 break
-            if len(entry["runs"]) >= 2 and entry["gain_over_majority"] < args.margin / 2:
-                entry["why"] += "; stopped: hopeless"
+            if entry.get("hopeless"):
                 break
             if str(lr) not in entry["runs"]:
                 print(f"{name} lr {lr:g} ...", flush=True)
