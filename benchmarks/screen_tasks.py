@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--full-grid", action="store_true", help="run every lr even after a task is kept")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
     parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
     args = parser.parse_args()
 
@@ -173,7 +174,7 @@ def main() -> None:
                 break
             if entry.get("hopeless"):
                 break
-            if str(lr) not in entry["runs"]:
+            if str(lr) not in entry["runs"] and not args.render_only:
                 print(f"{name} lr {lr:g} ...", flush=True)
                 entry["runs"][str(lr)] = {**run(screen, lr, args), "commit": report["provenance"]["commit"],
                                           "dirty": report["provenance"]["dirty"]}
