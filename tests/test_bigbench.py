@@ -1,0 +1,111 @@
+"""BIG-bench tasks from a tiny synthetic archive in the bigbench 1.0.0 layout (no download)."""
+
+import io
+import json
+import re
+import tarfile
+
+import pytest
+
+from inilora.data import DataError
+from inilora.experiments import bigbench
+
+
+def fixed_task(n: int = 40) -> dict:
+    examples = [{"input": f"Statement {i}: the player scored {i} goals.",
+                 "target_scores": {"plausible": int(i % 3 == 0), "implausible": int(i % 3 != 0)}} for i in range(n)]
+    examples.append(dict(examples[0]))  # the same text with the same answer: kept once
+    examples.append({"input": examples[1]["input"], "target_scores": {"plausible": 1, "implausible": 0}})  # clash
+    return {"name": "sports", "examples": examples}
+
+
+def inline_task(n: int = 30) -> dict:
+    # the file lists the right answer first, as some BIG-bench files do
+    examples = [{"input": f"What does person {i} need?", "target_scores": {f"right {i}": 1, f"wrong {i}": 0,
+                                                                            f"other {i}": 0}} for i in range(n)]
+    examples.append({"input": "Two answers only?", "target_scores": {"yes": 1, "no": 0}})
+    return {"name": "siqa", "examples": examples}
+
+
+def make_archive(path, tasks: dict) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for folder, data in tasks.items():
+            payload = json.dumps(data).encode()
+            info = tarfile.TarInfo(f"{bigbench.MEMBER_PREFIX}{folder}/task.json")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        readme = tarfile.TarInfo(f"bigbench-{bigbench.VERSION}/README.md")
+        tar.addfile(readme, io.BytesIO(b""))
+
+
+@pytest.fixture
+def root(tmp_path):
+    archive = tmp_path / bigbench.ARCHIVE
+    make_archive(archive, {"sports_understanding": fixed_task(), "social_iqa": inline_task()})
+    return bigbench.unpack_archive(archive, tmp_path / "cache" / "bigbench" / bigbench.VERSION)
+
+
+def test_unpack_copies_only_task_json(root):
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "social_iqa/task.json", "sports_understanding/task.json"]
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".unpack-")]  # no staging left
+
+
+def test_fixed_choices_are_the_classes_and_splits_are_disjoint(root):
+    task = bigbench.load_bigbench("bb:sports_understanding", root)
+    assert task.kind == "classification" and task.labels == ["implausible", "plausible"]
+    assert task.metric == "accuracy" and task.name == "bb:sports_understanding"
+    # 40 distinct texts (the duplicate kept once; text 1, given both answers, dropped): 39 -> 8 test, 31 train
+    assert (len(task.train), len(task.eval)) == (31, 8)
+    texts = [r["text"] for r in task.train + task.eval]
+    assert len(set(texts)) == 39 and "Statement 1: the player scored 1 goals." not in texts
+    for row in task.train + task.eval:
+        i = int(re.search(r"Statement (\d+)", row["text"]).group(1))
+        assert row["label"] == task.labels.index("plausible" if i % 3 == 0 else "implausible")
+
+
+def test_split_does_not_depend_on_example_order(root, tmp_path):
+    reversed_task = fixed_task()
+    reversed_task["examples"] = reversed_task["examples"][::-1]
+    archive = tmp_path / "reversed.tar.gz"
+    make_archive(archive, {"sports_understanding": reversed_task})
+    other = bigbench.unpack_archive(archive, tmp_path / "other")
+    a, b = bigbench.load_bigbench("sports_understanding", root), bigbench.load_bigbench("sports_understanding", other)
+    assert sorted(r["text"] for r in a.eval) == sorted(r["text"] for r in b.eval)
+
+
+def test_inline_choices_are_shuffled_numbered_options(root):
+    task = bigbench.load_bigbench("bb:social_iqa", root)
+    rows = task.train + task.eval
+    assert task.labels == ["option 1", "option 2", "option 3"] and len(rows) == 30  # the 2-answer example dropped
+    positions = {row["label"] for row in rows}
+    assert len(positions) == 3  # the right answer no longer always comes first
+    for row in rows:
+        i = re.search(r"person (\d+)", row["text"]).group(1)
+        assert f"{row['label'] + 1}. right {i}\n" in row["text"]
+        assert row["text"].count("\n") == 3  # three options, then the question
+
+
+def test_bad_inputs_name_the_problem(root, tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="Unknown BIG-bench task 'bb:nope'"):
+        bigbench.load_bigbench("bb:nope", root)
+    mixed = fixed_task()
+    mixed["examples"].append({"input": "x", "target_scores": {"plausible": 1, "implausible": 0, "maybe": 0}})
+    with pytest.raises(DataError, match="offer different answers"):
+        bigbench.to_examples(mixed, bigbench.BIGBENCH_TASKS["sports_understanding"])
+    tie = {"examples": [{"input": "x", "target_scores": {"a": 1, "b": 1}}]}
+    with pytest.raises(DataError, match="2 answers share the top score"):
+        bigbench.to_examples(tie, bigbench.BIGBENCH_TASKS["sports_understanding"])
+    with pytest.raises(DataError, match="no JSON task 'winowhy'"):
+        bigbench.task_json("winowhy", root)
+    # an archive without task JSON: an error, and no cache folder left behind
+    empty = tmp_path / "empty.tar.gz"
+    make_archive(empty, {})
+    with pytest.raises(DataError, match="holds no"):
+        bigbench.unpack_archive(empty, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    # a failed download says so, and leaves no cache folder
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    with pytest.raises(DataError, match="Could not download bigbench-1.0.0.tar.gz"):
+        bigbench.task_json("winowhy", tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
