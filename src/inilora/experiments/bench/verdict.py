@@ -1,0 +1,116 @@
+"""The tuned benchmark's summary (``summary.json``) from its run records: per task and method the grid,
+the learning rate chosen on validation, the test metric of the final seeds, paired tests against
+``lora`` with Holm's correction, win rates and convergence; and the pre-declared verdict comparisons.
+
+A run record holds ``method``, ``lr``, ``seed``, ``val`` ({metric, loss}: the validation split at the
+end), ``val_curve`` ([step, loss, metric or None] logged during training) and ``test`` ({metric, loss}).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from .schedule import Protocol, stage
+from .tuning import ValScore, curve_auc, holm, steps_to_reach, win_rate
+
+BASELINE = "lora"
+# the comparisons that carry the verdict, fixed before any tuned run was read: (method, reference)
+DECLARED = (("inilora", "lora"), ("inilora", "pissa"), ("inilora-alpha", "lora"), ("inilora-beta", "lora"))
+
+
+def paired_p(method: dict[int, float], reference: dict[int, float]) -> float | None:
+    """Two-sided paired t-test over the seeds both have (None with fewer than 2; a constant non-zero
+    difference is p = 0, no difference at all p = 1)."""
+    seeds = sorted(set(method) & set(reference))
+    if len(seeds) < 2:
+        return None
+    diffs = [method[s] - reference[s] for s in seeds]
+    if all(d == diffs[0] for d in diffs):
+        return 1.0 if diffs[0] == 0 else 0.0
+    from scipy import stats
+
+    return float(stats.ttest_rel([method[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
+
+
+def _finals(runs: list[dict], protocol: Protocol) -> tuple[list[float], float | None, dict[str, float], list[dict]]:
+    """(grid, chosen lr, mean validation metric per lr, the final runs at the chosen lr)."""
+    finished = {(r["lr"], r["seed"]): ValScore(r["val"]["metric"], r["val"]["loss"]) for r in runs}
+    now = stage(protocol, finished)
+    by_lr: dict[str, list[float]] = {}
+    for r in runs:
+        by_lr.setdefault(f"{r['lr']:.3g}", []).append(r["val"]["metric"])
+    val_by_lr = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items(), key=lambda kv: float(kv[0]))}
+    if now.chosen_lr is None:
+        return list(now.grid), None, val_by_lr, []
+    chosen = f"{now.chosen_lr:.3g}"
+    finals = [r for r in runs if f"{r['lr']:.3g}" == chosen and r["seed"] in protocol.final_seeds]
+    return list(now.grid), now.chosen_lr, val_by_lr, sorted(finals, key=lambda r: r["seed"])
+
+
+def _curve(run: dict, kind: str) -> list[tuple[int, float]]:
+    """The convergence curve: validation accuracy for classification, validation loss for generation."""
+    column = 2 if kind == "classification" else 1
+    return [(int(p[0]), float(p[column])) for p in run.get("val_curve", []) if p[column] is not None]
+
+
+def _mean_curve(runs: list[dict], kind: str) -> list[tuple[int, float]]:
+    curves = [dict(_curve(r, kind)) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
+
+
+def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) -> dict[str, dict]:
+    """Per method of one task: the entry of ``summary.json``'s ``methods``."""
+    higher = kind == "classification"
+    methods: dict[str, dict] = {}
+    finals: dict[str, list[dict]] = {}
+    for method, protocol in protocols.items():
+        grid, chosen, val_by_lr, final_runs = _finals([r for r in runs if r["method"] == method], protocol)
+        finals[method] = final_runs
+        values = [r["test"]["metric"] for r in final_runs]
+        aucs = [curve_auc([(int(c[0]), float(c[1])) for c in r["val_curve"]]) for r in final_runs]
+        methods[method] = {
+            "lr_grid": grid, "chosen_lr": chosen, "val_by_lr": val_by_lr,
+            "test": {"mean": statistics.fmean(values) if values else float("nan"),
+                     "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else float("nan"),
+                     "seeds": [r["seed"] for r in final_runs], "values": values,
+                     "p_vs_lora": None, "p_holm": None, "win_rate_vs_lora": None},
+            "steps_to_lora_final": None,
+            "val_loss_auc": statistics.fmean(aucs) if aucs else float("nan"),
+        }
+    base = {r["seed"]: r["test"]["metric"] for r in finals.get(BASELINE, [])}
+    base_curve = _mean_curve(finals.get(BASELINE, []), kind)
+    raw = {}
+    for method, entry in methods.items():
+        if method == BASELINE or not base:
+            continue
+        own = dict(zip(entry["test"]["seeds"], entry["test"]["values"]))
+        raw[method] = paired_p(own, base)
+        entry["test"]["p_vs_lora"] = raw[method]
+        entry["test"]["win_rate_vs_lora"] = win_rate(own, base, higher_is_better=True)
+        if base_curve and finals[method]:
+            entry["steps_to_lora_final"] = steps_to_reach(_mean_curve(finals[method], kind), base_curve[-1][1],
+                                                          higher_is_better=higher)
+    for method, p in holm(raw).items():
+        methods[method]["test"]["p_holm"] = p
+    return methods
+
+
+def declared_verdict(methods: dict[str, dict]) -> list[dict]:
+    """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family."""
+    rows, raw = [], {}
+    for method, reference in DECLARED:
+        if method not in methods or reference not in methods:
+            continue
+        a, b = methods[method]["test"], methods[reference]["test"]
+        own, ref = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
+        seeds = sorted(set(own) & set(ref))
+        diff = statistics.fmean(own[s] - ref[s] for s in seeds) if seeds else math.nan
+        name = f"{method} vs {reference}"
+        raw[name] = paired_p(own, ref)
+        rows.append({"comparison": name, "diff_mean": diff, "n": len(seeds), "p": raw[name]})
+    adjusted = holm(raw)
+    for row in rows:
+        row["p_holm"] = adjusted[row["comparison"]]
+    return rows

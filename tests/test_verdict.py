@@ -1,0 +1,62 @@
+"""summary.json entries from synthetic run records: selection on validation, finals, Holm, convergence."""
+
+import pytest
+
+from inilora.experiments.bench.schedule import Protocol
+from inilora.experiments.bench.verdict import declared_verdict, paired_p, summarize_task
+
+GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+
+
+def _records(method, best_lr, test_offset, speed):
+    """Runs of one method on the whole schedule: validation peaks at ``best_lr``; the test metric is
+    0.7 + test_offset + a seed effect; the validation accuracy curve rises at ``speed`` per 10 steps."""
+    runs = []
+    for lr in GRID:
+        for seed in range(5):
+            if lr != best_lr and seed > 1:
+                continue
+            val = 0.8 if lr == best_lr else 0.6
+            # a test metric that selection must not read: highest at a learning rate that is not chosen
+            test = 0.7 + test_offset + 0.01 * seed if lr == best_lr else 0.99
+            curve = [[step, 1.0 - step / 200, min(val, 0.5 + speed * step / 10)] for step in range(0, 90, 10)]
+            runs.append({"method": method, "lr": lr, "seed": seed, "val": {"metric": val, "loss": 0.5},
+                         "val_curve": curve, "test": {"metric": test, "loss": 0.5}})
+    return runs
+
+
+def test_summary_chooses_on_validation_and_tests_the_finals():
+    runs = (_records("lora", 1e-3, 0.0, 0.02) + _records("inilora", 3e-4, 0.05, 0.05)
+            + _records("pissa", 1e-3, 0.0, 0.02))
+    # pissa: the same as lora plus a seed-dependent wobble, so its difference is not constant
+    for r in runs:
+        if r["method"] == "pissa" and r["lr"] == 1e-3:
+            r["test"]["metric"] += 0.003 * (r["seed"] % 2)
+    protocols = {m: Protocol(GRID) for m in ("lora", "inilora", "pissa")}
+    methods = summarize_task(runs, protocols, "classification")
+    lora, ini = methods["lora"], methods["inilora"]
+    assert lora["chosen_lr"] == 1e-3 and ini["chosen_lr"] == 3e-4
+    assert ini["test"]["seeds"] == [0, 1, 2, 3, 4]
+    assert ini["test"]["mean"] == pytest.approx(0.75 + 0.02)
+    assert ini["test"]["p_vs_lora"] == 0.0  # a constant +0.05 on every seed
+    assert ini["test"]["win_rate_vs_lora"] == 1.0
+    assert lora["test"]["p_vs_lora"] is None
+    # Holm over {inilora, pissa}: never below the raw p
+    for m in ("inilora", "pissa"):
+        assert methods[m]["test"]["p_holm"] >= methods[m]["test"]["p_vs_lora"]
+    # lora's curve ends at step 80 at 0.5 + 0.02 * 8 = 0.66; inilora (0.05 per 10 steps) first logs
+    # >= 0.66 at step 40; pissa, as fast as lora, only at step 80
+    assert ini["steps_to_lora_final"] == 40
+    assert methods["pissa"]["steps_to_lora_final"] == 80
+    assert ini["val_by_lr"]["0.0003"] == pytest.approx(0.8)
+    verdict = {row["comparison"]: row for row in declared_verdict(methods)}
+    assert set(verdict) == {"inilora vs lora", "inilora vs pissa"}
+    assert verdict["inilora vs lora"]["diff_mean"] == pytest.approx(0.05)
+
+
+def test_paired_p_agrees_with_scipy():
+    from scipy import stats
+
+    a, b = {0: 0.7, 1: 0.72, 2: 0.69}, {0: 0.68, 1: 0.71, 2: 0.70}
+    assert paired_p(a, b) == pytest.approx(stats.ttest_rel([0.7, 0.72, 0.69], [0.68, 0.71, 0.70]).pvalue)
+    assert paired_p({0: 1.0}, {0: 0.0}) is None
