@@ -31,10 +31,10 @@ def main() -> None:
     from peft import LoraConfig
     from transformers import DataCollatorWithPadding
 
-    from inilora import models
-    from inilora.data import load_task
+    from inilora.experiments import models
+    from inilora.experiments.tasks import load_task
     from inilora.experiments.peft_peers import PEERS, get_peer_model
-    from inilora.train import encode_classification
+    from inilora.experiments.train.encode import encode_classification
     from screen_tasks import provenance
 
     task = load_task("reviews", n_train=16 * args.batches, n_eval=16)

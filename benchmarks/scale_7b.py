@@ -54,22 +54,22 @@ def run_cell(method: str, path: str, r: int, adam_steps: int) -> dict:
     from safetensors.torch import load_file
     from torch import nn
     sys.path.insert(0, str(HERE))
-    from memory import measure
+    from _common import measure
     torch.set_num_threads(1)
     W = load_file(path)["w"]
     if method == "svd":
         from inilora.fit import fit_svd
         _, seconds, peak = measure(fit_svd, W, r)
     elif method == "svd_randomized":
-        from inilora.config import InitOptions
         from inilora.fit import fit_svd_randomized
         from inilora.methods import layer_generator
-        o = InitOptions()
-        _, seconds, peak = measure(fit_svd_randomized, W, r, o.randomized_oversample, o.randomized_niter,
-                                   layer_generator(0, "w"))
+        from inilora.options import RandomizedSVD
+        o = RandomizedSVD()
+        _, seconds, peak = measure(fit_svd_randomized, W, r, o.oversample, o.niter, layer_generator(0, "w"))
     elif method == "adam":
-        from inilora.fit import AdamSchedule, draw_start, fit_adam
+        from inilora.fit import draw_start, fit_adam
         from inilora.methods import layer_generator
+        from inilora.options import AdamSchedule
         U, P = draw_start(tuple(W.shape), r, float(W.std()), layer_generator(0, "w"))
         fit_adam(W[None], U[None], P[None], AdamSchedule(steps=2))  # warm-up
         _, seconds, peak = measure(fit_adam, W[None], U[None], P[None], AdamSchedule(steps=adam_steps))

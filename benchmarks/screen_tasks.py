@@ -41,7 +41,7 @@ def provenance() -> dict:
 
 
 def load(name: str):
-    from inilora.data import load_task
+    from inilora.experiments.tasks import load_task
     from inilora.experiments.bigbench import PREFIX, load_bigbench
 
     return load_bigbench(name) if name.startswith(PREFIX) else load_task(name)
@@ -50,7 +50,7 @@ def load(name: str):
 def carve(task, n_train: int):
     """A copy of ``task`` whose held-out set is a fixed validation split of its TRAINING part, and whose
     training set is at most ``n_train`` of the rest (a fixed seeded subset)."""
-    from inilora.data import Task
+    from inilora.experiments.tasks import Task
 
     order = list(range(len(task.train)))
     random.Random(VAL_SEED).shuffle(order)
@@ -75,7 +75,7 @@ def describe(name: str, n_train: int) -> tuple[dict, object]:
 
 
 def run(task, lr: float, args) -> dict:
-    from inilora.train import TrainConfig, finetune
+    from inilora.experiments.train import TrainConfig, finetune
 
     cfg = TrainConfig(method="lora", seed=0, r=8, alpha=8, lr=lr, epochs=args.epochs, batch_size=16,
                       max_len=args.max_len, threads=args.threads, progress=False, logging_steps=20)

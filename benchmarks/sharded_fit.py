@@ -28,7 +28,7 @@ def worker(steps: int) -> None:
     from transformers import AutoModelForCausalLM
 
     import inilora
-    from inilora.models import resolve
+    from inilora.experiments.models import resolve
 
     torch.set_num_threads(1)
     if "RANK" in os.environ:

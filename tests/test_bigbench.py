@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from inilora.data import DataError
+from inilora.errors import DataError
 from inilora.experiments import bigbench
 
 

@@ -159,7 +159,7 @@ BAD = [
     ("nan", nan_model, lambda: config("llama"), {}, "NaN or Inf"),
     ("quantized", quantized_model, lambda: config("llama"), {}, "quantized"),
     ("tied", tied_model, lambda: LoraConfig(r=4, target_modules=["lm_head"]), {"method": "pissa"}, "tied"),
-    ("bad steps", lambda: tiny_model("llama"), lambda: config("llama"), {"steps": 0}, "steps must be positive"),
+    ("bad steps", lambda: tiny_model("llama"), lambda: config("llama"), {"steps": 0}, "Option steps must be a positive integer"),
 ]
 
 

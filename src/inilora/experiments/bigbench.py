@@ -28,7 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from inilora.data import DataError, Task
+from inilora.errors import DataError
+from inilora.experiments.tasks import Task
 
 VERSION = "1.0.0"
 TEST_FRACTION = 0.2
