@@ -74,7 +74,7 @@ def test_bench_runs_resumes_and_reports(files, capsys, tmp_path):
      "not allowed with argument"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{bad}"], "bad.jsonl:2: not valid JSON"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{tmp}/missing.csv"], "missing.csv does not exist"),
-    (["train", "--model", "{tmp}/nomodel", "-o", "{tmp}", "--train-file", "{train}"], "nor a local folder"),
+    (["train", "--model", "{tmp}/nomodel", "-o", "{tmp}", "--train-file", "{train}"], "nor a hub id (org/name)"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{train}", "--targets", "q_proj"],
      "No module matches target_modules"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--task", "sst2"], "Unknown task 'sst2'"),
