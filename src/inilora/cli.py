@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
 
     p = sub.add_parser("eval", help="evaluate a trained output folder on its task or other data",
-                       description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it.")
+                       description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it: by "
+                       "default on the held-out set it was trained with (a --train-file run's files are recorded and "
+                       "split again the same way), or on --task, on --train-file (+ --eval-file), or on --eval-file "
+                       "alone (other data in the training format, evaluated whole).")
     p.add_argument("run_dir", help="an output folder of `inilora train`")
     p.add_argument("--model", help="the base model (default: the one it was trained from)")
     p.add_argument("--revision", help="the hub model's revision (default: the one it was trained from)")
