@@ -1,9 +1,11 @@
 """The benchmark's bookkeeping: the plan, resumability, the paired test and the table (no training)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from inilora.errors import InitError
 from inilora.experiments import bench
 
 
@@ -52,9 +54,9 @@ def test_summary_table_and_plots(tmp_path):
 def test_plan_is_seed_major_and_resumes_only_matching_runs(tmp_path):
     suite = bench.Suite("toy", "m", task="reviews", n_train=10, config={"lr": 1e-3}, full={"lr": 1e-5}, base=True,
                         extra=("inilora:adam",))
-    specs = bench.plan([suite], ("lora", "inilora"), [0, 1])
+    specs = bench.plan([suite], ("lora", "inilora:svd"), [0, 1])
     assert [(s.method, s.seed) for s in specs] == [
-        ("lora", 0), ("inilora", 0), ("full", 0), ("lora", 1), ("inilora", 1), ("full", 1), ("base", 0),
+        ("lora", 0), ("inilora:svd", 0), ("full", 0), ("lora", 1), ("inilora:svd", 1), ("full", 1), ("base", 0),
         ("inilora:adam", 0), ("inilora:adam", 1)]
     assert bench.method_and_solver("inilora:adam") == ("inilora", "adam")
     assert bench.method_and_solver("pissa") == ("pissa", "svd")
@@ -91,3 +93,32 @@ def test_every_preset_loads_its_tasks_and_plans_every_method_and_seed(name):
     assert set(runs) == expected
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):
         bench.preset("huge")
+
+def test_rows_name_inilora_solver_and_older_results_still_read(tmp_path):
+    """`inilora` is the Adam fit in `train` and the closed form in older benchmarks: bench rows name the
+    solver, a bare `inilora` is refused, and older run files (method "inilora", folder inilora/) read as
+    inilora:svd — the committed results/full aggregates with the new names and keeps its numbers."""
+    import shutil
+
+    with pytest.raises(InitError, match="'inilora' is ambiguous.*inilora:svd.*inilora:adam"):
+        bench.check_variant("inilora")
+    bench.check_variant("inilora:svd")
+    assert bench.row_name("inilora") == "inilora:svd" and bench.row_name("inilora:adam") == "inilora:adam"
+    assert bench.row_name("lora") == "lora" and bench.method_and_solver("inilora") == ("inilora", "svd")
+    for name in bench.PRESETS:
+        methods = bench.preset(name)[1]
+        assert "inilora:svd" in methods and "inilora" not in methods
+    suite = bench.Suite("reviews", "minilm", task="reviews")
+    assert bench.RunSpec(suite, "inilora:svd", 0).path(tmp_path).parent.name == "inilora"  # the older folder
+    assert bench.RunSpec(suite, "inilora:adam", 0).path(tmp_path).parent.name == "inilora-adam"
+    committed = Path(__file__).parents[1] / "results" / "full"
+    old = json.loads((committed / "results.json").read_text())
+    shutil.copytree(committed / "runs", tmp_path / "runs")
+    assert json.loads((tmp_path / "runs/reviews/inilora/seed0.json").read_text())["method"] == "inilora"
+    new = bench.aggregate(tmp_path, make_plots=False)
+    assert new["runs"] == len(old["runs"]) == 68
+    for task, summary in json.loads((tmp_path / "results.json").read_text())["summary"].items():
+        rows, before = summary["rows"], old["summary"][task]["rows"]
+        assert "inilora" not in rows and {"inilora:svd", "inilora:adam"} <= set(rows)
+        assert rows["inilora:svd"] == before["inilora"] and rows["inilora:adam"] == before["inilora:adam"]
+    assert "| inilora:svd | 3 |" in new["table"] and "| inilora | " not in new["table"]

@@ -49,6 +49,44 @@ def test_train_then_eval(files, capsys, tmp_path):
     assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
+def test_eval_of_a_train_file_run_rebuilds_its_split_or_takes_other_data(files, capsys, tmp_path, monkeypatch):
+    """A run trained on --train-file alone (10% held out) evaluates again with no data given (its files are
+    recorded with absolute paths, the same split is rebuilt), and on --eval-file alone (other data)."""
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--model", files["model"], "--train-file", files["train"], "--method",
+                            "inilora", "--solver", "svd", "--lr", "3e-2", "--max-steps", "6", "--batch-size", "8",
+                            "-o", out, "--quiet")
+    assert code == 0, err
+    trained = json.loads(stdout.strip().splitlines()[-1])
+    assert trained["n_eval"] == 6 and trained["n_train"] == 58
+    recorded = json.loads((out / "inilora_train.json").read_text())["files"]
+    assert recorded["train_file"] == str(files["train"].resolve()) and recorded["eval_file"] is None
+    monkeypatch.chdir(tmp_path)  # the recorded paths are absolute: eval works from anywhere
+    code, stdout, err = run(capsys, "eval", out, "--json")
+    assert code == 0, err
+    again = json.loads(stdout)
+    assert again["n_eval"] == 6 and again["accuracy"] == pytest.approx(trained["accuracy"])
+    assert again["eval_loss"] == pytest.approx(trained["eval_loss"], rel=1e-4)
+    code, stdout, err = run(capsys, "eval", out, "--eval-file", files["eval"], "--json")
+    other = json.loads(stdout)
+    assert code == 0 and other["n_eval"] == 24  # the other file's examples, not the held-out 6
+    code, stdout, _ = run(capsys, "eval", out, "--train-file", files["train"], "--eval-file", files["eval"], "--json")
+    assert json.loads(stdout) == pytest.approx(other)
+
+
+def test_eval_json_of_a_generation_run_is_only_json(capsys, tmp_path):
+    model = tiny.llama_folder(tmp_path / "llama")
+    data = tiny.write_jsonl(tmp_path / "answers.jsonl", tiny.answer_rows(20))
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--model", model, "--train-file", data, "--method", "lora", "--max-steps", "2",
+                       "--batch-size", "4", "-o", out, "--quiet")
+    assert code == 0, err
+    code, stdout, err = run(capsys, "eval", out, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    metrics = json.loads(stdout)  # the whole of stdout: no Trainer dict before it
+    assert metrics["n_eval"] == 2 and 0 <= metrics["exact_match"] <= 1 and metrics["eval_loss"] > 0
+
+
 def test_bench_runs_resumes_and_reports(files, capsys, tmp_path):
     argv = ["bench", "--model", files["model"], "--train-file", files["train"], "--eval-file", files["eval"],
             "--methods", "lora,inilora-alpha", "--seeds", "2", "--max-steps", "3", "--jobs", "2", "--out", tmp_path]
@@ -74,12 +112,15 @@ def test_bench_runs_resumes_and_reports(files, capsys, tmp_path):
      "not allowed with argument"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{bad}"], "bad.jsonl:2: not valid JSON"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{tmp}/missing.csv"], "missing.csv does not exist"),
-    (["train", "--model", "{tmp}/nomodel", "-o", "{tmp}", "--train-file", "{train}"], "nor a local folder"),
+    (["train", "--model", "{tmp}/nomodel", "-o", "{tmp}", "--train-file", "{train}"], "nor a hub id (org/name)"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--train-file", "{train}", "--targets", "q_proj"],
      "No module matches target_modules"),
     (["train", "--model", "{model}", "-o", "{tmp}", "--task", "sst2"], "Unknown task 'sst2'"),
     (["eval", "{tmp}"], "not an output folder of `inilora train`"),
     (["bench", "--methods", "lora,qlora"], "unknown method(s) qlora"),
+    (["bench", "--methods", "lora,inilora"], "method 'inilora' is ambiguous in a benchmark: name its solver, "
+     "inilora:svd"),
+    (["eval", "{tmp}", "--n-eval", "3"], "--n-train/--n-eval go with --task"),
     (["bench", "--methods", "lora,pissa:adam"], "method 'pissa:adam': pissa cannot use solver 'adam' (it has no fit"),
     (["bench", "--methods", "lora:svd"], "method 'lora:svd': lora cannot use solver 'svd'"),
     (["bench", "--methods", "inilora:Adam"], "its solvers are adam, svd, svd_randomized"),

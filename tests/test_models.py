@@ -12,7 +12,7 @@ from inilora.experiments import models
 
 
 def test_user_folders_and_bad_names(tmp_path):
-    with pytest.raises(ModelError, match="neither one of minilm, smollm2 nor a local folder"):
+    with pytest.raises(ModelError, match="neither one of minilm, smollm2, a local folder, nor a hub id"):
         models.resolve(tmp_path / "missing")
     with pytest.raises(ModelError, match="has no config.json"):
         models.resolve(tmp_path)

@@ -1,11 +1,12 @@
 """Small file helpers used everywhere, each defined once: tensor and file hashing, atomic writes,
-and the cache root."""
+the cache root, and what names a hub repository."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,26 @@ import torch
 from torch import Tensor
 
 CACHE_ENV = "INILORA_CACHE"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as the hub spells repository ids
+
+
+def is_hub_id(name: str | os.PathLike) -> bool:
+    """``org/name`` that is not a local path: a model or adapter to fetch from the hub."""
+    return bool(HUB_ID.match(str(name))) and not Path(str(name)).expanduser().exists()
+
+
+def hub_failure(name: str, exc: BaseException) -> str:
+    """Why the hub could not give ``name``, in one line: unreachable (no network, or offline mode) and
+    not cached, or the hub's own answer (no such repository, gated, no such revision)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return (f"the hub could not be reached (no network, or HF_HUB_OFFLINE=1) and {name!r} is not in the "
+                    "local hub cache")
+        cause = cause.__cause__ or cause.__context__
+    return f"the hub answered: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
 
 
 def cache_root() -> Path:

@@ -10,9 +10,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from .experiments import models
 
 EXIT_BAD_INPUT = 2
+MODEL_HELP = ("minilm or smollm2 (offline, from PyPI packages), a local transformers model folder, or a hub id "
+              "org/name (downloaded, or read from the hub cache; HF_HUB_OFFLINE=1 is honoured)")
 
 
 class UsageError(ValueError):
@@ -94,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a model with an adapter and evaluate it",
                        description="Fine-tune MODEL on a task or your data, evaluate it on the held-out set, and "
-                       "save the adapter (inilora.save_pretrained) and its plain-PEFT export to OUTPUT_DIR.")
-    p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
+                       "save the adapter (inilora.save_pretrained) and its plain-PEFT export to OUTPUT_DIR. "
+                       "--method inilora fits with --solver: adam by default (the published fit; `inilora bench` "
+                       "calls it inilora:adam) or svd (the closed form; inilora:svd in bench).")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--output-dir", "-o", required=True, help="where the adapter, its export and metrics go")
     _add_data_args(p, required=True)
     from .experiments.train import TrainConfig
@@ -104,9 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
 
     p = sub.add_parser("eval", help="evaluate a trained output folder on its task or other data",
-                       description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it.")
+                       description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it: by "
+                       "default on the held-out set it was trained with (a --train-file run's files are recorded and "
+                       "split again the same way), or on --task, on --train-file (+ --eval-file), or on --eval-file "
+                       "alone (other data in the training format, evaluated whole).")
     p.add_argument("run_dir", help="an output folder of `inilora train`")
     p.add_argument("--model", help="the base model (default: the one it was trained from)")
+    p.add_argument("--revision", help="the hub model's revision (default: the one it was trained from)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as trained)")
     _add_data_args(p, required=False)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="evaluation batch size (default 32)")
     p.add_argument("--max-new-tokens", type=_positive_int, help="greedy decoding length (generation tasks)")
@@ -114,12 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="compare methods over seeds and tasks",
                        description="Run methods x seeds x tasks (resumable: finished runs are kept), then write "
-                       "results.json, results.md and PNG plots to --out and print the table.")
+                       "results.json, results.md and PNG plots to --out and print the table. Rows name inilora's "
+                       "solver: inilora:svd (closed form) and inilora:adam (the published Adam fit).")
     p.add_argument("--quick", action="store_true", help="the small preset: MiniLM x reviews, lora vs inilora "
                    "(-alpha, -beta), 3 seeds, a few minutes")
     p.add_argument("--preset", choices=["full", "quick"], help="a predefined benchmark (default: full)")
     p.add_argument("--tasks", type=_csv_list, help="only these tasks of the preset")
-    p.add_argument("--methods", type=_csv_list, help="methods, comma-separated (default: the preset's)")
+    p.add_argument("--methods", type=_csv_list, help="methods, comma-separated (default: the preset's). A method "
+                   "with a fit names its solver: inilora:svd (closed form, seconds) or inilora:adam (the published "
+                   "20,000-step Adam fit, what `inilora train --method inilora` runs by default); a bare inilora is "
+                   "refused. Results written before (rows named inilora) read as inilora:svd.")
     p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds 0..N-1 (default 3)")
     p.add_argument("--jobs", type=_positive_int, default=2, help="parallel processes (default 2)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads per process (default 1)")
@@ -127,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     custom = p.add_argument_group("a custom benchmark (instead of a preset's tasks)")
-    custom.add_argument("--model", help="model for --task / --train-file")
+    custom.add_argument("--model", help="model for --task / --train-file: " + MODEL_HELP)
+    custom.add_argument("--revision", help="the hub model's revision (branch, tag or commit)")
     custom.add_argument("--task", help="a built-in task")
     custom.add_argument("--train-file", help="your data file")
     custom.add_argument("--eval-file", help="your held-out file")
@@ -138,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-len", type=_positive_int)
     budget.add_argument("--batch-size", type=_positive_int)
     budget.add_argument("--lr", type=_positive_float)
+    budget.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base models load in (default float32)")
     return parser
 
 
@@ -174,8 +189,12 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .experiments.train import evaluate
 
+    eval_only = args.eval_file if not (args.task or args.train_file) else None  # --eval-file alone: other data
+    if not (args.task or args.train_file) and (args.n_train or args.n_eval):
+        raise UsageError("--n-train/--n-eval go with --task.")
     task = _task(args) if (args.task or args.train_file) else None
-    metrics = evaluate(args.run_dir, task, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    metrics = evaluate(args.run_dir, task, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       eval_file=eval_only, revision=args.revision, dtype=args.dtype)
     shown = {k: v for k, v in metrics.items() if k != "samples"}
     if args.json:
         print(json.dumps(shown))
@@ -200,8 +219,9 @@ def cmd_bench(args) -> int:
         label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
         suites = [bench.Suite(label, args.model, task=args.task, train_file=args.train_file,
                               eval_file=args.eval_file, config=bench.hyperparameters("glue_like"))]
-    elif args.model or args.eval_file:
-        raise UsageError("--model/--eval-file define a custom benchmark together with --task or --train-file.")
+    elif args.model or args.eval_file or args.revision:
+        raise UsageError("--model/--eval-file/--revision define a custom benchmark together with --task or "
+                         "--train-file.")
     if args.tasks:
         unknown = sorted(set(args.tasks) - {s.name for s in suites})
         if unknown:
@@ -211,13 +231,14 @@ def cmd_bench(args) -> int:
     if args.methods:
         unknown = sorted(m for m in args.methods if bench.method_and_solver(m)[0] not in inilora.METHODS)
         if unknown:
-            raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(inilora.METHODS)} "
-                             "(inilora:adam for the published fit; others fit in closed form).")
+            raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(map(bench.row_name, inilora.METHODS))} (or inilora:adam, the published fit).")
         for method in args.methods:
             bench.check_variant(method)
         methods = tuple(args.methods)
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
-                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr) for s in suites]
+                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype,
+                                   revision=args.revision) for s in suites]
     out = args.out or os.path.join("runs", name)
     if args.aggregate_only:
         result = bench.aggregate(out, make_plots=not args.no_plots)

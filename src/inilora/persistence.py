@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._io import hub_failure, is_hub_id
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
@@ -158,9 +159,23 @@ def _push(folder: Path, repo_id: str | None = None, token: str | None = None, pr
                       revision=revision, create_pr=create_pr)
 
 
-def _locate(path: str | os.PathLike, adapter_name: str) -> Path:
+def _download(repo_id: str, revision: str | None) -> Path:
+    """A hub adapter repository -> its local snapshot (downloaded, or read from the hub cache)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except (OSError, ValueError, HfHubHTTPError) as exc:
+        raise AdapterLoadError(f"{repo_id!r} is no local folder and the hub adapter of that id cannot be "
+                               f"downloaded: {hub_failure(repo_id, exc)}.") from exc
+
+
+def _locate(path: str | os.PathLike, adapter_name: str, revision: str | None = None) -> Path:
     """The directory holding the adapter: ``path`` itself, or ``path/adapter_name`` as PEFT saves a
-    named adapter."""
+    named adapter; a hub id ``org/name`` that is no local path is downloaded first (at ``revision``)."""
+    if is_hub_id(path):
+        path = _download(str(path), revision)
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() and (_adapter_dir(path, adapter_name) / CONFIG_FILE).is_file():
         return _adapter_dir(path, adapter_name)
@@ -193,17 +208,18 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
 
 
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
-                    is_trainable: bool = False) -> PeftModel:
+                    is_trainable: bool = False, revision: str | None = None) -> PeftModel:
     """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
     model) onto a freshly loaded *original* base model. ``path`` may be the directory a named adapter
-    was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``).
+    was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``), or a hub repository
+    id ``org/name`` (at ``revision``) that ``save_pretrained(push_to_hub=True)`` uploaded.
 
     Everything is checked before the model is touched: every file against its recorded sha256, and
     that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
     failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
     is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
     start = time.perf_counter()
-    path = _locate(path, adapter_name)
+    path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
     options = InitOptions.from_record(meta["options"])
     method = get_method(options.method)

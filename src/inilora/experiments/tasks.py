@@ -52,6 +52,7 @@ class Task:
     eval: list[dict]
     labels: list[str] | None = None  # classification: the class names, index = label
     source: str = ""
+    files: dict = field(default_factory=dict)  # a task from the user's files: how to rebuild it (file_task's arguments)
     metric: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -243,4 +244,6 @@ def file_task(train_file: str | os.PathLike, eval_file: str | os.PathLike | None
         held_idx = set(order[:n_eval])
         held = [row for i, row in enumerate(train) if i in held_idx]
         train = [row for i, row in enumerate(train) if i not in held_idx]
-    return Task(Path(train_file).stem, kind, train, held, labels, f"file {train_file}")
+    files = {"train_file": str(Path(train_file).resolve()), "eval_file": str(Path(eval_file).resolve()) if eval_file
+             else None, "eval_fraction": eval_fraction, "seed": seed}
+    return Task(Path(train_file).stem, kind, train, held, labels, f"file {train_file}", files)

@@ -57,7 +57,6 @@ def _versions() -> dict:
 
 def _worker_init(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
     import warnings
@@ -112,7 +111,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: st
         from .. import models
 
         for model in sorted({s.suite.model for s in todo}):
-            models.resolve(model)
+            models.resolve(model)  # a hub id is fetched by each run's from_pretrained
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                  initargs=(threads,), max_tasks_per_child=1) as pool:

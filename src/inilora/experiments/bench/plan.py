@@ -19,6 +19,7 @@ from inilora.errors import InitError
 from inilora.methods import REGISTRY, get_method
 
 PRESETS = ("full", "quick")
+CLOSED_FORM = "svd"  # the solver a benchmark row named by its bare method meant before rows named their solver
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def preset(name: str) -> tuple[list[Suite], tuple[str, ...]]:
         entry = dict(entry)
         config = {**hyperparameters(entry.pop("defaults")), **entry.pop("config", {})}
         suites.append(Suite(config=config, extra=tuple(entry.pop("extra", ())), **entry))
-    methods = inilora.METHODS if data["methods"] == "all" else tuple(data["methods"])
+    methods = tuple(map(row_name, inilora.METHODS)) if data["methods"] == "all" else tuple(data["methods"])
+    for method in methods:
+        check_variant(method)
     return suites, methods
 
 
@@ -77,7 +80,9 @@ class RunSpec:
     seed: int
 
     def path(self, out: Path) -> Path:
-        folder = self.method.replace(":", "-")  # "inilora:adam" -> inilora-adam (no ':' in Windows paths)
+        # "inilora:adam" -> inilora-adam (no ':' in Windows paths); "inilora:svd" keeps the folder "inilora"
+        # it had when bench rows did not name their solver, so those finished runs still count
+        folder = self.method.removesuffix(":" + CLOSED_FORM).replace(":", "-")
         return out / "runs" / self.suite.name / folder / f"seed{self.seed}.json"
 
     def key(self) -> dict:
@@ -122,15 +127,29 @@ def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> lis
 
 
 def method_and_solver(name: str) -> tuple[str, str]:
-    """``inilora:adam`` -> (``inilora``, ``adam``); a plain method name fits with the closed form."""
+    """``inilora:adam`` -> (``inilora``, ``adam``); a method without a fit -> (its name, ``svd``, unused)."""
+    method, _, solver = row_name(name).partition(":")
+    return method, solver or CLOSED_FORM
+
+
+def row_name(name: str) -> str:
+    """A benchmark row's name: a method with a fit always names its solver (``inilora:svd``,
+    ``inilora:adam``), so ``inilora`` means one thing everywhere. A bare name in a run record written
+    before (``inilora``: the closed form) is read as ``inilora:svd``."""
     method, _, solver = name.partition(":")
-    return method, solver or "svd"
+    return f"{method}:{CLOSED_FORM}" if not solver and method in REGISTRY and REGISTRY[method].solvers else name
 
 
 def check_variant(name: str) -> None:
-    """Refuse a benchmark method that does not exist or whose solver would be ignored (``pissa:adam``)."""
+    """Refuse a benchmark method that does not exist, whose solver would be ignored (``pissa:adam``), or
+    that has a fit but names no solver (a bare ``inilora``: ``inilora train`` fits it by Adam, older
+    benchmarks in closed form)."""
     method, _, solver = name.partition(":")
     spec = get_method(method)
+    if spec.solvers and not solver:
+        raise InitError(f"method {name!r} is ambiguous in a benchmark: name its solver, {method}:svd (closed form, "
+                        f"what bench rows named {method!r} used to be) or {method}:adam (the published Adam fit, "
+                        f"what `inilora train --method {method}` runs by default).")
     if solver and solver not in spec.solvers:
         fits = f"its solvers are {', '.join(spec.solvers)}" if spec.solvers else "it has no fit to solve"
         raise InitError(f"method {name!r}: {method} cannot use solver {solver!r} ({fits}); "

@@ -11,18 +11,21 @@ from pathlib import Path
 import inilora
 
 from ..train.config import REFERENCES
+from .plan import CLOSED_FORM, row_name
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
 BASELINE = "lora"
 
 
 def load_runs(out: str | os.PathLike) -> list[dict]:
+    """Every finished run record, its method named as rows are now (an older bare ``inilora``: ``inilora:svd``)."""
     runs = []
     for path in sorted(Path(out).glob("runs/*/*/seed*.json")):
         try:
-            runs.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue  # a file being written by another process
+        runs.append({**record, "method": row_name(record["method"])} if "method" in record else record)
     return runs
 
 
@@ -92,10 +95,11 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def method_order(methods) -> list[str]:
-    """Registry order, each method's solver variants (``inilora:adam``) after it, references last."""
+    """Registry order, each method's closed form (``inilora:svd``) then its other solvers (``inilora:adam``),
+    references last."""
     order = [*inilora.METHODS, *REFERENCES]
 
-    def position(name: str) -> tuple[int, bool]:
+    def position(name: str) -> tuple[int, bool, str]:
         method, _, solver = name.partition(":")
-        return (order.index(method) if method in order else len(order), bool(solver))
+        return (order.index(method) if method in order else len(order), solver not in ("", CLOSED_FORM), solver)
     return sorted(methods, key=position)

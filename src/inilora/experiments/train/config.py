@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ... import METHODS
 from ...options import SOLVERS
+from ..models import DTYPES
 
 REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -62,9 +63,13 @@ class TrainConfig:
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)
     targets: list[str] | None = setting(None, "target modules, comma-separated (default: the model's "
                                         "query/value projections)", csv=True)
-    solver: str = setting("adam", "inilora's fit: adam (published, 20,000 steps) or svd (its closed-form optimum)",
+    solver: str = setting("adam", "inilora's fit: adam (published, 20,000 steps) or svd (its closed-form "
+                          "optimum); `inilora bench` names the two inilora:adam and inilora:svd",
                           choices=SOLVERS)
     fit_steps: int | None = setting(None, "Adam fit steps (default: the published 20,000)", check=POSITIVE_INT)
+    revision: str | None = setting(None, "the hub model's revision (branch, tag or commit) when --model is "
+                                   "org/name", group=None)
+    dtype: str = setting("float32", "dtype the base model loads in", choices=tuple(DTYPES), group=None)
     seed: int = setting(0, "seed of the factors, the head, the data order", group="training")
     lr: float = setting(3e-4, "learning rate", check=POSITIVE, group="training")
     epochs: float = setting(1.0, "epochs", check=POSITIVE, group="training")

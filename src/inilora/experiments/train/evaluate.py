@@ -62,11 +62,39 @@ def held_out_metrics(trainer, model, tokenizer, task: Task, cfg: TrainConfig, en
     return metrics
 
 
+def quiet_trainer(trainer):
+    """A Trainer that prints nothing on stdout (its ``PrinterCallback`` echoes every metrics dict)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _held_out_task(info: dict, run_dir: Path, eval_file: str | os.PathLike | None) -> Task:
+    """The task a run was trained on, rebuilt (its files, with the same held-out split), or the examples
+    of ``eval_file`` alone (labels mapped as in training)."""
+    from ..tasks import file_task, load_task, read_file
+
+    if eval_file is not None:
+        kind, rows, _ = read_file(eval_file, info["labels"])
+        return Task(Path(eval_file).stem, kind, [], rows, info["labels"], f"file {eval_file}")
+    if info.get("files"):
+        return file_task(**info["files"])
+    if str(info.get("source", "")).startswith("file "):
+        raise ValueError(f"{run_dir} was trained on files its {TRAIN_INFO} does not name (an older run); give "
+                         "the data again: --train-file (and --eval-file) or --eval-file alone.")
+    return load_task(info["task"])
+
+
 def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: str | os.PathLike | None = None,
-             batch_size: int = 32, max_new_tokens: int | None = None, max_len: int | None = None) -> dict:
-    """Evaluate a run directory written by :func:`finetune` on ``task`` (default: the task it was trained
-    on, rebuilt from its name) — the adapter is reloaded with :func:`inilora.from_pretrained` onto a
-    freshly loaded base (``model_name``, default: the one it was trained from)."""
+             batch_size: int = 32, max_new_tokens: int | None = None, max_len: int | None = None,
+             eval_file: str | os.PathLike | None = None, revision: str | None = None,
+             dtype: str | None = None) -> dict:
+    """Evaluate a run directory written by :func:`finetune` on ``task``, or on the examples of
+    ``eval_file``, or by default on the held-out set it was trained with (a built-in task rebuilt from its
+    name; the user's files, recorded with absolute paths, split again the same way). The adapter is
+    reloaded with :func:`inilora.from_pretrained` onto a freshly loaded base (``model_name``, default: the
+    one it was trained from, at its ``revision`` and ``dtype`` unless given)."""
     from transformers import TrainingArguments
 
     run_dir = Path(run_dir)
@@ -78,23 +106,26 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
         saved = TrainConfig(**info["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{info_path} is corrupted ({exc}).") from exc
+    if task is not None and eval_file is not None:
+        raise ValueError("Give a task or an eval file to evaluate on, not both.")
+    revision = revision or (saved.revision if model_name is None else None)
     model_name = model_name or info["model"]
-    if task is None:
-        from ..tasks import load_task
-
-        task = load_task(info["task"])
+    task = task or _held_out_task(info, run_dir, eval_file)
     if task.kind != info["kind"]:
         raise ValueError(f"{run_dir} was trained on a {info['kind']} task; {task.name!r} is a {task.kind} task.")
     if task.kind == "classification" and len(task.labels or []) != len(info["labels"] or []):
         raise ValueError(f"{run_dir} was trained with {len(info['labels'])} classes; {task.name!r} has "
                          f"{len(task.labels or [])}.")
     cfg = dataclasses.replace(saved, eval_batch_size=batch_size, max_new_tokens=max_new_tokens,
-                              max_len=max_len or saved.max_len, progress=False)
-    tokenizer = models.load_tokenizer(model_name)
+                              max_len=max_len or saved.max_len, progress=False, revision=revision,
+                              dtype=dtype or saved.dtype)
+    tokenizer = models.load_tokenizer(model_name, revision)
+    num_labels = len(task.labels or []) or 2
     if saved.method == "full":
-        model = models.load_model(run_dir / "model", task.kind, num_labels=len(task.labels or []) or 2)
+        model = models.load_model(run_dir / "model", task.kind, num_labels=num_labels, dtype=cfg.dtype)
     else:
-        base = models.load_model(model_name, task.kind, num_labels=len(task.labels or []) or 2, seed=saved.seed)
+        base = models.load_model(model_name, task.kind, num_labels=num_labels, seed=saved.seed, revision=revision,
+                                 dtype=cfg.dtype)
         if task.kind == "classification" and base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
         model = inilora.from_pretrained(base, run_dir / "adapter")
@@ -103,6 +134,7 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none",
                                  dataloader_pin_memory=False,
                                  disable_tqdm=True, remove_unused_columns=False, label_names=["labels"])
-        trainer = trainer_class(task.kind)(model=model, args=args, data_collator=collator(tokenizer, task.kind),
-                                            processing_class=tokenizer)
+        trainer = quiet_trainer(trainer_class(task.kind)(model=model, args=args,
+                                                           data_collator=collator(tokenizer, task.kind),
+                                                           processing_class=tokenizer))
         return held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)

@@ -14,18 +14,17 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from peft import LoraConfig
 
-from peft import LoraConfig  # noqa: E402
+import inilora
 
-import inilora  # noqa: E402
-
-from ..._io import hash_tensors  # noqa: E402
-from .. import models  # noqa: E402
-from ..tasks import Task  # noqa: E402
-from .config import REFERENCES, TRAIN_INFO, RunResult, TrainConfig  # noqa: E402
-from .encode import collator, encode, train_features, trainer_class  # noqa: E402
-from .evaluate import held_out_metrics  # noqa: E402
+from ..._io import hash_tensors
+from .. import models
+from ..tasks import Task
+from .config import REFERENCES, TRAIN_INFO, RunResult, TrainConfig
+from .encode import collator, encode, train_features, trainer_class
+from .evaluate import held_out_metrics, quiet_trainer
 
 logger = logging.getLogger("inilora")
 
@@ -45,8 +44,9 @@ def parameters_digest(model) -> str:
 
 def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     """Load the model for the task and wrap it for ``cfg.method``. Returns (model, tokenizer, init summary)."""
-    tokenizer = models.load_tokenizer(model_name)
-    model = models.load_model(model_name, task.kind, num_labels=len(task.labels or []) or 2, seed=cfg.seed)
+    tokenizer = models.load_tokenizer(model_name, cfg.revision)
+    model = models.load_model(model_name, task.kind, num_labels=len(task.labels or []) or 2, seed=cfg.seed,
+                              revision=cfg.revision, dtype=cfg.dtype)
     if task.kind == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     init: dict = {}
@@ -116,9 +116,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         trainer = trainer_class(task.kind)(model=model, args=args, train_dataset=train_features(encoded_train),
                                             data_collator=collator(tokenizer, task.kind), processing_class=tokenizer)
         if not cfg.progress:
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
+            quiet_trainer(trainer)
         history: list[tuple[int, float]] = []
         train_seconds = 0.0
         if cfg.method != "base":
@@ -151,7 +149,7 @@ def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: Run
     if not is_main_process:
         return
     info = {"model": str(model_name), "task": task.name, "kind": task.kind, "labels": task.labels,
-            "source": task.source, "config": cfg.to_dict()}
+            "source": task.source, "files": task.files, "config": cfg.to_dict()}
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=2))
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
 
