@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-len", type=_positive_int)
     budget.add_argument("--batch-size", type=_positive_int)
     budget.add_argument("--lr", type=_positive_float)
+    budget.add_argument("--quantize", choices=("nf4", "fp4"), help="every adapter method on a 4-bit residual "
+                        "(lora: QLoRA); use another --out than the full-precision runs")
     return parser
 
 
@@ -217,7 +219,8 @@ def cmd_bench(args) -> int:
             bench.check_variant(method)
         methods = tuple(args.methods)
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
-                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr) for s in suites]
+                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr,
+                                   quantize=args.quantize) for s in suites]
     out = args.out or os.path.join("runs", name)
     if args.aggregate_only:
         result = bench.aggregate(out, make_plots=not args.no_plots)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ... import METHODS
-from ...options import SOLVERS
+from ...options import QUANT_TYPES, SOLVERS
 
 REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -65,6 +65,9 @@ class TrainConfig:
     solver: str = setting("adam", "inilora's fit: adam (published, 20,000 steps) or svd (its closed-form optimum)",
                           choices=SOLVERS)
     fit_steps: int | None = setting(None, "Adam fit steps (default: the published 20,000)", check=POSITIVE_INT)
+    quantize: str | None = setting(None, "store each target's residual in 4 bits (bitsandbytes; the factors come "
+                                   "from the full-precision weight): QLoRA with --method lora", choices=QUANT_TYPES,
+                                   cli_choices=tuple(q for q in QUANT_TYPES if q))
     seed: int = setting(0, "seed of the factors, the head, the data order", group="training")
     lr: float = setting(3e-4, "learning rate", check=POSITIVE, group="training")
     epochs: float = setting(1.0, "epochs", check=POSITIVE, group="training")
@@ -95,6 +98,9 @@ class TrainConfig:
             skip = value in unset or (f.name == "epochs" and self.max_steps > 0)  # max_steps overrides epochs
             if meta["check"] and not skip and not meta["check"].accept(value):
                 raise ValueError(f"{f.name} must be {meta['check'].rule}, got {value!r}.")
+        if self.quantize and self.method in REFERENCES:
+            raise ValueError(f"quantize={self.quantize!r} stores an adapter's frozen residual in 4 bits; method "
+                             f"{self.method!r} has no adapter (use --method lora for QLoRA).")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "threads")}

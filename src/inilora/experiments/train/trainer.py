@@ -58,7 +58,7 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     lora_config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                              task_type="SEQ_CLS" if task.kind == "classification" else "CAUSAL_LM")
     method = inilora.get_method(cfg.method)
-    options = {"seed": cfg.seed, "progress": cfg.progress}
+    options = {"seed": cfg.seed, "progress": cfg.progress, "quantize": cfg.quantize}
     if method.has_fit:
         options["solver"] = cfg.solver
         if cfg.fit_steps:
@@ -68,7 +68,7 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
-            "solver": cfg.solver if method.has_fit else None}
+            "solver": cfg.solver if method.has_fit else None, "quantize": cfg.quantize}
     return peft_model, tokenizer, init
 
 
