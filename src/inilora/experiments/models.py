@@ -29,6 +29,7 @@ ALIASES = ("minilm", "smollm2")
 # the published setup targets the attention query/value projections
 DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "llama": ["q_proj", "v_proj"],
                    "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "generation": "CAUSAL_LM", "base": None}  # model kind -> LoraConfig's
 
 
 def minilm_path() -> Path:
@@ -119,24 +120,38 @@ def load_tokenizer(model: str | os.PathLike):
     return tokenizer
 
 
-def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: int = 0):
-    """Load ``model`` in fp32 for ``kind`` = ``"classification"`` (a fresh head with ``num_labels``,
-    drawn from ``seed`` so every method of one seed starts from the same head) or ``"generation"``."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: int = 0,
+               dtype: torch.dtype = torch.float32):
+    """Load ``model`` for ``kind`` = ``"classification"`` (a fresh head with ``num_labels``, drawn from
+    ``seed`` so every method of one seed starts from the same head), ``"generation"`` or ``"base"``
+    (the bare model, no head)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if kind not in PEFT_TASK_TYPES:
+        raise ValueError(f"Unknown model kind {kind!r}; choose one of {', '.join(PEFT_TASK_TYPES)}.")
     path = resolve(model)
     torch.manual_seed(seed)
     try:
         if kind == "classification":
-            loaded = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
-                                                                        dtype=torch.float32)
-        elif kind == "generation":
-            loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+            loaded = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels, dtype=dtype)
         else:
-            raise ValueError(f"Unknown model kind {kind!r}.")
+            loaded = (AutoModelForCausalLM if kind == "generation" else AutoModel).from_pretrained(str(path),
+                                                                                                  dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"Cannot load {path} as a {kind} model: {str(exc).splitlines()[0]}") from exc
     return loaded
+
+
+def default_kind(model: str | os.PathLike) -> str:
+    """The kind a model folder was saved as, from its config's ``architectures``: ``...ForCausalLM`` ->
+    generation, ``...ForSequenceClassification`` -> classification, anything else -> base."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(str(resolve(model))).architectures or []
+    for suffix, kind in (("ForCausalLM", "generation"), ("ForSequenceClassification", "classification")):
+        if any(name.endswith(suffix) for name in architectures):
+            return kind
+    return "base"
 
 
 def default_targets(model) -> list[str]:
