@@ -28,7 +28,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["eval"], ["bench"]])
+@pytest.mark.parametrize("argv", [[], ["train"], ["init"], ["eval"], ["bench"]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*argv, "--help"])

@@ -1,4 +1,4 @@
-"""The ``inilora`` console script: ``train``, ``eval`` and ``bench``. Thin: parses (the training
+"""The ``inilora`` console script: ``train``, ``init``, ``eval`` and ``bench``. Thin: parses (the training
 options are generated from ``TrainConfig``), calls :mod:`inilora.experiments`, prints. Bad input ends in one line on stderr, exit code 2."""
 
 from __future__ import annotations
@@ -63,17 +63,19 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--n-eval", type=_positive_int, help="use a fixed subset of this many held-out examples")
 
 
-def _config_args(p: argparse.ArgumentParser, config_class) -> None:
-    """One option per field of ``config_class`` that has help text: its flag, type, check, choices and
-    help come from the field, and nothing is set unless given (the dataclass keeps the defaults)."""
+def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...] | None = None) -> None:
+    """One option per field of ``config_class`` that has help text (of the fields named in ``only``, all
+    in one group, when given): its flag, type, check, choices and help come from the field, and nothing
+    is set unless given (the dataclass keeps the defaults)."""
     groups = {None: p, "adapter": p.add_argument_group("adapter"),
               "training": p.add_argument_group("training (transformers Trainer)")}
     for f in dataclasses.fields(config_class):
         meta = f.metadata
-        if not meta.get("help"):
+        if not meta.get("help") or (only is not None and f.name not in only):
             continue
         cli = dict(meta["cli"])
-        group, unset = groups[cli.pop("group", "adapter")], cli.pop("unset", None)
+        group, unset = cli.pop("group", "adapter"), cli.pop("unset", None)
+        group = groups[group if only is None else "adapter"]
         shown = f" (default: {f.default})" if f.default not in (None, unset) else ""
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.type == "bool":
@@ -88,10 +90,17 @@ def _config_args(p: argparse.ArgumentParser, config_class) -> None:
         group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"] + shown, **kwargs, **cli)
 
 
+INIT_SETTINGS = ("method", "r", "alpha", "dropout", "targets", "solver", "fit_steps", "seed", "progress")
+INIT_KINDS = {"causal": "generation", "seq-cls": "classification", "base": "base"}  # --task-type -> model kind
+REPORT_ROWS = 8  # layers shown without --verbose: all up to this many, else the first and last half of it
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments.train import TrainConfig
+
     parser = Parser(
         prog="inilora", description="Fine-tune and compare IniLoRA / LoRA / PiSSA / MiLoRA adapters offline.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,init,eval,bench}")
     sub.required = True
 
     p = sub.add_parser("train", help="fine-tune a model with an adapter and evaluate it",
@@ -102,10 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--output-dir", "-o", required=True, help="where the adapter, its export and metrics go")
     _add_data_args(p, required=True)
-    from .experiments.train import TrainConfig
-
     _config_args(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+
+    p = sub.add_parser("init", help="initialize once and write a residual model + a plain PEFT adapter",
+                       description="Initialize MODEL's adapter and write OUT/residual_model (a transformers model "
+                       "folder whose targets hold W - s*B0*A0) and OUT/adapter (a PEFT LoRA adapter holding A0, B0): "
+                       "PeftModel.from_pretrained(AutoModel...from_pretrained(OUT/residual_model), OUT/adapter, "
+                       "is_trainable=True) computes what MODEL computes, and trains with any stack.")
+    p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
+    p.add_argument("--output-dir", "-o", required=True, help="where residual_model/ and adapter/ go")
+    _config_args(p, TrainConfig, only=INIT_SETTINGS)
+    p.add_argument("--task-type", choices=tuple(INIT_KINDS), help="the model class to load: causal "
+                   "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification, a fresh head), base "
+                   "(AutoModel) (default: from the config's architectures)")
+    p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of a seq-cls head (default 2)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), default="float32",
+                   help="load the model in this dtype (default float32)")
+    p.add_argument("--residual-fp32", action="store_true", help="keep the residual in fp32 on a bf16/fp16 model")
+    p.add_argument("--overwrite", action="store_true", help="replace residual_model/ and adapter/ if they exist")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every layer of the report")
 
     p = sub.add_parser("eval", help="evaluate a trained output folder on its task or other data",
                        description="Reload the adapter in RUN_DIR onto a fresh base model and evaluate it: by "
@@ -153,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--batch-size", type=_positive_int)
     budget.add_argument("--lr", type=_positive_float)
     budget.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base models load in (default float32)")
+    budget.add_argument("--quantize", choices=("nf4", "fp4"), help="every adapter method on a 4-bit residual "
+                        "(lora: QLoRA); use another --out than the full-precision runs")
     return parser
 
 
@@ -183,6 +210,24 @@ def cmd_train(args) -> int:
     print(json.dumps({"task": task.name, "method": cfg.method, **metrics}))
     print(f"saved to {args.output_dir}: adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT), metrics.json",
           file=sys.stderr)
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .experiments.offline import initialize
+    from .experiments.train import TrainConfig
+
+    given = vars(args).keys() & set(INIT_SETTINGS)
+    cfg = TrainConfig(**{name: getattr(args, name) for name in given})
+    report = initialize(args.model, args.output_dir, cfg, kind=INIT_KINDS.get(args.task_type), dtype=args.dtype,
+                        residual_fp32=args.residual_fp32, num_labels=args.num_labels, overwrite=args.overwrite)
+    lines = report.table().splitlines()  # summary, header, rule, one row per layer
+    rows = lines[3:]
+    if not args.verbose and len(rows) > REPORT_ROWS:
+        half = REPORT_ROWS // 2
+        rows = [*rows[:half], f"... {len(rows) - 2 * half} more layers (--verbose shows all)", *rows[-half:]]
+    print("\n".join([*lines[:3], *rows]))
+    print(f"written: {args.output_dir}/residual_model (transformers), {args.output_dir}/adapter (PEFT)", file=sys.stderr)
     return 0
 
 
@@ -238,7 +283,7 @@ def cmd_bench(args) -> int:
         methods = tuple(args.methods)
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
                                    max_len=args.max_len, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype,
-                                   revision=args.revision) for s in suites]
+                                   revision=args.revision, quantize=args.quantize) for s in suites]
     out = args.out or os.path.join("runs", name)
     if args.aggregate_only:
         result = bench.aggregate(out, make_plots=not args.no_plots)
@@ -270,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()  # "Loading weights" bars; Trainer's own bar stays
-        handler = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}[args.command]
+        handler = {"train": cmd_train, "init": cmd_init, "eval": cmd_eval, "bench": cmd_bench}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         print("inilora: interrupted", file=sys.stderr)

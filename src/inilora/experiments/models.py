@@ -31,6 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # the published setup targets the attention query/value projections
 DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "llama": ["q_proj", "v_proj"],
                    "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "generation": "CAUSAL_LM", "base": None}  # model kind -> LoraConfig's
 
 
 def minilm_path() -> Path:
@@ -138,18 +139,30 @@ def load_model(model: str | os.PathLike, kind: str, num_labels: int = 2, seed: i
                revision: str | None = None, dtype: str = "float32"):
     """Load ``model`` in ``dtype`` (float32, bfloat16, float16) for ``kind`` = ``"classification"`` (a
     fresh head with ``num_labels``, drawn from ``seed`` so every method of one seed starts from the same
-    head) or ``"generation"``; a hub id at ``revision``."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    head), ``"generation"`` or ``"base"`` (the bare model, no head); a hub id at ``revision``."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if dtype not in DTYPES:
         raise ModelError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
     loaders = {"classification": (AutoModelForSequenceClassification, {"num_labels": num_labels}),
-               "generation": (AutoModelForCausalLM, {})}
+               "generation": (AutoModelForCausalLM, {}), "base": (AutoModel, {})}
     if kind not in loaders:
-        raise ValueError(f"Unknown model kind {kind!r}.")
+        raise ValueError(f"Unknown model kind {kind!r}; choose one of {', '.join(loaders)}.")
     loader, extra = loaders[kind]
     torch.manual_seed(seed)
     return _from_pretrained(loader, model, f"a {kind} model", revision, dtype=DTYPES[dtype], **extra)
+
+
+def default_kind(model: str | os.PathLike) -> str:
+    """The kind a model folder was saved as, from its config's ``architectures``: ``...ForCausalLM`` ->
+    generation, ``...ForSequenceClassification`` -> classification, anything else -> base."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(str(resolve(model))).architectures or []
+    for suffix, kind in (("ForCausalLM", "generation"), ("ForSequenceClassification", "classification")):
+        if any(name.endswith(suffix) for name in architectures):
+            return kind
+    return "base"
 
 
 def default_targets(model) -> list[str]:

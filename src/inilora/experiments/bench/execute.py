@@ -25,11 +25,14 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     import torch
 
     from ..train import TrainConfig, finetune
+    from ..train.config import REFERENCES
 
     torch.set_num_threads(threads)
     overrides = dict(spec.suite.config)
     if spec.method == "full":
         overrides.update(spec.suite.full or {})
+    if spec.method in REFERENCES:
+        overrides.pop("quantize", None)  # the references stay full precision under --quantize
     method, solver = method_and_solver(spec.method)
     cfg = TrainConfig(method=method, seed=spec.seed, solver=solver, progress=False,
                       **{k: v for k, v in overrides.items() if k not in ("method", "seed")})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ... import METHODS
-from ...options import SOLVERS
+from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
 
 REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
@@ -70,6 +70,9 @@ class TrainConfig:
     revision: str | None = setting(None, "the hub model's revision (branch, tag or commit) when --model is "
                                    "org/name", group=None)
     dtype: str = setting("float32", "dtype the base model loads in", choices=tuple(DTYPES), group=None)
+    quantize: str | None = setting(None, "store each target's residual in 4 bits (bitsandbytes; the factors come "
+                                   "from the full-precision weight): QLoRA with --method lora", choices=QUANT_TYPES,
+                                   cli_choices=tuple(q for q in QUANT_TYPES if q))
     seed: int = setting(0, "seed of the factors, the head, the data order", group="training")
     lr: float = setting(3e-4, "learning rate", check=POSITIVE, group="training")
     epochs: float = setting(1.0, "epochs", check=POSITIVE, group="training")
@@ -100,6 +103,9 @@ class TrainConfig:
             skip = value in unset or (f.name == "epochs" and self.max_steps > 0)  # max_steps overrides epochs
             if meta["check"] and not skip and not meta["check"].accept(value):
                 raise ValueError(f"{f.name} must be {meta['check'].rule}, got {value!r}.")
+        if self.quantize and self.method in REFERENCES:
+            raise ValueError(f"quantize={self.quantize!r} stores an adapter's frozen residual in 4 bits; method "
+                             f"{self.method!r} has no adapter (use --method lora for QLoRA).")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "threads")}

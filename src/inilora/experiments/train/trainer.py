@@ -49,16 +49,22 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
                               revision=cfg.revision, dtype=cfg.dtype)
     if task.kind == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    init: dict = {}
     if cfg.method in REFERENCES:
         for p in model.parameters():
             p.requires_grad_(cfg.method == "full")
-        return model, tokenizer, init
+        return model, tokenizer, {}
+    peft_model, init = wrap(model, cfg, models.PEFT_TASK_TYPES[task.kind])
+    return peft_model, tokenizer, init
+
+
+def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
+    """``inilora.get_peft_model`` with ``cfg``'s adapter settings (and extra ``options``, e.g.
+    ``residual_fp32``). Returns (peft model, init summary)."""
     targets = cfg.targets or models.default_targets(model)
     lora_config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                             task_type="SEQ_CLS" if task.kind == "classification" else "CAUSAL_LM")
+                             task_type=task_type)
     method = inilora.get_method(cfg.method)
-    options = {"seed": cfg.seed, "progress": cfg.progress}
+    options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
     if method.has_fit:
         options["solver"] = cfg.solver
         if cfg.fit_steps:
@@ -68,8 +74,8 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
-            "solver": cfg.solver if method.has_fit else None}
-    return peft_model, tokenizer, init
+            "solver": cfg.solver if method.has_fit else None, "quantize": cfg.quantize}
+    return peft_model, init
 
 
 def _training_args(cfg: TrainConfig, output_dir: str, kind: str):
