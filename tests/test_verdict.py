@@ -26,15 +26,15 @@ def _records(method, best_lr, test_offset, speed):
 
 
 def test_summary_chooses_on_validation_and_tests_the_finals():
-    runs = (_records("lora", 1e-3, 0.0, 0.02) + _records("inilora", 3e-4, 0.05, 0.05)
+    runs = (_records("lora", 1e-3, 0.0, 0.02) + _records("inilora:svd", 3e-4, 0.05, 0.05)
             + _records("pissa", 1e-3, 0.0, 0.02))
     # pissa: the same as lora plus a seed-dependent wobble, so its difference is not constant
     for r in runs:
         if r["method"] == "pissa" and r["lr"] == 1e-3:
             r["test"]["metric"] += 0.003 * (r["seed"] % 2)
-    protocols = {m: Protocol(GRID) for m in ("lora", "inilora", "pissa")}
+    protocols = {m: Protocol(GRID) for m in ("lora", "inilora:svd", "pissa")}
     methods = summarize_task(runs, protocols, "classification")
-    lora, ini = methods["lora"], methods["inilora"]
+    lora, ini = methods["lora"], methods["inilora:svd"]
     assert lora["chosen_lr"] == 1e-3 and ini["chosen_lr"] == 3e-4
     assert ini["test"]["seeds"] == [0, 1, 2, 3, 4]
     assert ini["test"]["mean"] == pytest.approx(0.75 + 0.02)
@@ -42,7 +42,7 @@ def test_summary_chooses_on_validation_and_tests_the_finals():
     assert ini["test"]["win_rate_vs_lora"] == 1.0
     assert lora["test"]["p_vs_lora"] is None
     # Holm over {inilora, pissa}: never below the raw p
-    for m in ("inilora", "pissa"):
+    for m in ("inilora:svd", "pissa"):
         assert methods[m]["test"]["p_holm"] >= methods[m]["test"]["p_vs_lora"]
     # lora's curve ends at step 80 at 0.5 + 0.02 * 8 = 0.66; inilora (0.05 per 10 steps) first logs
     # >= 0.66 at step 40; pissa, as fast as lora, only at step 80
@@ -50,8 +50,8 @@ def test_summary_chooses_on_validation_and_tests_the_finals():
     assert methods["pissa"]["steps_to_lora_final"] == 80
     assert ini["val_by_lr"]["0.0003"] == pytest.approx(0.8)
     verdict = {row["comparison"]: row for row in declared_verdict(methods)}
-    assert set(verdict) == {"inilora vs lora", "inilora vs pissa"}
-    assert verdict["inilora vs lora"]["diff_mean"] == pytest.approx(0.05)
+    assert set(verdict) == {"inilora:svd vs lora", "inilora:svd vs pissa"}
+    assert verdict["inilora:svd vs lora"]["diff_mean"] == pytest.approx(0.05)
 
 
 def test_paired_p_agrees_with_scipy():
