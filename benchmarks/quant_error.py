@@ -101,7 +101,9 @@ def main() -> None:
 def write(args, rows: list[dict], versions: str) -> None:
     command = "python " + " ".join(["benchmarks/quant_error.py", *sys.argv[1:]])
     previous = json.loads(args.out.read_text()).get("command", "") if args.append and args.out.exists() else ""
-    result = {"command": f"{previous}; {command}" if previous and command not in previous else command,
+    from _common import provenance
+
+    result = {"provenance": provenance(), "command": f"{previous}; {command}" if previous and command not in previous else command,
               "quant": args.quant, "r": args.r, "versions": versions, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -158,7 +158,9 @@ def summarize(cells: dict, args, load: list) -> None:
             if method == "adam" and fraction is not None:
                 model[f"{scope} adam early stop"] = {f"hours_on_{w}_ranks": total * fraction / w / 3600
                                                      for w in args.ranks}
-    result = {"command": "PYTHONPATH=src python benchmarks/scale_7b.py " + " ".join(sys.argv[1:]),
+    from _common import provenance
+
+    result = {"provenance": provenance(), "command": "PYTHONPATH=src python benchmarks/scale_7b.py " + " ".join(sys.argv[1:]),
               "ratios_vs_peft": ratios(table),
               "r": args.r, "threads": 1, "loadavg_1_5_15_per_repeat": load, "cpu_count": os.cpu_count(),
               "matrices": table, "extrapolated_7b_model": model, "early_stop_fraction": fraction,

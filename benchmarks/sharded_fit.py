@@ -73,7 +73,9 @@ def main() -> None:
             print(nproc, runs[nproc][-1], flush=True)
         load.append(os.getloadavg())
     medians = {n: statistics.median(r["seconds"] for r in rs) for n, rs in runs.items()}
-    result = {"command": "PYTHONPATH=src python benchmarks/sharded_fit.py " + " ".join(sys.argv[1:]),
+    from _common import provenance
+
+    result = {"provenance": provenance(), "command": "PYTHONPATH=src python benchmarks/sharded_fit.py " + " ".join(sys.argv[1:]),
               "model": "SmolLM2-135M q/v, r=8", "steps": args.steps, "threads_per_process": 1,
               "cpu_count": os.cpu_count(), "loadavg_1_5_15_per_repeat": load, "runs": runs,
               "median_seconds": medians, "speedup_2_vs_1": medians[1] / medians[2]}
