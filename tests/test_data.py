@@ -96,3 +96,23 @@ def test_missing_file_unknown_task_and_unseen_eval_label(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="not UTF-8"):
         tasks.read_file(tmp_path / "bin.jsonl")
+
+
+def test_validation_is_carved_from_the_training_part_only():
+    from inilora.experiments.tasks import Task, carve_validation
+
+    train = [{"text": f"t{i}", "label": i % 2} for i in range(100)]
+    test = [{"text": f"e{i}", "label": i % 2} for i in range(30)]
+    task = Task("toy", "classification", train, test, ["a", "b"])
+    trained, validation = carve_validation(task, n_train=50, fraction=0.2)
+    texts = lambda rows: {r["text"] for r in rows}  # noqa: E731
+    assert len(validation) == 20 and len(trained.train) == 50
+    assert not texts(validation) & texts(trained.train)  # disjoint
+    assert texts(validation) | texts(trained.train) <= texts(train)  # nothing from the test part
+    assert trained.eval == test
+    again, validation_again = carve_validation(task, n_train=80, fraction=0.2)
+    assert validation_again == validation  # fixed: a bigger budget keeps the same validation split
+    assert texts(trained.train) <= texts(again.train)  # and a smaller budget is a subset of a larger one
+    assert len(carve_validation(task, fraction=0.5, at_most=7)[1]) == 7
+    with pytest.raises(DataError, match="fraction"):
+        carve_validation(task, fraction=1.0)

@@ -40,6 +40,8 @@ REASONING_GYM = {
     "chain_sum": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
 }
 TASKS = ("reviews", *REASONING_GYM)
+# the validation split a tuned benchmark chooses on: carved from a task's TRAINING part, never its test part
+VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
 DEFAULT_SIZES = {"reviews": (4000, 1000), "gsm_symbolic": (2000, 200), "chain_sum": (2000, 200)}
 TEXT_FIELDS = {"classification": ("text", "label"), "generation": ("prompt", "completion")}
 
@@ -59,13 +61,37 @@ class Task:
         self.metric = "accuracy" if self.kind == "classification" else "exact_match"
 
 
+def split_off(rows: list[dict], n_held: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(rest, held): ``n_held`` rows chosen by a fixed seeded shuffle; both keep the rows' order."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_held])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
 def _subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     """The first ``n`` rows of a fixed seeded shuffle (so a smaller budget is a subset of a larger one)."""
     if n is None or n >= len(rows):
         return rows
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    return [rows[i] for i in sorted(order[:n])]
+    return split_off(rows, n, seed)[1]
+
+
+def carve_validation(task: "Task", n_train: int | None = None, fraction: float = VAL_FRACTION,
+                     at_most: int = MAX_VAL, seed: int = VAL_SEED) -> tuple["Task", list[dict]]:
+    """(the task trained on the rest, the validation rows): ``fraction`` of the task's *training* part (at
+    most ``at_most``, fixed by ``seed``) is held out to choose hyperparameters on; the training rows are at
+    most ``n_train`` of the rest (a fixed subset). The test part is left as it is, never read to choose."""
+    if not 0 < fraction < 1:
+        raise DataError(f"the validation fraction must be in (0, 1), got {fraction!r}.")
+    n_val = min(at_most, max(1, round(fraction * len(task.train))))
+    if len(task.train) - n_val < 1:
+        raise DataError(f"task {task.name!r}: {len(task.train)} training examples leave none to train on after a "
+                        f"validation split of {n_val}.")
+    rest, validation = split_off(task.train, n_val, seed)
+    trained = Task(task.name, task.kind, _subset(rest, n_train, seed + 1), task.eval, task.labels, task.source,
+                   task.files)
+    trained.metric = task.metric
+    return trained, validation
 
 
 def _check_sizes(n_train: int | None, n_eval: int | None) -> None:
@@ -125,8 +151,14 @@ def load_task(name: str, n_train: int | None = None, n_eval: int | None = None) 
         return reviews(n_train, n_eval)
     if name in REASONING_GYM or name.startswith("rg:"):
         return reasoning_gym_task(name, n_train, n_eval)
+    if name.startswith("bb:"):
+        from .bigbench import load_bigbench
+
+        task = load_bigbench(name)
+        task.train, task.eval = _subset(task.train, n_train, 0), _subset(task.eval, n_eval, 1)
+        return task
     raise DataError(f"Unknown task {name!r}; choose one of {', '.join(TASKS)}, rg:<reasoning-gym dataset>, "
-                    "or give your own data file.")
+                    "bb:<BIG-bench task>, or give your own data file.")
 
 
 # --- the user's own files ---------------------------------------------------------------------------
@@ -238,12 +270,7 @@ def file_task(train_file: str | os.PathLike, eval_file: str | os.PathLike | None
             raise DataError(f"eval_fraction must be between 0 and 1, got {eval_fraction!r}.")
         if len(train) < 2:
             raise DataError(f"{train_file}: at least 2 examples are needed to hold one out (or give an eval file).")
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(eval_fraction * len(train)))
-        held_idx = set(order[:n_eval])
-        held = [row for i, row in enumerate(train) if i in held_idx]
-        train = [row for i, row in enumerate(train) if i not in held_idx]
+        train, held = split_off(train, max(1, round(eval_fraction * len(train))), seed)
     files = {"train_file": str(Path(train_file).resolve()), "eval_file": str(Path(eval_file).resolve()) if eval_file
              else None, "eval_fraction": eval_fraction, "seed": seed}
     return Task(Path(train_file).stem, kind, train, held, labels, f"file {train_file}", files)
