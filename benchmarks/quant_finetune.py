@@ -35,7 +35,7 @@ def collect() -> list[dict]:
                      "seconds": record["seconds"], "train_seconds": round(record["train_seconds"], 1),
                      "init_seconds": record["init"]["seconds"], "max_drift": record["init"]["max_drift"],
                      "started": record["started"], "threads": record["threads"], "config": record["config"],
-                     "n_train": record["n_train"], "n_eval": record["n_eval"], "versions": record["versions"]})
+                     "n_train": record["n_train"], "n_eval": record["n_eval"], "versions": record["provenance"]["versions"] if "provenance" in record else record["versions"]})
     return runs
 
 

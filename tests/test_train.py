@@ -125,3 +125,23 @@ def test_checkpoints_resume(folders, tmp_path):
 def test_bad_config(kw, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kind,method", [("cls", "lora"), ("gen", "peft:gaussian")])
+def test_validation_curve_and_per_example_predictions(folders, kind, method):
+    task, validation = tasks.carve_validation(folders[kind], fraction=0.25)
+    model = folders["bert" if kind == "cls" else "llama"]
+    result = finetune(model, task, config(method, max_steps=16, epochs=1), validation=validation)
+    steps = [step for step, _, _ in result.val_curve]
+    assert steps == [2 * k for k in range(1, 9)]  # evaluated 8 times, evenly
+    assert len(result.predictions) == len(task.eval)
+    assert result.validation["n"] == len(validation) and result.validation["loss"] > 0
+    assert abs(result.validation["loss"] - result.val_curve[-1][1]) < 1e-4  # the last evaluation is the end state
+    if kind == "cls":
+        correct = sum(p == row["label"] for p, row in zip(result.predictions, task.eval)) / len(task.eval)
+        assert abs(correct - result.metrics["accuracy"]) < 1e-9  # the predictions are what the metric scored
+        assert result.val_curve[-1][2] == result.validation["metric"]
+    else:
+        hits = sum(p == row["answer"].strip() for p, row in zip(result.predictions, task.eval)) / len(task.eval)
+        assert abs(hits - result.metrics["exact_match"]) < 1e-9
+        assert result.init["peer"] == "gaussian"

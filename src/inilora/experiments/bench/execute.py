@@ -5,57 +5,50 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import inilora
 
 from ..._io import write_json_atomic
-from .plan import RunSpec, Suite, method_and_solver, plan
+from ..provenance import git_state, versions
+from .plan import RunSpec, Suite, init_version, method_and_solver, plan
 from .report import aggregate
 from .stats import PRIMARY
 
 
 def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
-    """Train and evaluate one run, write its JSON; returns the record."""
+    """Train and evaluate one run, write its JSON; returns the record. The record holds what made it
+    (``provenance``: commit, dirty flag, package versions, init version), its validation score and
+    curve when the suite carves a validation split, its test score and per-example test predictions."""
     import torch
 
     from ..train import TrainConfig, finetune
     from ..train.config import REFERENCES
 
     torch.set_num_threads(threads)
-    overrides = dict(spec.suite.config)
-    if spec.method == "full":
-        overrides.update(spec.suite.full or {})
+    overrides = spec.config()
     if spec.method in REFERENCES:
         overrides.pop("quantize", None)  # the references stay full precision under --quantize
     method, solver = method_and_solver(spec.method)
     cfg = TrainConfig(method=method, seed=spec.seed, solver=solver, progress=False,
                       **{k: v for k, v in overrides.items() if k not in ("method", "seed")})
-    task = spec.suite.load()
+    task, validation = spec.suite.load()
     started = time.time()
-    result = finetune(spec.suite.model, task, cfg)
+    result = finetune(spec.suite.model, task, cfg, validation=validation)
+    outcome = result.to_dict()
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
-        "seed": spec.seed, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train), "n_eval": len(task.eval),
-        **result.to_dict(), "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
-        "versions": _versions(),
+        "seed": spec.seed, "lr": cfg.lr, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train),
+        "n_eval": len(task.eval), "val": outcome.pop("validation") or None,
+        "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
+        **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
+        "provenance": {**git_state(), "versions": versions(), "init_version": init_version(spec.method)},
     }
     write_json_atomic(spec.path(out), record)
     return record
-
-
-def _versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {"inilora": inilora.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
 
 
 def _worker_init(threads: int) -> None:

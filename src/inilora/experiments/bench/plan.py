@@ -18,7 +18,10 @@ import inilora
 from inilora.errors import InitError
 from inilora.methods import REGISTRY, get_method
 
-PRESETS = ("full", "quick")
+from ..peft_peers import PEERS
+from ..provenance import versions
+
+PRESETS = ("full", "quick", "tuned")
 CLOSED_FORM = "svd"  # the solver a benchmark row named by its bare method meant before rows named their solver
 
 
@@ -37,15 +40,29 @@ class Suite:
     full: dict | None = None  # full fine-tuning as a reference, with these overrides; None: not run
     extra: tuple[str, ...] = ()  # more variants, run after everything else: "inilora:adam" (the published fit)
     base: bool = False  # also evaluate the untrained model (generation tasks)
+    validation: bool = False  # carve a validation split from the training part (tasks.carve_validation)
 
     def load(self):
+        """(the task, the validation rows or None). With ``validation``, ``n_train`` counts the examples
+        trained on after the validation split is carved from the whole training part."""
         from .. import tasks
 
         if self.train_file:
             task = tasks.file_task(self.train_file, self.eval_file)
             task.name = self.name
-            return task
-        return tasks.load_task(self.task, self.n_train, self.n_eval)
+        else:
+            task = tasks.load_task(self.task, None if self.validation else self.n_train, self.n_eval)
+        if not self.validation:
+            return task, None
+        return tasks.carve_validation(task, self.n_train)
+
+    def data_digest(self) -> str:
+        """A hash of the examples this suite trains, validates and tests on: a run made on other data is redone."""
+        import hashlib
+
+        task, validation = self.load()
+        rows = {"train": task.train, "validation": validation, "test": task.eval, "labels": task.labels}
+        return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _read_preset_file(name: str) -> dict:
@@ -78,22 +95,31 @@ class RunSpec:
     suite: Suite
     method: str
     seed: int
+    lr: float | None = None  # a tuned run's learning rate (None: the suite's)
+    data: str | None = None  # the suite's data_digest, when known
 
     def path(self, out: Path) -> Path:
         # "inilora:adam" -> inilora-adam (no ':' in Windows paths); "inilora:svd" keeps the folder "inilora"
         # it had when bench rows did not name their solver, so those finished runs still count
-        folder = self.method.removesuffix(":" + CLOSED_FORM).replace(":", "-")
-        return out / "runs" / self.suite.name / folder / f"seed{self.seed}.json"
+        folder = out / "runs" / self.suite.name / self.method.removesuffix(":" + CLOSED_FORM).replace(":", "-")
+        return (folder / f"lr{self.lr:.3g}" if self.lr is not None else folder) / f"seed{self.seed}.json"
+
+    def config(self) -> dict:
+        """The TrainConfig fields this run overrides (the suite's, full fine-tuning's, its learning rate)."""
+        config = {**self.suite.config, **((self.suite.full or {}) if self.method == "full" else {})}
+        return dict(sorted({**config, **({"lr": self.lr} if self.lr is not None else {})}.items()))
 
     def key(self) -> dict:
-        """What a finished run must match to count as this run: a changed budget, or a method whose
-        initial factors changed since (its ``Method.init_versions``), is redone."""
+        """What a finished run must match to count as this run: a changed budget, data or package version,
+        or a method whose initial factors changed since (its ``Method.init_versions``), is redone."""
         key = {"model": self.suite.model, "task": self.suite.task, "train_file": self.suite.train_file,
                "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
-               "config": dict(sorted({**self.suite.config, **((self.suite.full or {}) if self.method == "full"
-                                                              else {})}.items()))}
-        method, solver = method_and_solver(self.method)
-        version = REGISTRY[method].init_version(solver) if method in REGISTRY else None  # not for references
+               "config": self.config(), "versions": versions()}
+        if self.suite.validation:
+            key["validation"] = True
+        if self.data is not None:
+            key["data"] = self.data
+        version = init_version(self.method)
         if version is not None:
             key["init_version"] = version
         return key
@@ -126,8 +152,18 @@ def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> lis
     return specs
 
 
+def init_version(name: str) -> int | None:
+    """The init version of a benchmark row's method and solver (None: a reference or a PEFT peer, whose
+    code is versioned by PEFT's own version in the run's key)."""
+    method, solver = method_and_solver(name)
+    return REGISTRY[method].init_version(solver) if method in REGISTRY else None
+
+
 def method_and_solver(name: str) -> tuple[str, str]:
-    """``inilora:adam`` -> (``inilora``, ``adam``); a method without a fit -> (its name, ``svd``, unused)."""
+    """``inilora:adam`` -> (``inilora``, ``adam``); a method without a fit, or a PEFT peer (``peft:olora``),
+    -> (its name, ``svd``, unused)."""
+    if name in PEERS:
+        return name, CLOSED_FORM
     method, _, solver = row_name(name).partition(":")
     return method, solver or CLOSED_FORM
 
@@ -143,7 +179,11 @@ def row_name(name: str) -> str:
 def check_variant(name: str) -> None:
     """Refuse a benchmark method that does not exist, whose solver would be ignored (``pissa:adam``), or
     that has a fit but names no solver (a bare ``inilora``: ``inilora train`` fits it by Adam, older
-    benchmarks in closed form)."""
+    benchmarks in closed form). PEFT's own initializations are ``peft:NAME``."""
+    if name.startswith("peft:"):
+        if name not in PEERS:
+            raise InitError(f"Unknown PEFT peer {name!r}; choose one of {', '.join(PEERS)}.")
+        return
     method, _, solver = name.partition(":")
     spec = get_method(method)
     if spec.solvers and not solver:

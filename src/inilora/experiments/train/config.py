@@ -11,6 +11,7 @@ from typing import Any, Callable
 from ... import METHODS
 from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
+from ..peft_peers import PEERS
 
 REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -56,8 +57,9 @@ class TrainConfig:
     """Everything that decides a fine-tuning run. Defaults follow the published GLUE setup (lr 3e-4,
     linear schedule, 6% warm-up, AdamW weight decay 0.01, r = alpha = 8, dropout 0, query/value)."""
 
-    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter)",
-                          choices=(*METHODS, *REFERENCES), cli_choices=(*METHODS, "full"))
+    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter; peft:NAME: PEFT's "
+                          "own initialization NAME, saved by PEFT)", choices=(*METHODS, *REFERENCES, *PEERS),
+                          cli_choices=(*METHODS, "full"))
     r: int = setting(8, "LoRA rank", check=POSITIVE_INT)
     alpha: float = setting(8.0, "lora_alpha", check=POSITIVE)
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)
@@ -119,6 +121,9 @@ class RunResult:
     trainable_params: int = 0
     init: dict = field(default_factory=dict)  # initialization summary: max drift, digest of the factors
     trained_digest: str = ""  # a hash of the trainable parameters after training
+    validation: dict = field(default_factory=dict)  # {metric, loss, n} on the validation split, at the end
+    val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, loss, accuracy)
+    predictions: list = field(default_factory=list)  # per held-out example: class index or generated answer
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

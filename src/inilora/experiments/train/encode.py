@@ -86,10 +86,19 @@ class AnswerLossTrainer:
         return (loss, outputs) if return_outputs else loss
 
 
+class InOrderEval:
+    """Mixed into ``Trainer``: evaluation walks the examples in order. transformers 5 applies
+    ``group_by_length`` to evaluation too, which would shuffle per-example predictions against the rows."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        return torch.utils.data.SequentialSampler(eval_dataset) if eval_dataset is not None else None
+
+
 def trainer_class(kind: str):
     from transformers import Trainer
 
-    return type("AnswerTrainer", (AnswerLossTrainer, Trainer), {}) if kind == "generation" else Trainer
+    mixins = (AnswerLossTrainer,) if kind == "generation" else ()
+    return type("TaskTrainer", (*mixins, InOrderEval, Trainer), {})
 
 
 def collator(tokenizer, kind: str):

@@ -20,46 +20,49 @@ from .encode import collator, encode, train_features, trainer_class
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, encoded: list[dict], batch_size: int, max_new_tokens: int) -> tuple[float, list[dict]]:
-    """Greedy decoding of each held-out prompt; exact match of the stripped text against the answer."""
+def greedy_answers(model, tokenizer, encoded: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
+    """The greedy decoding of each held-out prompt, stripped."""
     model.eval()
     pad = tokenizer.pad_token_id
-    hits, samples = 0, []
+    device = next(model.parameters()).device
+    texts = []
     for i in range(0, len(encoded), batch_size):
         batch = encoded[i:i + batch_size]
         length = max(len(row["prompt_ids"]) for row in batch)
         ids = torch.tensor([[pad] * (length - len(row["prompt_ids"])) + row["prompt_ids"] for row in batch])
         mask = torch.tensor([[0] * (length - len(row["prompt_ids"])) + [1] * len(row["prompt_ids"]) for row in batch])
-        device = next(model.parameters()).device
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        for row, generated in zip(batch, out[:, length:]):
-            text = tokenizer.decode(generated, skip_special_tokens=True).strip()
-            hit = text == row["answer"].strip()
-            hits += hit
-            if len(samples) < 5:
-                samples.append({"answer": row["answer"], "generated": text, "match": hit})
-    return hits / max(1, len(encoded)), samples
+        texts += [tokenizer.decode(generated, skip_special_tokens=True).strip() for generated in out[:, length:]]
+    return texts
 
 
-def held_out_metrics(trainer, model, tokenizer, task: Task, cfg: TrainConfig, encoded_eval: list[dict]) -> dict:
+def held_out_metrics(trainer, model, tokenizer, task: Task, cfg: TrainConfig, encoded_eval: list[dict],
+                     decode: bool = True) -> tuple[dict, list]:
+    """(metrics, per-example predictions) on ``encoded_eval``: the loss and the task's metric (accuracy;
+    exact match of the greedy decoding, skipped with ``decode=False``); the predictions are the predicted
+    class indices or the generated answers, in the examples' order."""
     metrics: dict = {"n_eval": len(encoded_eval)}
     if task.kind == "classification":
         prediction = trainer.predict(train_features(encoded_eval))
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         predicted = torch.as_tensor(logits).argmax(-1)
         labels = torch.as_tensor(prediction.label_ids)
-        metrics["accuracy"] = float((predicted == labels).float().mean())
+        metrics["accuracy"] = int((predicted == labels).sum()) / max(1, len(labels))
         metrics["eval_loss"] = float(prediction.metrics.get("test_loss", float("nan")))
-        return metrics
+        return metrics, predicted.tolist()
     result = trainer.evaluate(train_features(encoded_eval))
     metrics["eval_loss"] = float(result["eval_loss"])
-    if trainer.is_world_process_zero():
-        answer_tokens = max(sum(1 for t in row["labels"] if t != -100) for row in encoded_eval)
-        max_new = cfg.max_new_tokens or answer_tokens + 8
-        metrics["exact_match"], metrics["samples"] = exact_match(model, tokenizer, encoded_eval,
-                                                                  cfg.eval_batch_size, max_new)
-    return metrics
+    if not decode or not trainer.is_world_process_zero():
+        return metrics, []
+    answer_tokens = max(sum(1 for t in row["labels"] if t != -100) for row in encoded_eval)
+    texts = greedy_answers(model, tokenizer, encoded_eval, cfg.eval_batch_size,
+                           cfg.max_new_tokens or answer_tokens + 8)
+    hits = [text == row["answer"].strip() for text, row in zip(texts, encoded_eval)]
+    metrics["exact_match"] = sum(hits) / max(1, len(hits))
+    metrics["samples"] = [{"answer": row["answer"], "generated": text, "match": hit}
+                          for text, row, hit in zip(texts[:5], encoded_eval, hits)]
+    return metrics, texts
 
 
 def quiet_trainer(trainer):
@@ -137,4 +140,4 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
         trainer = quiet_trainer(trainer_class(task.kind)(model=model, args=args,
                                                            data_collator=collator(tokenizer, task.kind),
                                                            processing_class=tokenizer))
-        return held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)
+        return held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)[0]

@@ -21,6 +21,7 @@ import inilora
 
 from ..._io import hash_tensors
 from .. import models
+from ..peft_peers import PEERS, get_peer_model
 from ..tasks import Task
 from .config import REFERENCES, TRAIN_INFO, RunResult, TrainConfig
 from .encode import collator, encode, train_features, trainer_class
@@ -42,9 +43,10 @@ def parameters_digest(model) -> str:
     return hash_tensors(named, hashlib.blake2b(digest_size=16)).hexdigest()
 
 
-def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
-    """Load the model for the task and wrap it for ``cfg.method``. Returns (model, tokenizer, init summary)."""
-    tokenizer = models.load_tokenizer(model_name, cfg.revision)
+def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig, tokenizer,
+                  encoded_train: list[dict] | None = None):
+    """Load the model for the task and wrap it for ``cfg.method`` (a PEFT peer, ``peft:...``, initializes
+    from the first batches of ``encoded_train`` when it is data-driven). Returns (model, init summary)."""
     model = models.load_model(model_name, task.kind, num_labels=len(task.labels or []) or 2, seed=cfg.seed,
                               revision=cfg.revision, dtype=cfg.dtype)
     if task.kind == "classification" and model.config.pad_token_id is None:
@@ -52,17 +54,38 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig):
     if cfg.method in REFERENCES:
         for p in model.parameters():
             p.requires_grad_(cfg.method == "full")
-        return model, tokenizer, {}
-    peft_model, init = wrap(model, cfg, models.PEFT_TASK_TYPES[task.kind])
-    return peft_model, tokenizer, init
+        return model, {}
+    if cfg.method in PEERS:
+        return _peer(model, cfg, models.PEFT_TASK_TYPES[task.kind], tokenizer, task.kind, encoded_train or [])
+    return wrap(model, cfg, models.PEFT_TASK_TYPES[task.kind])
+
+
+PEER_BATCHES = 4  # training batches a data-driven PEFT peer (LoRA-GA, EVA) initializes from
+
+
+def _lora_config(model, cfg: TrainConfig, task_type: str | None) -> LoraConfig:
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.targets or models.default_targets(model), task_type=task_type)
+
+
+def _peer(model, cfg: TrainConfig, task_type: str | None, tokenizer, kind: str, encoded_train: list[dict]):
+    """A PEFT peer through PEFT's own API (``experiments.peft_peers``); its init time includes the passes
+    over data that LoRA-GA and EVA make."""
+    batches = None
+    if PEERS[cfg.method].needs_data:
+        collate = collator(tokenizer, kind)
+        features = train_features(encoded_train)
+        batches = [collate(features[i:i + cfg.batch_size])
+                   for i in range(0, min(len(features), PEER_BATCHES * cfg.batch_size), cfg.batch_size)]
+    peft_model, init = get_peer_model(model, _lora_config(model, cfg, task_type), cfg.method, batches)
+    return peft_model, {"seconds": init["seconds"], "peer": init["init_lora_weights"],
+                        "ranks": sorted(set(init["ranks"].values()))}
 
 
 def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     """``inilora.get_peft_model`` with ``cfg``'s adapter settings (and extra ``options``, e.g.
     ``residual_fp32``). Returns (peft model, init summary)."""
-    targets = cfg.targets or models.default_targets(model)
-    lora_config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                             task_type=task_type)
+    lora_config = _lora_config(model, cfg, task_type)
     method = inilora.get_method(cfg.method)
     options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
     if method.has_fit:
@@ -78,7 +101,7 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     return peft_model, init
 
 
-def _training_args(cfg: TrainConfig, output_dir: str, kind: str):
+def _training_args(cfg: TrainConfig, output_dir: str, kind: str, evaluations: int = 0):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -89,7 +112,8 @@ def _training_args(cfg: TrainConfig, output_dir: str, kind: str):
         logging_first_step=True, save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps or 500, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
         disable_tqdm=not cfg.progress, bf16=cfg.bf16, remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
-        train_sampling_strategy="group_by_length", eval_strategy="no", save_only_model=False,
+        train_sampling_strategy="group_by_length", save_only_model=False,
+        eval_strategy="steps" if evaluations else "no", eval_steps=1 / evaluations if evaluations else None,
         label_names=["labels"], ddp_find_unused_parameters=False,
     )
 
@@ -98,9 +122,29 @@ def _loss_history(trainer) -> list[tuple[int, float]]:
     return [(int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry]
 
 
+def _val_curve(trainer) -> list[tuple[int, float, float | None]]:
+    """(step, validation loss, validation accuracy or None) of each evaluation during training."""
+    return [(int(e["step"]), float(e["eval_loss"]), e.get("eval_accuracy")) for e in trainer.state.log_history
+            if "eval_loss" in e]
+
+
+def _accuracy(prediction) -> dict:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
+
+
+VAL_EVALUATIONS = 8  # how often a run with a validation split evaluates on it during training
+
+
 def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
-             output_dir: str | os.PathLike | None = None, resume: bool = False) -> RunResult:
+             output_dir: str | os.PathLike | None = None, resume: bool = False,
+             validation: list[dict] | None = None) -> RunResult:
     """Fine-tune ``model_name`` on ``task`` as ``cfg`` says and evaluate it on the held-out set.
+
+    With ``validation`` (rows carved from the training data, :func:`~inilora.experiments.tasks.carve_validation`),
+    the model is also evaluated on them ``VAL_EVALUATIONS`` times during training (``RunResult.val_curve``)
+    and at the end (``RunResult.validation``): what a tuned benchmark chooses by. The held-out (test)
+    predictions are kept per example (``RunResult.predictions``).
 
     With ``output_dir``: the adapter (``adapter/``, via :func:`inilora.save_pretrained`), its plain
     PEFT export (``adapter-lora/``), ``metrics.json`` and ``inilora_train.json`` (what :func:`evaluate`
@@ -113,29 +157,41 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     start = time.perf_counter()
-    model, tokenizer, init = prepare_model(model_name, task, cfg)
+    tokenizer = models.load_tokenizer(model_name, cfg.revision)
     encoded_train = encode(tokenizer, task, cfg, task.train)
     encoded_eval = encode(tokenizer, task, cfg, task.eval)
+    encoded_val = encode(tokenizer, task, cfg, validation) if validation else None
+    model, init = prepare_model(model_name, task, cfg, tokenizer, encoded_train)
     with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
         work = Path(output_dir) / "checkpoints" if output_dir and cfg.save_steps > 0 else Path(scratch)
-        args = _training_args(cfg, str(work), task.kind)
-        trainer = trainer_class(task.kind)(model=model, args=args, train_dataset=train_features(encoded_train),
-                                            data_collator=collator(tokenizer, task.kind), processing_class=tokenizer)
+        tracks = bool(encoded_val) and cfg.method != "base"
+        args = _training_args(cfg, str(work), task.kind, VAL_EVALUATIONS if tracks else 0)
+        trainer = trainer_class(task.kind)(
+            model=model, args=args, train_dataset=train_features(encoded_train),
+            eval_dataset=train_features(encoded_val) if tracks else None, data_collator=collator(tokenizer, task.kind),
+            processing_class=tokenizer, compute_metrics=_accuracy if tracks and task.kind == "classification" else None)
         if not cfg.progress:
             quiet_trainer(trainer)
         history: list[tuple[int, float]] = []
+        curve: list = []
         train_seconds = 0.0
         if cfg.method != "base":
             checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
             trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
             train_seconds = float(trained.metrics.get("train_runtime", 0.0))
             history = _loss_history(trainer)
-        metrics = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)
+        curve = _val_curve(trainer)  # before the held-out evaluations below log theirs
+        metrics, predictions = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)
+        val = {}
+        if encoded_val:
+            val_metrics, _ = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_val)
+            val = {"metric": val_metrics.get(task.metric), "loss": val_metrics["eval_loss"], "n": len(encoded_val)}
     metrics["n_train"] = len(encoded_train)
     metrics["steps"] = int(trainer.state.global_step)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model))
+    result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model), val,
+                       curve, predictions)
     if output_dir is not None and cfg.method != "base":
         save(model, tokenizer, task, cfg, model_name, result, Path(output_dir),
              is_main_process=trainer.args.should_save)
@@ -148,6 +204,9 @@ def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: Run
         if is_main_process:
             model.save_pretrained(str(out / "model"))
             tokenizer.save_pretrained(str(out / "model"))
+    elif cfg.method in PEERS:  # PEFT's own initialization: PEFT's own files
+        if is_main_process:
+            model.save_pretrained(str(out / "adapter"))
     else:
         inilora.save_pretrained(model, out / "adapter", is_main_process=is_main_process)
         if is_main_process:

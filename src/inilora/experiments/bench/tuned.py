@@ -1,0 +1,149 @@
+"""The tuned benchmark: per (task, method), the learning-rate grid at the tuning seeds, one step beyond an
+edge when the best rate sits there, then the final seeds at the rate chosen on the validation split
+(:mod:`.schedule`). Runs are scheduled as their stage allows (a method's finals start once its grid is
+scored), ``jobs`` at a time in spawned processes, each written as one JSON file the moment it finishes:
+stopping and rerunning resumes where it stood."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from .execute import _summary_line, _worker, _worker_init
+from .plan import RunSpec, Suite, _read_preset_file
+from .schedule import Protocol, stage
+from .tuning import ValScore
+
+FULL = "full"
+
+
+def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:
+    """(the adapter methods' protocol, full fine-tuning's) from a preset's ``[tuning]`` table."""
+    tuning = _read_preset_file(name)["tuning"]
+    shared = {"tune_seeds": tuple(tuning["tune_seeds"]), "final_seeds": tuple(tuning["final_seeds"]),
+              "max_extensions": tuning.get("max_extensions", 1)}
+    return (Protocol(tuple(tuning["lr_grid"]), **shared), Protocol(tuple(tuning["full_lr_grid"]), **shared))
+
+
+def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The benchmark rows of one suite: its methods, then full fine-tuning when the suite runs it."""
+    return (*methods, *([FULL] if suite.full is not None else []))
+
+
+class Ledger:
+    """The finished runs of a tuned benchmark that still count (matching spec, data and versions), read
+    once from disk and kept up to date as runs finish."""
+
+    def __init__(self, out: Path, suites: list[Suite], methods: tuple[str, ...], digests: dict[str, str]):
+        self.out, self.digests = out, digests
+        self.scores: dict[tuple[str, str], dict[tuple[float, int], ValScore]] = {}
+        self.records: dict[tuple[str, str], list[dict]] = {}
+        for suite in suites:
+            for method in rows_of(suite, methods):
+                self.scores[suite.name, method], self.records[suite.name, method] = {}, []
+                folder = RunSpec(suite, method, 0, lr=1.0).path(out).parent.parent
+                for path in sorted(folder.glob("lr*/seed*.json")):
+                    try:
+                        record = json.loads(path.read_text())
+                    except json.JSONDecodeError:
+                        continue  # being written
+                    self.add(suite, record)
+
+    def spec(self, suite: Suite, method: str, lr: float, seed: int) -> RunSpec:
+        return RunSpec(suite, method, seed, lr=lr, data=self.digests[suite.name])
+
+    def add(self, suite: Suite, record: dict) -> None:
+        spec = self.spec(suite, record["method"], record["lr"], record["seed"])
+        if record.get("spec") == spec.key() and record.get("val"):
+            self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = \
+                ValScore(record["val"]["metric"], record["val"]["loss"])
+            self.records[suite.name, record["method"]].append(record)
+
+
+def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapter: Protocol, full: Protocol,
+            skip: set) -> tuple[list[RunSpec], int]:
+    """(the runs the stages ask for now, in priority order: suite, then method, then grid order; an
+    estimate of how many runs the whole benchmark needs)."""
+    todo, total = [], 0
+    for suite in suites:
+        for method in rows_of(suite, methods):
+            protocol = full if method == FULL else adapter
+            finished = ledger.scores[suite.name, method]
+            now = stage(protocol, finished)
+            planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+            total += max(planned, len(finished) + len(now.missing))
+            todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
+                     if (suite.name, method, lr, seed) not in skip]
+    return todo, total
+
+
+def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol, full: Protocol,
+        jobs: int = 2, threads: int = 1, command: str = "", log=print, progress: bool = True) -> dict:
+    """Run the tuned benchmark until every (task, method) has its final seeds (or a run failed), then
+    write its report. Returns the report's summary."""
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    from .. import models
+    from .tuned_report import write_report
+
+    out = Path(out)
+    digests = {suite.name: suite.data_digest() for suite in suites}
+    ledger = Ledger(out, suites, methods, digests)
+    todo, total = pending(ledger, suites, methods, adapter, full, set())
+    done_before = sum(len(v) for v in ledger.scores.values())
+    log(f"tuned benchmark: about {total} runs, {done_before} already done; {jobs} process(es) x {threads} "
+        f"thread(s); results in {out}")
+    for model in sorted({s.model for s in suites}):
+        models.resolve(model)  # convert/fetch once before the workers race for it
+    started, failures, in_flight, attempted = time.time(), [], {}, set()
+    by_name = {suite.name: suite for suite in suites}
+    bar = tqdm(total=total, initial=done_before, unit="run", disable=not progress, dynamic_ncols=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(threads,),
+                             max_tasks_per_child=1) as pool:
+        while True:
+            todo, total = pending(ledger, suites, methods, adapter, full, attempted)
+            bar.total = max(total, bar.n)
+            for spec in todo[:max(0, jobs - len(in_flight))]:
+                attempted.add((spec.suite.name, spec.method, spec.lr, spec.seed))
+                in_flight[pool.submit(_worker, spec, out, threads)] = spec
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec = in_flight.pop(future)
+                record = future.result()
+                if "error" in record:
+                    failures.append(record)
+                else:
+                    ledger.add(by_name[spec.suite.name], record)
+                bar.update(1)
+                bar.write(f"{_summary_line(record)} [lr {spec.lr:.3g}]") if progress else log(
+                    f"{_summary_line(record)} [lr {spec.lr:.3g}]")
+    bar.close()
+    history_path = out / "invocations.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
+                    "wall_seconds": round(time.time() - started, 1), "runs_done": len(attempted) - len(failures),
+                    "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
+    out.mkdir(parents=True, exist_ok=True)
+    history_path.write_text(json.dumps(history, indent=1))
+    summary = write_report(out, suites, methods, adapter, full, ledger, command)
+    summary["failures"] = failures
+    return summary
+
+
+def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
+           full: Protocol, command: str = "", make_plots: bool = True) -> dict:
+    """Rebuild the tuned benchmark's report from the runs under ``out`` (no training)."""
+    from .tuned_report import write_report
+
+    out = Path(out)
+    ledger = Ledger(out, suites, methods, {suite.name: suite.data_digest() for suite in suites})
+    return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots)

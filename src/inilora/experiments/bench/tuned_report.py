@@ -1,0 +1,182 @@
+"""The tuned benchmark's outputs, rebuilt from its counted runs: ``summary.json`` (the shape issue 13
+fixes, so a script can check it), ``results.json`` (every run, without its per-example predictions),
+``results.md`` (per task: grid, chosen rate, test mean ± std, paired and Holm-corrected p against
+``lora``, win rate, convergence; then the pre-declared comparisons) and three plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from ..._io import write_json_atomic
+from .schedule import Protocol
+from .verdict import BASELINE, declared_verdict, summarize_task
+
+VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
+                   "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
+                   "to report the chosen runs.")
+
+
+def _finite(value):
+    """JSON has no NaN: a missing figure is null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _majority(task) -> float | None:
+    if task.kind != "classification" or not task.eval:
+        return None
+    return max(Counter(row["label"] for row in task.eval).values()) / len(task.eval)
+
+
+def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str) -> tuple[dict, dict]:
+    """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json)."""
+    from .tuned import FULL, rows_of
+
+    tasks, declared, cpu_seconds = {}, {}, 0.0
+    for suite in suites:
+        task, _ = suite.load()
+        rows = [m for m in rows_of(suite, methods) if ledger.records[suite.name, m]]
+        runs = [r for m in rows for r in ledger.records[suite.name, m]]
+        cpu_seconds += sum(r["seconds"] * r.get("threads", 1) for r in runs)
+        if not rows:
+            continue
+        chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
+        entries = summarize_task(runs, chosen, task.kind)
+        tasks[suite.name] = {"model": suite.model, "metric": task.metric, "majority": _majority(task),
+                             "methods": entries}
+        declared[suite.name] = declared_verdict(entries)
+    return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
+
+
+def _p(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def markdown(summary: dict, declared: dict, counts: dict) -> str:
+    lines = ["# Tuned benchmark: every method at its own learning rate", "", VALIDATION_NOTE, "",
+             f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
+    for name, task in summary["tasks"].items():
+        majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
+        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "",
+                  f"| method | runs | lr grid | chosen lr | val {task['metric']} at chosen | test {task['metric']} "
+                  "(mean ± std, seeds) | Δ vs lora | p (paired t) | p (Holm) | wins vs lora | "
+                  "steps to lora's final val | val-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method, entry in task["methods"].items():
+            test = entry["test"]
+            values = test["values"]
+            lora = task["methods"].get(BASELINE, {}).get("test", {})
+            pairs = dict(zip(lora.get("seeds", []), lora.get("values", [])))
+            diffs = [v - pairs[s] for s, v in zip(test["seeds"], values) if s in pairs]
+            chosen = entry["chosen_lr"]
+            val = entry["val_by_lr"].get(f"{chosen:.3g}") if chosen is not None else None
+            lines.append(
+                f"| {method} | {counts.get((name, method), 0)} | {', '.join(f'{lr:.3g}' for lr in entry['lr_grid'])} | "
+                f"{'tuning' if chosen is None else f'{chosen:.3g}'} | {'–' if val is None else f'{val:.3f}'} | "
+                + (f"{test['mean']:.3f} ± {test['std']:.3f} ({len(values)})" if values else "–") + " | "
+                + (f"{statistics.fmean(diffs):+.3f}" if diffs and method != BASELINE else "") + " | "
+                f"{_p(test['p_vs_lora'])} | {_p(test['p_holm'])} | "
+                + ("–" if test["win_rate_vs_lora"] is None else f"{test['win_rate_vs_lora']:.2f}") + " | "
+                + ("not reached" if entry["steps_to_lora_final"] is None and method != BASELINE and values
+                   else "" if entry["steps_to_lora_final"] is None else str(entry["steps_to_lora_final"])) + " | "
+                + ("–" if entry["val_loss_auc"] is None else f"{entry['val_loss_auc']:.3f}") + " |")
+        if declared.get(name):
+            lines += ["", "Pre-declared comparisons (paired over seeds; Holm over this family):", "",
+                      "| comparison | seeds | Δ mean | p | p (Holm) |", "|---|---|---|---|---|"]
+            lines += [f"| {row['comparison']} | {row['n']} | {row['diff_mean']:+.3f} | {_p(row['p'])} | "
+                      f"{_p(row['p_holm'])} |" for row in declared[name]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
+    """tuning_curves.png (validation metric vs learning rate), test_metrics.png (test mean ± std at the
+    chosen rate), val_loss_curves.png (validation loss during training, final runs, mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["tasks"])
+    written = []
+    if not names:
+        return written
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        task = summary["tasks"][name]
+        for method, entry in task["methods"].items():
+            points = sorted((float(lr), v) for lr, v in entry["val_by_lr"].items() if v is not None)
+            if points:
+                line, = ax.plot(*zip(*points), marker="o", label=method)
+                if entry["chosen_lr"] is not None:
+                    ax.plot([entry["chosen_lr"]], [entry["val_by_lr"][f"{entry['chosen_lr']:.3g}"]], marker="*",
+                            markersize=14, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set(title=f"{name}: validation {task['metric']} vs learning rate (★ chosen)", xlabel="learning rate",
+               ylabel=f"validation {task['metric']} (mean over tuning seeds)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out / "tuning_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        task = summary["tasks"][name]
+        methods = [m for m, e in task["methods"].items() if e["test"]["values"]]
+        means = [task["methods"][m]["test"]["mean"] for m in methods]
+        stds = [task["methods"][m]["test"]["std"] for m in methods]
+        ax.bar(range(len(methods)), means, yerr=stds, capsize=4,
+               color=["tab:gray" if m == BASELINE else "tab:blue" for m in methods])
+        if task["majority"] is not None:
+            ax.axhline(task["majority"], color="black", linestyle=":", label="majority class")
+            ax.legend(fontsize=7)
+        if means:
+            ax.set_ylim(max(0.0, min(means) - 0.05), min(1.0, max(means) + 0.05))
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set(title=f"{name}: test {task['metric']} at the chosen lr (mean ± std)", ylabel=task["metric"])
+    fig.tight_layout()
+    written.append(out / "test_metrics.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for method, entry in summary["tasks"][name]["methods"].items():
+            if entry["chosen_lr"] is None:
+                continue
+            chosen = f"{entry['chosen_lr']:.3g}"
+            curves = [{int(p[0]): p[1] for p in r["val_curve"]} for r in ledger_records[name, method]
+                      if f"{r['lr']:.3g}" == chosen and r["val_curve"]]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if steps:
+                ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], label=method)
+        ax.set(title=f"{name}: validation loss at the chosen lr", xlabel="step", ylabel="validation loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out / "val_loss_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,
+                 make_plots: bool = True) -> dict:
+    """Write summary.json, results.json, results.md and the plots under ``out``; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary, declared = summarize(suites, methods, adapter, full, ledger, command)
+    write_json_atomic(out / "summary.json", summary)
+    runs = [{k: v for k, v in r.items() if k != "predictions"} for records in ledger.records.values() for r in records]
+    write_json_atomic(out / "results.json", _finite({"summary": summary, "declared": declared, "runs": runs}))
+    counts = {key: len(records) for key, records in ledger.records.items()}
+    (out / "results.md").write_text(markdown(summary, declared, counts))
+    files = plots(summary, {(s, m): r for (s, m), r in ledger.records.items()}, out) if make_plots else []
+    return {**summary, "declared": declared, "files": [str(f) for f in files]}
