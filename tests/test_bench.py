@@ -48,7 +48,23 @@ def test_summary_table_and_plots(tmp_path):
         (tmp_path / "runs" / "toy" / r["method"] / f"seed{r['seed']}.json").write_text(json.dumps(r))
     result = bench.aggregate(tmp_path)
     assert result["runs"] == 9 and (tmp_path / "results.md").read_text() == result["table"]
+    assert "inilora-alpha: -0.100 accuracy vs lora (paired over 3 seeds, p = 0.00): worse than lora." in result["reading"]
+    assert "inilora:adam: +0.010 accuracy vs lora (paired over 3 seeds, p = 0.00): better than lora." in result["reading"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("loss_curves.png", "final_metrics.png"))
+
+
+def test_the_reading_says_whether_lora_learned():
+    from inilora.experiments.bench.report import reading
+
+    def summary(majority, lora):
+        runs = [{**_run("lora", s, lora + 0.001 * s, 0.5), "majority": majority} for s in range(3)]
+        runs += [{**_run("pissa", s, lora + 0.003 * (s % 2), 0.5), "majority": majority} for s in range(3)]
+        return bench.summarize(runs)
+
+    learned = reading(summary(0.642, 0.80))
+    assert "+15.9 points over the majority class (0.642): it learned the task" in learned
+    assert "pissa: +0.000 accuracy vs lora (paired over 3 seeds, p = 1.00): within seed noise." in learned
+    assert "too small to compare initializations" in reading(summary(0.642, 0.642))
 
 
 def test_plan_is_seed_major_and_resumes_only_matching_runs(tmp_path):

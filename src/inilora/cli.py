@@ -304,6 +304,7 @@ def cmd_bench(args) -> int:
                            make_plots=not args.no_plots, log=lambda line: print(line, file=sys.stderr, flush=True))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(result["table"])
+    print(result["reading"])
     print(f"written: {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in result["files"]),
           file=sys.stderr)
     return 1 if result.get("failures") else 0

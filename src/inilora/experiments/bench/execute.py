@@ -42,13 +42,21 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
         "seed": spec.seed, "lr": cfg.lr, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train),
-        "n_eval": len(task.eval), "val": outcome.pop("validation") or None,
+        "n_eval": len(task.eval), "majority": majority_rate(task.eval) if task.kind == "classification" else None,
+        "val": outcome.pop("validation") or None,
         "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
         **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
         "provenance": {**git_state(), "versions": versions(), "init_version": init_version(spec.method)},
     }
     write_json_atomic(spec.path(out), record)
     return record
+
+
+def majority_rate(rows: list[dict]) -> float:
+    """The accuracy of always answering the most frequent class of ``rows``."""
+    from collections import Counter
+
+    return max(Counter(row["label"] for row in rows).values()) / len(rows) if rows else float("nan")
 
 
 def _worker_init(threads: int) -> None:

@@ -41,6 +41,7 @@ class Suite:
     extra: tuple[str, ...] = ()  # more variants, run after everything else: "inilora:adam" (the published fit)
     base: bool = False  # also evaluate the untrained model (generation tasks)
     validation: bool = False  # carve a validation split from the training part (tasks.carve_validation)
+    per_method: dict = field(default_factory=dict)  # method -> its own config overrides (e.g. its tuned lr)
 
     def load(self):
         """(the task, the validation rows or None). With ``validation``, ``n_train`` counts the examples
@@ -106,7 +107,8 @@ class RunSpec:
 
     def config(self) -> dict:
         """The TrainConfig fields this run overrides (the suite's, full fine-tuning's, its learning rate)."""
-        config = {**self.suite.config, **((self.suite.full or {}) if self.method == "full" else {})}
+        config = {**self.suite.config, **self.suite.per_method.get(self.method, {}),
+                  **((self.suite.full or {}) if self.method == "full" else {})}
         return dict(sorted({**config, **({"lr": self.lr} if self.lr is not None else {})}.items()))
 
     def key(self) -> dict:

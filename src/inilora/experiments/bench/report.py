@@ -52,6 +52,45 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reading(summary: dict) -> str:
+    """A few plain sentences under the table: whether ``lora`` learned at all (against the majority class),
+    and for each method what differs from ``lora`` and whether it is within seed noise."""
+    lines = []
+    for name, task in summary.items():
+        primary = task["metrics"][0]
+        rows = task["rows"]
+        lora = rows.get(BASELINE)
+        if lora is None or math.isnan(lora[primary][0]):
+            continue
+        mean, std = lora[primary]
+        majority = task.get("majority")
+        if majority is not None:
+            gap = mean - majority
+            learned = (f"{gap * 100:+.1f} points over the majority class ({majority:.3f}): it learned the task"
+                       if gap > max(0.02, 2 * std) else
+                       f"at the majority class ({majority:.3f}): this budget is too small to compare initializations")
+            lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}, {learned}.")
+        else:
+            lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}.")
+        for method, row in rows.items():
+            test = row.get(f"{primary}_vs_lora")
+            if not test or test["n"] == 0:
+                continue
+            if test["verdict"] == "too few seeds":
+                lines.append(f"  {method}: {test['diff_mean']:+.3f} vs lora on one seed (too few to judge).")
+                continue
+            if test["verdict"] == "within seed noise":
+                verdict = "within seed noise"
+            else:
+                verdict = f"{test['verdict']} than lora"
+            lines.append(f"  {method}: {test['diff_mean']:+.3f} {primary} vs lora (paired over {test['n']} seeds, "
+                         f"p = {test['p']:.2f}): {verdict}.")
+    if lines:
+        lines.append("Uncorrected paired t-tests over few seeds: a first look, not a verdict (the tuned preset, "
+                     "with learning rates chosen on validation and Holm's correction, is).")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def plots(runs: list[dict], summary: dict, out: Path) -> list[Path]:
     """Training-loss curves per method (mean over seeds) and the final metric per method with error bars."""
     import matplotlib
@@ -114,4 +153,5 @@ def aggregate(out: str | os.PathLike, make_plots: bool = True) -> dict:
     write_json_atomic(out / "results.json", {"summary": summary, "runs": runs, "invocations": invocations})
     (out / "results.md").write_text(table)
     files = plots(runs, summary, out) if make_plots and summary else []
-    return {"summary": summary, "table": table, "files": [str(f) for f in files], "runs": len(runs)}
+    return {"summary": summary, "table": table, "reading": reading(summary), "files": [str(f) for f in files],
+            "runs": len(runs)}

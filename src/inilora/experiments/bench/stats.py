@@ -66,7 +66,7 @@ def summarize(runs: list[dict]) -> dict:
     for run in sorted(runs, key=lambda r: r.get("started", 0)):  # tasks in the order they were first run
         task = tasks.setdefault(run["task"], {"kind": run["kind"], "model": run["model"], "methods": {},
                                               "n_train": run["n_train"], "n_eval": run["n_eval"],
-                                              "config": run["config"]})
+                                              "config": run["config"], "majority": run.get("majority")})
         task["methods"].setdefault(run["method"], []).append(run)
     summary = {}
     for name, task in tasks.items():

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections import Counter
 from pathlib import Path
 
 from ..._io import write_json_atomic
+from .execute import majority_rate
 from .schedule import Protocol
 from .verdict import BASELINE, declared_verdict, summarize_task
 
@@ -31,12 +31,6 @@ def _finite(value):
     return value
 
 
-def _majority(task) -> float | None:
-    if task.kind != "classification" or not task.eval:
-        return None
-    return max(Counter(row["label"] for row in task.eval).values()) / len(task.eval)
-
-
 def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str) -> tuple[dict, dict]:
     """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json)."""
     from .tuned import FULL, rows_of
@@ -51,7 +45,7 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
             continue
         chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
         entries = summarize_task(runs, chosen, task.kind)
-        tasks[suite.name] = {"model": suite.model, "metric": task.metric, "majority": _majority(task),
+        tasks[suite.name] = {"model": suite.model, "metric": task.metric, "majority": majority_rate(task.eval) if task.kind == "classification" else None,
                              "methods": entries}
         declared[suite.name] = declared_verdict(entries)
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
