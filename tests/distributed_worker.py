@@ -15,7 +15,7 @@ task = tasks.file_task(train_file, eval_file)
 rank = int(os.environ["RANK"])
 records = {}
 for method in ("lora", "inilora-alpha", "inilora-beta", "inilora"):
-    cfg = TrainConfig(method=method, solver="svd", lr=1e-2, max_steps=4, batch_size=4, logging_steps=1,
+    cfg = TrainConfig(method=method, solver="svd" if method == "inilora" else None, lr=1e-2, max_steps=4, batch_size=4, logging_steps=1,
                             progress=False, targets=["query", "value"], seed=3)
     result = finetune(model, task, cfg, output_dir=os.path.join(out, method))
     records[method] = {"world_size": dist.get_world_size() if dist.is_initialized() else 1,

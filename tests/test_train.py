@@ -26,7 +26,7 @@ def folders(tmp_path_factory):
 
 
 def config(method="inilora", **kw):
-    base = {"method": method, "solver": "svd", "lr": 3e-2, "epochs": 4, "batch_size": 8, "logging_steps": 4,
+    base = {"method": method, "solver": "svd" if method == "inilora" else None, "lr": 3e-2, "epochs": 4, "batch_size": 8, "logging_steps": 4,
             "progress": False}
     return TrainConfig(**{**base, **kw})
 
@@ -121,6 +121,8 @@ def test_checkpoints_resume(folders, tmp_path):
     ({"method": "qlora"}, "Unknown method 'qlora'"), ({"lr": 0}, "lr must be positive"),
     ({"dropout": 1.0}, "dropout must be in"), ({"scheduler": "step"}, "Unknown scheduler"),
     ({"max_len": 4}, "max_len must be at least 8"),
+    ({"method": "pissa", "solver": "adam"}, "solver='adam' sets inilora's fit; method 'pissa' has no fit"),
+    ({"method": "full", "fit_steps": 10}, "fit_steps=10 sets inilora's fit; method 'full' has no fit"),
 ])
 def test_bad_config(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -145,3 +147,9 @@ def test_validation_curve_and_per_example_predictions(folders, kind, method):
         hits = sum(p == row["answer"].strip() for p, row in zip(result.predictions, task.eval)) / len(task.eval)
         assert abs(hits - result.metrics["exact_match"]) < 1e-9
         assert result.init["peer"] == "gaussian"
+
+
+def test_a_saved_config_from_before_the_solver_was_refused_still_loads():
+    older = {**TrainConfig(method="lora").to_dict(), "solver": "adam"}  # what every run folder used to record
+    assert TrainConfig.from_saved(older).solver is None
+    assert TrainConfig.from_saved({**older, "method": "inilora"}).solver == "adam"

@@ -26,14 +26,14 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     import torch
 
     from ..train import TrainConfig, finetune
-    from ..train.config import REFERENCES
+    from ..train.config import REFERENCES, has_fit
 
     torch.set_num_threads(threads)
     overrides = spec.config()
     if spec.method in REFERENCES:
         overrides.pop("quantize", None)  # the references stay full precision under --quantize
     method, solver = method_and_solver(spec.method)
-    cfg = TrainConfig(method=method, seed=spec.seed, solver=solver, progress=False,
+    cfg = TrainConfig(method=method, seed=spec.seed, solver=solver if has_fit(method) else None, progress=False,
                       **{k: v for k, v in overrides.items() if k not in ("method", "seed")})
     task, validation = spec.suite.load()
     started = time.time()

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ... import METHODS
+from ... import METHODS, get_method
 from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
 from ..peft_peers import PEERS
@@ -26,6 +26,11 @@ class Check:
     accept: Callable[[Any], bool]
     what: str  # completes "expected ...": "a positive integer"
     rule: str  # completes "must be ...": "positive"
+
+
+def has_fit(method: str) -> bool:
+    """Whether ``method`` fits its factors (so a solver applies): inilora; not the references or PEFT's peers."""
+    return method in METHODS and get_method(method).has_fit
 
 
 def _finite_number(v: Any) -> bool:
@@ -65,9 +70,9 @@ class TrainConfig:
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)
     targets: list[str] | None = setting(None, "target modules, comma-separated (default: the model's "
                                         "query/value projections)", csv=True)
-    solver: str = setting("adam", "inilora's fit: adam (published, 20,000 steps) or svd (its closed-form "
-                          "optimum); `inilora bench` names the two inilora:adam and inilora:svd",
-                          choices=SOLVERS)
+    solver: str | None = setting(None, "inilora's fit: adam (the default: published, 20,000 steps) or svd (its "
+                                 "closed-form optimum); `inilora bench` names the two inilora:adam and inilora:svd. "
+                                 "Refused for a method without a fit", choices=(None, *SOLVERS), cli_choices=SOLVERS)
     fit_steps: int | None = setting(None, "Adam fit steps (default: the published 20,000)", check=POSITIVE_INT)
     revision: str | None = setting(None, "the hub model's revision (branch, tag or commit) when --model is "
                                    "org/name", group=None)
@@ -105,9 +110,24 @@ class TrainConfig:
             skip = value in unset or (f.name == "epochs" and self.max_steps > 0)  # max_steps overrides epochs
             if meta["check"] and not skip and not meta["check"].accept(value):
                 raise ValueError(f"{f.name} must be {meta['check'].rule}, got {value!r}.")
+        if not has_fit(self.method):
+            for name in ("solver", "fit_steps"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}={getattr(self, name)!r} sets inilora's fit; method {self.method!r} has "
+                                     "no fit, so it would be ignored (drop it, or use --method inilora).")
         if self.quantize and self.method in REFERENCES:
             raise ValueError(f"quantize={self.quantize!r} stores an adapter's frozen residual in 4 bits; method "
                              f"{self.method!r} has no adapter (use --method lora for QLoRA).")
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainConfig":
+        """A config as a run folder recorded it. Folders written before the solver was refused for methods
+        without a fit hold ``solver: "adam"`` for every method: it meant nothing there and is dropped."""
+        saved = dict(saved)
+        if not has_fit(saved.get("method", cls.method)):
+            saved.pop("solver", None)
+            saved.pop("fit_steps", None)
+        return cls(**saved)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "threads")}
@@ -124,6 +144,16 @@ class RunResult:
     validation: dict = field(default_factory=dict)  # {metric, loss, n} on the validation split, at the end
     val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, loss, accuracy)
     predictions: list = field(default_factory=list)  # per held-out example: class index or generated answer
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainConfig":
+        """A config as a run folder recorded it. Folders written before the solver was refused for methods
+        without a fit hold ``solver: "adam"`` for every method: it meant nothing there and is dropped."""
+        saved = dict(saved)
+        if not has_fit(saved.get("method", cls.method)):
+            saved.pop("solver", None)
+            saved.pop("fit_steps", None)
+        return cls(**saved)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -106,7 +106,7 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
         raise ValueError(f"{run_dir} holds no {TRAIN_INFO}: not an output folder of `inilora train`.")
     try:
         info = json.loads(info_path.read_text())
-        saved = TrainConfig(**info["config"])
+        saved = TrainConfig.from_saved(info["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{info_path} is corrupted ({exc}).") from exc
     if task is not None and eval_file is not None:

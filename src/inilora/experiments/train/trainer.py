@@ -89,7 +89,8 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     method = inilora.get_method(cfg.method)
     options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
     if method.has_fit:
-        options["solver"] = cfg.solver
+        if cfg.solver:
+            options["solver"] = cfg.solver
         if cfg.fit_steps:
             options["steps"] = cfg.fit_steps
     start = time.perf_counter()
@@ -97,7 +98,7 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
-            "solver": cfg.solver if method.has_fit else None, "quantize": cfg.quantize}
+            "solver": report.solver if method.has_fit else None, "quantize": cfg.quantize}
     return peft_model, init
 
 
