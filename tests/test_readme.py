@@ -19,3 +19,18 @@ def test_the_first_readme_example_runs(tmp_path):
     assert re.search(r"inilora \(svd\): 4 layers, .*max error/optimum 1\.0000", done.stdout), done.stdout
     assert (tmp_path / "adapter" / "inilora_init.safetensors").is_file()
     assert (tmp_path / "adapter-lora" / "adapter_model.safetensors").is_file()
+
+
+def test_the_tuned_results_in_the_readme_are_regenerated_from_the_committed_file():
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_tables import regenerated
+
+    readme = (ROOT / "README.md").read_text()
+    results = json.loads((ROOT / "results" / "tuned" / "results.json").read_text())
+    assert regenerated(readme, results) == readme, "run: python benchmarks/readme_tables.py"
+    for task in results["summary"]["tasks"].values():  # and the block shows what the file holds
+        for method, entry in task["methods"].items():
+            if entry["chosen_lr"] is not None:
+                assert f"| {method} | {entry['chosen_lr']:.3g} | {entry['test']['mean']:.3f} ± " in readme

@@ -36,7 +36,7 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     cfg = TrainConfig(method=method, seed=spec.seed, solver=solver if has_fit(method) else None, progress=False,
                       **{k: v for k, v in overrides.items() if k not in ("method", "seed")})
     task, validation = spec.suite.load()
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     result = finetune(spec.suite.model, task, cfg, validation=validation)
     outcome = result.to_dict()
     record = {
@@ -46,6 +46,7 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
         "val": outcome.pop("validation") or None,
         "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
         **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "provenance": {**git_state(), "versions": versions(), "init_version": init_version(spec.method)},
     }
     write_json_atomic(spec.path(out), record)
