@@ -1,5 +1,5 @@
 # `make test` sets up a virtual environment on a fresh machine and runs the test suite.
-# `make quick` sets it up and runs the quick benchmark (LoRA vs IniLoRA on MiniLM x reviews).
+# `make quick` sets it up and runs the quick benchmark (LoRA vs IniLoRA vs PiSSA on MiniLM x reviews).
 # `make bench` runs the full benchmark (MiniLM x reviews, SmolLM2 x chain_sum, SmolLM2 x gsm_symbolic).
 PYTHON ?= python3
 VENV ?= .venv

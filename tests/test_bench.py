@@ -142,3 +142,16 @@ def test_rows_name_inilora_solver_and_older_results_still_read(tmp_path):
         assert "inilora" not in rows and {"inilora:svd", "inilora:adam"} <= set(rows)
         assert rows["inilora:svd"] == before["inilora"] and rows["inilora:adam"] == before["inilora:adam"]
     assert "| inilora:svd | 3 |" in new["table"] and "| inilora | " not in new["table"]
+
+
+def test_the_quick_preset_uses_the_learning_rates_the_tuned_benchmark_chose():
+    """Once results/tuned has chosen a method's learning rate on reviews, the quick preset must use it."""
+    suites, methods = bench.preset("quick")
+    summary = json.loads((Path(__file__).resolve().parents[1] / "results" / "tuned" / "summary.json").read_text())
+    tuned = summary["tasks"].get("reviews", {}).get("methods", {})
+    reviews = next(s for s in suites if s.task == "reviews")
+    for method in methods:
+        assert "lr" in reviews.per_method[method]  # every method at its own rate, stated
+        chosen = tuned.get(method, {}).get("chosen_lr")
+        if chosen is not None:
+            assert reviews.per_method[method]["lr"] == pytest.approx(chosen), method
