@@ -1,5 +1,5 @@
 """Several processes: the IniLoRA fit sharded over torch.distributed ranks, and weights no rank can
-read whole (DeepSpeed ZeRO-3 shards, accelerate offload) detected before anything is fitted.
+read whole (FSDP shards, DeepSpeed ZeRO-3 partitions, accelerate offload) detected before anything is fitted.
 
 The fit is split by whole chunks (the same same-shape batches a single process fits), assigned to
 ranks by cost; each rank fits its chunks, then every chunk's factors are broadcast from the rank that
@@ -22,6 +22,9 @@ from .matrices import Factors
 OFFLINE_HINT = ("Initialize offline instead (`inilora init`: it writes the residual model and the initial "
                 "adapter once, on one process, and any engine then trains from them), or load the model "
                 "without offloading/partitioning for the initialization.")
+WRAP_AFTER_HINT = ("Initialize the whole, unwrapped model with inilora.get_peft_model first and wrap the "
+                   "returned PeftModel with FSDP after (docs/distributed.md).")
+FSDP1_WRAPPER = "_fsdp_wrapped_module"  # the attribute FullyShardedDataParallel holds the wrapped module in
 
 
 def sharding_world(enabled: bool) -> tuple[int, int] | None:
@@ -120,15 +123,30 @@ def fit_chunks(chunk_list: list[list], fit: Callable[[list], list[Factors]],
 
 
 def check_readable(name: str, module: nn.Module, weight: Tensor) -> None:
-    """Raise :class:`InitError` when ``weight`` is not the whole weight in memory: a DeepSpeed ZeRO-3
-    partition (``ds_numel`` larger than the local tensor) or an accelerate-offloaded weight (a
-    meta tensor behind an ``_hf_hook``). A residual computed from either would be silently wrong."""
+    """Raise :class:`InitError` when ``weight`` is not the whole weight in memory: a shard left by FSDP
+    (FSDP2's ``DTensor``, FSDP1's flattened or freed views), a DeepSpeed ZeRO-3 partition (``ds_numel``
+    larger than the local tensor) or an accelerate-offloaded weight (a meta tensor behind an
+    ``_hf_hook``). A residual computed from any of them would be wrong, or fail obscurely."""
+    if FSDP1_WRAPPER in name.split("."):
+        raise InitError(f"Layer {name!r} is inside an FSDP (FullyShardedDataParallel) wrapper, which flattens and "
+                        f"shards its weight. {WRAP_AFTER_HINT}")
+    if _is_dtensor(weight):
+        raise InitError(f"Layer {name!r} holds a DTensor (the local shard FSDP2's fully_shard or tensor "
+                        f"parallelism leaves) as its weight. {WRAP_AFTER_HINT}")
     if hasattr(weight, "ds_numel") and weight.numel() < weight.ds_numel:  # gathered (whole) weights pass
         raise InitError(f"Layer {name!r} holds a DeepSpeed ZeRO-3 partition of its weight (local tensor of "
                         f"{weight.numel()} elements, full size {weight.ds_numel}); inilora needs "
                         f"the whole weight to compute the residual. {OFFLINE_HINT}")
-    if weight.device.type == "meta":
+    if isinstance(weight, Tensor) and weight.device.type == "meta":
         if getattr(module, "_hf_hook", None) is not None:
             raise InitError(f"Layer {name!r} has its weight offloaded by accelerate (device_map with CPU/disk "
                             f"offload: the weight is on the meta device until a forward pass). {OFFLINE_HINT}")
         raise InitError(f"Layer {name!r} has its weight on the meta device; load the model's weights first.")
+
+
+def _is_dtensor(weight) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(weight, DTensor)

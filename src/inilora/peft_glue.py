@@ -114,13 +114,13 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
         refuse_unsupported(name, module)
         four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
         weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
+        check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
         if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
                 nn.Parameter, Tensor):
             dtype = getattr(weight, "dtype", None)
             raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
                             f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
                             "floating-point dtype to initialize it.")
-        check_readable(name, module, weight)  # ZeRO-3 partitions, offloaded and meta weights
         r, scaling = rank_and_scaling(config, name)
         view = weight if four_bit else weight_view(module)
         if rank_limited and r > min(view.shape):
