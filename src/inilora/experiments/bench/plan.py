@@ -41,6 +41,7 @@ class Suite:
     extra: tuple[str, ...] = ()  # more variants, run after everything else: "inilora:adam" (the published fit)
     base: bool = False  # also evaluate the untrained model (generation tasks)
     validation: bool = False  # carve a validation split from the training part (tasks.carve_validation)
+    n_val: int | None = None  # at most this many validation examples (default: tasks.MAX_VAL)
     per_method: dict = field(default_factory=dict)  # method -> its own config overrides (e.g. its tuned lr)
 
     def load(self):
@@ -55,7 +56,7 @@ class Suite:
             task = tasks.load_task(self.task, None if self.validation else self.n_train, self.n_eval)
         if not self.validation:
             return task, None
-        return tasks.carve_validation(task, self.n_train)
+        return tasks.carve_validation(task, self.n_train, at_most=self.n_val or tasks.MAX_VAL)
 
     def data_digest(self) -> str:
         """A hash of the examples this suite trains, validates and tests on: a run made on other data is redone."""
@@ -118,7 +119,7 @@ class RunSpec:
                "eval_file": self.suite.eval_file, "n_train": self.suite.n_train, "n_eval": self.suite.n_eval,
                "config": self.config(), "versions": versions()}
         if self.suite.validation:
-            key["validation"] = True
+            key["validation"] = True if self.suite.n_val is None else self.suite.n_val
         if self.data is not None:
             key["data"] = self.data
         version = init_version(self.method)
