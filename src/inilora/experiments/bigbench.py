@@ -55,8 +55,9 @@ BIGBENCH_TASKS: dict[str, BigBenchSpec] = {
     name: BigBenchSpec(name) for name in (
         "movie_dialog_same_or_different", "formal_fallacies_syllogisms_negation", "logical_fallacy_detection",
         "winowhy", "strategyqa", "epistemic_reasoning", "play_dialog_same_or_different", "sports_understanding",
-        "navigate")
-} | {name: BigBenchSpec(name, choices="inline", n_choices=3) for name in ("timedial", "social_iqa")}
+        "navigate", "vitaminc_fact_verification", "hyperbaton")
+} | {name: BigBenchSpec(name, choices="inline", n_choices=3) for name in ("timedial", "social_iqa")} | {
+    "fact_checker_fever": BigBenchSpec("fact_checker/fever")}
 PREFIX = "bb:"  # task names: "bb:winowhy"
 
 
