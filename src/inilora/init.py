@@ -116,7 +116,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
     factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified
     in place, as with ``peft.get_peft_model``; on any error it is left untouched. The per-layer
-    :class:`~inilora.InitReport` is at ``peft_model.inilora.report``.
+    :class:`~inilora.InitReport` is at ``peft_model.inilora.report``. A model partitioned by DeepSpeed
+    ZeRO-3 is initialized one gathered weight at a time, on every rank (:mod:`inilora.zero3`).
     """
     start = time.perf_counter()
     if method is None and init_options is None and adapter_name in METHODS:
