@@ -125,8 +125,8 @@ def fit_chunks(chunk_list: list[list], fit: Callable[[list], list[Factors]],
 def check_readable(name: str, module: nn.Module, weight: Tensor) -> None:
     """Raise :class:`InitError` when ``weight`` is not the whole weight in memory: a shard left by FSDP
     (FSDP2's ``DTensor``, FSDP1's flattened or freed views), a DeepSpeed ZeRO-3 partition (``ds_numel``
-    larger than the local tensor) or an accelerate-offloaded weight (a meta tensor behind an
-    ``_hf_hook``). A residual computed from any of them would be wrong, or fail obscurely."""
+    larger than the local tensor; ``get_peft_model`` gathers those first, :mod:`inilora.zero3`) or an
+    accelerate-offloaded weight (a meta tensor behind an ``_hf_hook``). A residual computed from any of them would be wrong, or fail obscurely."""
     if FSDP1_WRAPPER in name.split("."):
         raise InitError(f"Layer {name!r} is inside an FSDP (FullyShardedDataParallel) wrapper, which flattens and "
                         f"shards its weight. {WRAP_AFTER_HINT}")
@@ -134,9 +134,12 @@ def check_readable(name: str, module: nn.Module, weight: Tensor) -> None:
         raise InitError(f"Layer {name!r} holds a DTensor (the local shard FSDP2's fully_shard or tensor "
                         f"parallelism leaves) as its weight. {WRAP_AFTER_HINT}")
     if hasattr(weight, "ds_numel") and weight.numel() < weight.ds_numel:  # gathered (whole) weights pass
+        why = ("inilora.get_peft_model gathers such weights one at a time, but loading an adapter onto a "
+               "partitioned model (from_pretrained) is not supported" if hasattr(weight, "ds_id") else
+               "it has no ds_id, so DeepSpeed cannot gather it")
         raise InitError(f"Layer {name!r} holds a DeepSpeed ZeRO-3 partition of its weight (local tensor of "
-                        f"{weight.numel()} elements, full size {weight.ds_numel}); inilora needs "
-                        f"the whole weight to compute the residual. {OFFLINE_HINT}")
+                        f"{weight.numel()} elements, full size {weight.ds_numel}); inilora needs the whole weight "
+                        f"and {why}. {OFFLINE_HINT}")
     if isinstance(weight, Tensor) and weight.device.type == "meta":
         if getattr(module, "_hf_hook", None) is not None:
             raise InitError(f"Layer {name!r} has its weight offloaded by accelerate (device_map with CPU/disk "

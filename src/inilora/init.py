@@ -14,6 +14,7 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from . import zero3
 from .cache import FitCache
 from .errors import InitError
 from .memory import release_freed_memory
@@ -22,7 +23,7 @@ from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, mark_residual, resolve_config, set_residual, weight_view
 from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
-from .state import InitState, LayerState, fingerprint
+from .state import InitState, LayerState
 
 logger = logging.getLogger("inilora")
 
@@ -115,7 +116,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     Residual methods replace each target's base weight by ``W − s·B0·A0`` (computed in fp32 from the
     factors as stored), so the returned model computes what ``model`` computed. ``model`` is modified
     in place, as with ``peft.get_peft_model``; on any error it is left untouched. The per-layer
-    :class:`~inilora.InitReport` is at ``peft_model.inilora.report``.
+    :class:`~inilora.InitReport` is at ``peft_model.inilora.report``. A model partitioned by DeepSpeed
+    ZeRO-3 is initialized one gathered weight at a time, on every rank (:mod:`inilora.zero3`).
     """
     start = time.perf_counter()
     if method is None and init_options is None and adapter_name in METHODS:
@@ -128,14 +130,17 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     method = opts.method
     spec = get_method(method)
     config = resolve_config(lora_config, model)
-    targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual)
-    for t in targets:
-        t.fingerprint = fingerprint(t.weight)
+    targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
+                              gather_partitioned=True)
     fingerprints = {t.name: t.fingerprint for t in targets}
     dtypes = {t.name: t.weight.dtype for t in targets}
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    partitioned = zero3.partitioned_names(model, targets)
+    if partitioned:
+        zero3.refuse_unsupported(partitioned, opts, targets)
+    model_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
     cache = FitCache(opts.cache_dir) if opts.cache else None
-    factors: dict[str, Factors] = compute_factors(targets, opts, model_bytes, cache)
+    factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, targets, opts, cache) if partitioned
+                                   else compute_factors(targets, opts, model_bytes, cache))
 
     # the model changes from here on (4-bit residual layers swapped in first: PEFT wraps them with its bnb layers)
     quantized = quantize_targets(model, targets, factors, opts) if needs_quantization(targets, opts) else None
@@ -162,8 +167,9 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             lora_A.copy_(factors[name].A0)
             lora_B.copy_(factors[name].B0)
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
-            state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
-                                                     opts.residual_fp32, factors[name].optimum, quantized))
+            with zero3.gathered(layer.get_base_layer(), modify=True):  # a ZeRO-3 weight: alone, rank 0's write kept
+                state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
+                                                         opts.residual_fp32, factors[name].optimum, quantized))
             state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
                                             opts.residual_fp32)

@@ -21,7 +21,8 @@ class Factors:
 
 @dataclass
 class Target:
-    """One matrix to initialize: ``weight`` is an ``out × in`` view of the model's parameter."""
+    """One matrix to initialize: ``weight`` is an ``out × in`` view of the model's parameter (a ZeRO-3
+    partitioned parameter itself, whole only while gathered: :mod:`inilora.zero3`)."""
 
     name: str
     weight: Tensor
@@ -29,6 +30,9 @@ class Target:
     scaling: float
     fingerprint: str = ""
     dequantized: bool = False  # ``weight`` is a dequantized copy of a 4-bit layer's weight
+    # σ of the published Adam start when fixed before the fit, from targets it does not see (a ZeRO-3
+    # model's weights are fitted one at a time); None: computed from the targets being fitted
+    sigma: float | None = None
 
     @property
     def module_name(self) -> str:

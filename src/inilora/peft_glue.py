@@ -3,6 +3,7 @@ and how initial factors and the frozen residual are installed into PEFT's own Lo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -14,10 +15,12 @@ from peft.utils.other import get_pattern_key
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from . import zero3
 from .distributed import check_readable
 from .errors import InitError
 from .methods import Target, get_method
 from .quantize import dequantized_weight, is_4bit, refuse_unsupported
+from .state import fingerprint
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -84,18 +87,26 @@ def weight_view(module: nn.Module) -> Tensor:
     return weight.T if isinstance(module, Conv1D) else weight
 
 
-def _tied_weights(model: nn.Module) -> set[int]:
-    """Start addresses of parameters held by more than one module (tied weights)."""
-    holders: dict[int, int] = {}
+def _weight_key(weight: Tensor) -> tuple[str, int]:
+    """What identifies a weight's storage: its start address, or its ``ds_id`` for a ZeRO-3 parameter
+    (whose partitioned data is an empty tensor, with no address of its own)."""
+    return ("ds_id", weight.ds_id) if hasattr(weight, "ds_id") else ("address", weight.data_ptr())
+
+
+def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
+    """Storage keys (:func:`_weight_key`) of parameters held by more than one module (tied weights)."""
+    holders: dict[tuple[str, int], int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
-            holders[p.data_ptr()] = holders.get(p.data_ptr(), 0) + 1
-    return {ptr for ptr, n in holders.items() if n > 1}
+            holders[_weight_key(p)] = holders.get(_weight_key(p), 0) + 1
+    return {key for key, n in holders.items() if n > 1}
 
 
 def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    residual: bool) -> list[Target]:
-    """Find and check every target; raise :class:`InitError` naming the first problem. Reads only."""
+                    residual: bool, gather_partitioned: bool = False) -> list[Target]:
+    """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
+    problem. Reads only. With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it
+    is checked; otherwise it is refused."""
     if isinstance(model, PeftModel):
         raise InitError("inilora.get_peft_model takes a transformers model, not a PeftModel; pass the base model "
                         "(merge_and_unload or unload the existing adapter first).")
@@ -112,27 +123,37 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
             raise InitError(f"Layer {name!r} is a {type(module).__name__}; inilora supports nn.Linear and "
                             "transformers' Conv1D.")
         refuse_unsupported(name, module)
-        four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
-        weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
-        check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
-        if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
-                nn.Parameter, Tensor):
-            dtype = getattr(weight, "dtype", None)
-            raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
-                            f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
-                            "floating-point dtype to initialize it.")
-        r, scaling = rank_and_scaling(config, name)
-        view = weight if four_bit else weight_view(module)
-        if rank_limited and r > min(view.shape):
-            raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
-                            f"{tuple(view.shape)}, so r must be at most {min(view.shape)}.")
-        if residual and weight.data_ptr() in tied:
-            raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
-                            "replaces the weight with a residual, which would change the other module too.")
-        if not bool(torch.isfinite(weight).all()):
-            raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
-        targets.append(Target(name, view, r, scaling, dequantized=four_bit))
+        partitioned = gather_partitioned and zero3.is_partitioned(module.weight)
+        with zero3.gathered(module) if partitioned else contextlib.nullcontext():
+            target = _checked_target(name, module, config, method, rank_limited, tied)
+        if partitioned:  # a view of the gathered weight would keep it whole: keep the parameter itself
+            target.weight = module.weight
+        targets.append(target)
     return targets
+
+
+def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
+                    tied: set[tuple[str, int]]) -> Target:
+    four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
+    weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
+    check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
+    if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
+            nn.Parameter, Tensor):
+        dtype = getattr(weight, "dtype", None)
+        raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
+                        f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
+                        "floating-point dtype to initialize it.")
+    r, scaling = rank_and_scaling(config, name)
+    view = weight if four_bit else weight_view(module)
+    if rank_limited and r > min(view.shape):
+        raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
+                        f"{tuple(view.shape)}, so r must be at most {min(view.shape)}.")
+    if _weight_key(weight) in tied:
+        raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
+                        "replaces the weight with a residual, which would change the other module too.")
+    if not bool(torch.isfinite(weight).all()):
+        raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
+    return Target(name, view, r, scaling, fingerprint=fingerprint(view), dequantized=four_bit)
 
 
 def mark_residual(layer: BaseTunerLayer, method: str) -> None:

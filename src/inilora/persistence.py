@@ -47,7 +47,7 @@ from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
-from .state import InitState, LayerState, fingerprint
+from .state import InitState, LayerState
 
 INIT_FILE = "inilora_init.safetensors"
 META_FILE = "inilora_config.json"
@@ -236,7 +236,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
         if dtype != info["weight_dtype"]:
             raise AdapterLoadError(f"Layer {t.name!r} of the base model is {dtype}; the adapter was made on a "
                                    f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
-        if fingerprint(t.weight) != info["fingerprint"]:
+        if t.fingerprint != info["fingerprint"]:
             raise AdapterLoadError(f"Layer {t.name!r} of the base model differs from the weight the adapter was made "
                                    "on (fingerprint mismatch): load the original base model.")
         for key in (f"{t.name}.lora_A0", f"{t.name}.lora_B0"):

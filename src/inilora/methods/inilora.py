@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -33,12 +33,31 @@ def fit_target(target: Target, options: InitOptions) -> Tensor:
     return W / target.scaling if options.fit_scaled else W
 
 
+def needs_sigmas(options: InitOptions) -> bool:
+    """Whether the fit draws the published start, whose σ is a mean over all targets."""
+    from . import get_method  # the registry imports this module
+
+    return get_method(options.method).has_fit and options.solver == "adam"
+
+
+def fit_std(target: Target, options: InitOptions) -> float:
+    return float(fit_target(target, options).std())
+
+
+def mean_by_module(stds: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """σ per module name: the mean of the stds of that name's matrices."""
+    by_name = defaultdict(list)
+    for name, std in stds:
+        by_name[name].append(std)
+    return {name: sum(v) / len(v) for name, v in by_name.items()}
+
+
 def published_sigmas(targets: list[Target], options: InitOptions) -> dict[str, float]:
-    """σ per module name: the mean, over all targeted matrices of that name, of each one's std."""
-    stds = defaultdict(list)
-    for t in targets:
-        stds[t.module_name].append(float(fit_target(t, options).std()))
-    return {name: sum(v) / len(v) for name, v in stds.items()}
+    """σ per module name: the mean, over all targeted matrices of that name, of each one's std (fixed
+    beforehand when the targets carry it)."""
+    if all(t.sigma is not None for t in targets):
+        return {t.module_name: t.sigma for t in targets}
+    return mean_by_module((t.module_name, fit_std(t, options)) for t in targets)
 
 
 def chunk_bytes(options: InitOptions, model_bytes: int | None) -> float:
