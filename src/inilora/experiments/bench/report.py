@@ -65,10 +65,16 @@ def reading(summary: dict) -> str:
         mean, std = lora[primary]
         majority = task.get("majority")
         if majority is not None:
-            gap = mean - majority
-            learned = (f"{gap * 100:+.1f} points over the majority class ({majority:.3f}): it learned the task"
-                       if gap > max(0.02, 2 * std) else
-                       f"at the majority class ({majority:.3f}): this budget is too small to compare initializations")
+            values = lora.get("values", {}).get(primary, {})
+            stuck = sorted(seed for seed, value in values.items() if value <= majority + 0.02)
+            if not stuck:
+                learned = f"{(mean - majority) * 100:+.1f} points over the majority class ({majority:.3f}) on every seed"
+            elif len(stuck) < len(values):
+                learned = (f"above the majority class ({majority:.3f}) on {len(values) - len(stuck)} of {len(values)} "
+                           f"seeds; seed(s) {', '.join(map(str, stuck))} stayed there: this budget or learning rate is "
+                           "unstable for lora")
+            else:
+                learned = f"at the majority class ({majority:.3f}): this budget is too small to compare initializations"
             lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}, {learned}.")
         else:
             lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}.")
