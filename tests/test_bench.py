@@ -147,14 +147,13 @@ def test_rows_name_inilora_solver_and_older_results_still_read(tmp_path):
     assert "| inilora:svd | 3 |" in new["table"] and "| inilora | " not in new["table"]
 
 
-def test_the_quick_preset_uses_the_learning_rates_the_tuned_benchmark_chose():
-    """Once results/tuned has chosen a method's learning rate on reviews, the quick preset must use it."""
+def test_the_quick_preset_gives_each_method_a_rate_from_the_tuned_grid():
+    """The quick preset states each method's rate, and it is one the tuned benchmark tries (so its runs can be
+    compared with the tuned ones); it may differ from the tuned choice (a shorter budget: results/quick)."""
+    from inilora.experiments.bench import tuned
+
     suites, methods = bench.preset("quick")
-    summary = json.loads((Path(__file__).resolve().parents[1] / "results" / "tuned" / "summary.json").read_text())
-    tuned = summary["tasks"].get("reviews", {}).get("methods", {})
+    grid = tuned.protocols("tuned")[0].lr_grid
     reviews = next(s for s in suites if s.task == "reviews")
     for method in methods:
-        assert "lr" in reviews.per_method[method]  # every method at its own rate, stated
-        chosen = tuned.get(method, {}).get("chosen_lr")
-        if chosen is not None:
-            assert reviews.per_method[method]["lr"] == pytest.approx(chosen), method
+        assert any(reviews.per_method[method]["lr"] == pytest.approx(lr) for lr in grid), method
