@@ -17,10 +17,9 @@ import importlib.metadata
 import json
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
-from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED
+from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED, majority_rate
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "results" / "tuned"
@@ -57,16 +56,12 @@ def carve(task, n_train: int):
     return trained
 
 
-def majority(rows: list[dict]) -> float:
-    return max(Counter(row["label"] for row in rows).values()) / len(rows)
-
-
 def describe(name: str, n_train: int) -> tuple[dict, object]:
     task = load(name)
     screen = carve(task, n_train)
     return {"task": name, "source": task.source, "classes": task.labels, "n_train_part": len(task.train),
             "n_test_part": len(task.eval), "n_screen_train": len(screen.train), "n_val": len(screen.eval),
-            "majority_train": round(majority(task.train), 4), "majority_val": round(majority(screen.eval), 4),
+            "majority_train": round(majority_rate(task.train), 4), "majority_val": round(majority_rate(screen.eval), 4),
             "runs": {}}, screen
 
 

@@ -61,6 +61,13 @@ class Task:
         self.metric = "accuracy" if self.kind == "classification" else "exact_match"
 
 
+def majority_rate(rows: list[dict]) -> float:
+    """The accuracy of always answering the most frequent class of ``rows`` (classification rows)."""
+    from collections import Counter
+
+    return max(Counter(row["label"] for row in rows).values()) / len(rows) if rows else float("nan")
+
+
 def split_off(rows: list[dict], n_held: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(rest, held): ``n_held`` rows chosen by a fixed seeded shuffle; both keep the rows' order."""
     order = list(range(len(rows)))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..provenance import git_state, versions
+from ..tasks import majority_rate
 from .plan import RunSpec, Suite, init_version, method_and_solver, plan
 from .report import aggregate
 from .stats import PRIMARY
@@ -51,13 +52,6 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     }
     write_json_atomic(spec.path(out), record)
     return record
-
-
-def majority_rate(rows: list[dict]) -> float:
-    """The accuracy of always answering the most frequent class of ``rows``."""
-    from collections import Counter
-
-    return max(Counter(row["label"] for row in rows).values()) / len(rows) if rows else float("nan")
 
 
 def _worker_init(threads: int) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..train.config import REFERENCES
 from .stats import BASELINE, load_runs, method_order, summarize
+from .tuning import mean_curve
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:
@@ -113,10 +113,9 @@ def plots(runs: list[dict], summary: dict, out: Path) -> list[Path]:
             if run["task"] == name and run["loss_history"]:
                 by_method.setdefault(run["method"], []).append(dict(map(tuple, run["loss_history"])))
         for method in method_order(by_method):
-            histories = by_method[method]
-            steps = sorted(set.intersection(*(set(h) for h in histories)))
-            if steps:
-                ax.plot(steps, [statistics.fmean(h[s] for h in histories) for s in steps], label=method)
+            curve = mean_curve(by_method[method])
+            if curve:
+                ax.plot(*zip(*curve), label=method)
         ax.set(title=f"{name}: training loss (mean over seeds)", xlabel="step", ylabel="loss")
         ax.legend(fontsize=8)
     fig.tight_layout()

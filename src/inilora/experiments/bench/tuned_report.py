@@ -5,15 +5,14 @@ fixes, so a script can check it), ``results.json`` (every run, without its per-e
 
 from __future__ import annotations
 
-import json
 import math
-import statistics
 from pathlib import Path
 
 from ..._io import write_json_atomic
-from .execute import majority_rate
+from ..tasks import majority_rate
 from .schedule import Protocol
-from .verdict import BASELINE, declared_verdict, summarize_task
+from .tuning import mean_curve
+from .verdict import BASELINE, declared_verdict, mean_difference, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
                    "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
@@ -73,16 +72,14 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
         for method, entry in task["methods"].items():
             test = entry["test"]
             values = test["values"]
-            lora = task["methods"].get(BASELINE, {}).get("test", {})
-            pairs = dict(zip(lora.get("seeds", []), lora.get("values", [])))
-            diffs = [v - pairs[s] for s, v in zip(test["seeds"], values) if s in pairs]
+            diff = mean_difference(test, task["methods"].get(BASELINE, {}).get("test", {}))
             chosen = entry["chosen_lr"]
             val = entry["val_by_lr"].get(f"{chosen:.3g}") if chosen is not None else None
             lines.append(
                 f"| {method} | {counts.get((name, method), 0)} | {', '.join(f'{lr:.3g}' for lr in entry['lr_grid'])} | "
                 f"{'tuning' if chosen is None else f'{chosen:.3g}'} | {'–' if val is None else f'{val:.3f}'} | "
                 + (f"{test['mean']:.3f} ± {test['std']:.3f} ({len(values)})" if values else "–") + " | "
-                + (f"{statistics.fmean(diffs):+.3f}" if diffs and method != BASELINE else "") + " | "
+                + (f"{diff:+.3f}" if diff is not None and method != BASELINE else "") + " | "
                 f"{_p(test['p_vs_lora'])} | {_p(test['p_holm'])} | "
                 + ("–" if test["win_rate_vs_lora"] is None else f"{test['win_rate_vs_lora']:.2f}") + " | "
                 + ("not reached" if entry["steps_to_lora_final"] is None and method != BASELINE and values
@@ -116,15 +113,14 @@ def readme_block(results: dict) -> str:
                   "| method | chosen lr | test (mean ± std) | seeds | Δ vs lora | p vs lora (Holm) |",
                   "|---|---|---|---|---|---|"]
         base = task["methods"].get(BASELINE, {}).get("test", {})
-        pairs = dict(zip(base.get("seeds", []), base.get("values", [])))
         for method, entry in task["methods"].items():
             test = entry["test"]
             if entry["chosen_lr"] is None:
                 done = sum(1 for r in runs if r["task"] == name and r["method"] == method)
                 lines.append(f"| {method} | tuning ({done} runs) | | | | |")
                 continue
-            diffs = [v - pairs[s] for s, v in zip(test["seeds"], test["values"]) if s in pairs]
-            delta = f"{statistics.fmean(diffs):+.3f}" if diffs and method != BASELINE else ""
+            diff = mean_difference(test, base)
+            delta = f"{diff:+.3f}" if diff is not None and method != BASELINE else ""
             lines.append(f"| {method} | {entry['chosen_lr']:.3g} | {test['mean']:.3f} ± {test['std']:.3f} | "
                          f"{len(test['values'])} | {delta} | {_p(test['p_holm'])} |")
         lines.append("")
@@ -132,21 +128,31 @@ def readme_block(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
-    """tuning_curves.png (validation metric vs learning rate), test_metrics.png (test mean ± std at the
-    chosen rate), val_loss_curves.png (validation loss during training, final runs, mean over seeds)."""
+def _panels(names: list[str], draw, path: Path) -> Path:
+    """One figure, a panel per task (``draw(ax, name)``), saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary["tasks"])
-    written = []
-    if not names:
-        return written
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
-        task = summary["tasks"][name]
+        draw(ax, name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
+    """tuning_curves.png (validation metric vs learning rate), test_metrics.png (test mean ± std at the
+    chosen rate), val_loss_curves.png (validation loss during training, final runs, mean over seeds)."""
+    tasks = summary["tasks"]
+
+    def tuning(ax, name):
+        task = tasks[name]
         for method, entry in task["methods"].items():
             points = sorted((float(lr), v) for lr, v in entry["val_by_lr"].items() if v is not None)
             if points:
@@ -157,16 +163,9 @@ def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set(title=f"{name}: validation {task['metric']} vs learning rate (★ chosen)", xlabel="learning rate",
                ylabel=f"validation {task['metric']} (mean over tuning seeds)")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "tuning_curves.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        task = summary["tasks"][name]
+    def test_metric(ax, name):
+        task = tasks[name]
         methods = [m for m, e in task["methods"].items() if e["test"]["values"]]
         means = [task["methods"][m]["test"]["mean"] for m in methods]
         stds = [task["methods"][m]["test"]["std"] for m in methods]
@@ -174,35 +173,27 @@ def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
                color=["tab:gray" if m == BASELINE else "tab:blue" for m in methods])
         if task["majority"] is not None:
             ax.axhline(task["majority"], color="black", linestyle=":", label="majority class")
-            ax.legend(fontsize=7)
         if means:
             ax.set_ylim(max(0.0, min(means) - 0.05), min(1.0, max(means) + 0.05))
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set(title=f"{name}: test {task['metric']} at the chosen lr (mean ± std)", ylabel=task["metric"])
-    fig.tight_layout()
-    written.append(out / "test_metrics.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for method, entry in summary["tasks"][name]["methods"].items():
+    def val_loss(ax, name):
+        for method, entry in tasks[name]["methods"].items():
             if entry["chosen_lr"] is None:
                 continue
             chosen = f"{entry['chosen_lr']:.3g}"
-            curves = [{int(p[0]): p[1] for p in r["val_curve"]} for r in ledger_records[name, method]
-                      if f"{r['lr']:.3g}" == chosen and r["val_curve"]]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if steps:
-                ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], label=method)
+            curve = mean_curve([{int(p[0]): p[1] for p in r["val_curve"]} for r in ledger_records[name, method]
+                                if f"{r['lr']:.3g}" == chosen and r["val_curve"]])
+            if curve:
+                ax.plot(*zip(*curve), label=method)
         ax.set(title=f"{name}: validation loss at the chosen lr", xlabel="step", ylabel="validation loss")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "val_loss_curves.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    return written
+
+    names = list(tasks)
+    if not names:
+        return []
+    return [_panels(names, draw, out / file) for draw, file in
+            ((tuning, "tuning_curves.png"), (test_metric, "test_metrics.png"), (val_loss, "val_loss_curves.png"))]
 
 
 def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,

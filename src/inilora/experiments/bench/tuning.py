@@ -82,6 +82,12 @@ def win_rate(method: dict[int, float], baseline: dict[int, float], higher_is_bet
     return wins / len(seeds)
 
 
+def mean_curve(curves: list[dict[int, float]]) -> list[tuple[int, float]]:
+    """(step, mean value) over the steps every curve (``{step: value}``) logged."""
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
+
+
 def curve_auc(curve: list[tuple[int, float]]) -> float:
     """Area under a (step, value) curve by the trapezoid rule, divided by the steps it covers: the
     curve's mean level, so runs of different lengths compare."""

@@ -12,7 +12,7 @@ import math
 import statistics
 
 from .schedule import Protocol, stage
-from .tuning import ValScore, curve_auc, holm, steps_to_reach, win_rate
+from .tuning import ValScore, curve_auc, holm, mean_curve, steps_to_reach, win_rate
 
 BASELINE = "lora"
 # the comparisons that carry the verdict, fixed before any tuned run was read: (method, reference), by benchmark
@@ -57,9 +57,15 @@ def _curve(run: dict, kind: str) -> list[tuple[int, float]]:
 
 
 def _mean_curve(runs: list[dict], kind: str) -> list[tuple[int, float]]:
-    curves = [dict(_curve(r, kind)) for r in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
+    return mean_curve([dict(_curve(r, kind)) for r in runs])
+
+
+def mean_difference(test: dict, reference: dict) -> float | None:
+    """The mean paired difference of two ``summary.json`` test entries over the seeds both have."""
+    own, ref = dict(zip(test["seeds"], test["values"])), dict(zip(reference.get("seeds", []),
+                                                                  reference.get("values", [])))
+    seeds = sorted(set(own) & set(ref))
+    return statistics.fmean(own[s] - ref[s] for s in seeds) if seeds else None
 
 
 def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) -> dict[str, dict]:
@@ -107,11 +113,11 @@ def declared_verdict(methods: dict[str, dict]) -> list[dict]:
             continue
         a, b = methods[method]["test"], methods[reference]["test"]
         own, ref = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
-        seeds = sorted(set(own) & set(ref))
-        diff = statistics.fmean(own[s] - ref[s] for s in seeds) if seeds else math.nan
+        diff = mean_difference(a, b)
         name = f"{method} vs {reference}"
         raw[name] = paired_p(own, ref)
-        rows.append({"comparison": name, "diff_mean": diff, "n": len(seeds), "p": raw[name]})
+        rows.append({"comparison": name, "diff_mean": math.nan if diff is None else diff,
+                     "n": len(set(own) & set(ref)), "p": raw[name]})
     adjusted = holm(raw)
     for row in rows:
         row["p_holm"] = adjusted[row["comparison"]]

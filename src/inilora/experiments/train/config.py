@@ -14,6 +14,7 @@ from ..models import DTYPES
 from ..peft_peers import PEERS
 
 REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
+FIT_SETTINGS = ("solver", "fit_steps")  # what only a method with a fit (inilora) reads
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 TRAIN_INFO = "inilora_train.json"  # what a run folder records for `inilora eval`
@@ -111,7 +112,7 @@ class TrainConfig:
             if meta["check"] and not skip and not meta["check"].accept(value):
                 raise ValueError(f"{f.name} must be {meta['check'].rule}, got {value!r}.")
         if not has_fit(self.method):
-            for name in ("solver", "fit_steps"):
+            for name in FIT_SETTINGS:
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}={getattr(self, name)!r} sets inilora's fit; method {self.method!r} has "
                                      "no fit, so it would be ignored (drop it, or use --method inilora).")
@@ -125,8 +126,8 @@ class TrainConfig:
         without a fit hold ``solver: "adam"`` for every method: it meant nothing there and is dropped."""
         saved = dict(saved)
         if not has_fit(saved.get("method", cls.method)):
-            saved.pop("solver", None)
-            saved.pop("fit_steps", None)
+            for name in FIT_SETTINGS:
+                saved.pop(name, None)
         return cls(**saved)
 
     def to_dict(self) -> dict:
@@ -144,16 +145,6 @@ class RunResult:
     validation: dict = field(default_factory=dict)  # {metric, loss, n} on the validation split, at the end
     val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, loss, accuracy)
     predictions: list = field(default_factory=list)  # per held-out example: class index or generated answer
-
-    @classmethod
-    def from_saved(cls, saved: dict) -> "TrainConfig":
-        """A config as a run folder recorded it. Folders written before the solver was refused for methods
-        without a fit hold ``solver: "adam"`` for every method: it meant nothing there and is dropped."""
-        saved = dict(saved)
-        if not has_fit(saved.get("method", cls.method)):
-            saved.pop("solver", None)
-            saved.pop("fit_steps", None)
-        return cls(**saved)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -185,8 +185,13 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         metrics, predictions = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_eval)
         val = {}
         if encoded_val:
-            val_metrics, _ = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_val)
-            val = {"metric": val_metrics.get(task.metric), "loss": val_metrics["eval_loss"], "n": len(encoded_val)}
+            last = curve[-1] if curve else None
+            if task.kind == "classification" and last and last[0] == trainer.state.global_step:
+                val = {"metric": last[2], "loss": last[1]}  # the evaluation at the last step already scored it
+            else:  # exact match needs the greedy decoding, which the evaluations during training skip
+                val_metrics, _ = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_val)
+                val = {"metric": val_metrics.get(task.metric), "loss": val_metrics["eval_loss"]}
+            val["n"] = len(encoded_val)
     metrics["n_train"] = len(encoded_train)
     metrics["steps"] = int(trainer.state.global_step)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
