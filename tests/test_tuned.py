@@ -62,3 +62,23 @@ def test_the_tuned_preset_follows_the_protocol_of_the_issue():
         assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5
     assert all(suite.validation for suite in suites)
     assert sum(m.startswith("peft:") for m in methods) >= 3 and methods[0] == "lora"
+
+
+def test_the_first_methods_run_on_every_task_before_the_rest(tmp_path):
+    suites = [bench.Suite(name, "minilm", task="reviews", validation=True) for name in ("a", "b")]
+    methods = ("lora", "milora", "inilora:svd")
+    adapter = Protocol((1e-4, 1e-3), tune_seeds=(0,), final_seeds=(0, 1))
+    ledger = tuned.Ledger(tmp_path, suites, methods, {"a": "x", "b": "y"})
+    todo, total = tuned.pending(ledger, suites, methods, adapter, adapter, set(), first=("lora", "inilora:svd"))
+    order = [(spec.suite.name, spec.method) for spec in todo]
+    assert order == [("a", "lora")] * 2 + [("a", "inilora:svd")] * 2 + [("b", "lora")] * 2 + \
+        [("b", "inilora:svd")] * 2 + [("a", "milora")] * 2 + [("b", "milora")] * 2
+    assert total == 6 * 3  # each (task, method): 2 grid runs + 1 more final seed
+    plain, _ = tuned.pending(ledger, suites, methods, adapter, adapter, set())
+    assert [(s.suite.name, s.method) for s in plain][:6] == [("a", "lora")] * 2 + [("a", "milora")] * 2 + \
+        [("a", "inilora:svd")] * 2
+    first = tuned.first_methods("tuned")
+    _, preset_methods = bench.preset("tuned")
+    assert set(first) <= set(preset_methods) and {"lora", "inilora:svd", "pissa", "inilora-alpha",
+                                                  "inilora-beta"} <= set(first)
+    assert sum(m.startswith("peft:") for m in first) >= 3

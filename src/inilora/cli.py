@@ -323,7 +323,8 @@ def _bench_tuned(args, suites, methods, out) -> int:
     else:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,
-                           command=command, log=lambda line: print(line, file=sys.stderr, flush=True))
+                           command=command, log=lambda line: print(line, file=sys.stderr, flush=True),
+                           first=tuned.first_methods("tuned"))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(Path(out, "results.md").read_text())
     print(f"written: {out}/summary.json, {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in

@@ -29,6 +29,12 @@ def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:
     return (Protocol(tuple(tuning["lr_grid"]), **shared), Protocol(tuple(tuning["full_lr_grid"]), **shared))
 
 
+def first_methods(name: str = "tuned") -> tuple[str, ...]:
+    """The methods a preset runs on every task before any other method starts (``[tuning] first``): the
+    ones its declared verdict needs, so a benchmark stopped midway has the verdict's rows on every task."""
+    return tuple(_read_preset_file(name)["tuning"].get("first", ()))
+
+
 def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmark rows of one suite: its methods, then full fine-tuning when the suite runs it."""
     return (*methods, *([FULL] if suite.full is not None else []))
@@ -65,26 +71,33 @@ class Ledger:
 
 
 def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapter: Protocol, full: Protocol,
-            skip: set) -> tuple[list[RunSpec], int]:
-    """(the runs the stages ask for now, in priority order: suite, then method, then grid order; an
-    estimate of how many runs the whole benchmark needs)."""
+            skip: set, first: tuple[str, ...] = ()) -> tuple[list[RunSpec], int]:
+    """(the runs the stages ask for now, in priority order: the ``first`` methods on every suite, then the
+    rest; within each, suite, then method, then grid order; an estimate of how many runs the whole
+    benchmark needs)."""
     todo, total = [], 0
-    for suite in suites:
-        for method in rows_of(suite, methods):
-            protocol = full if method == FULL else adapter
-            finished = ledger.scores[suite.name, method]
-            now = stage(protocol, finished)
-            planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
-            total += max(planned, len(finished) + len(now.missing))
-            todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
-                     if (suite.name, method, lr, seed) not in skip]
+    for method_first in (True, False) if first else (False,):
+        for suite in suites:
+            for method in rows_of(suite, methods):
+                if first and (method in first) != method_first:
+                    continue
+                protocol = full if method == FULL else adapter
+                finished = ledger.scores[suite.name, method]
+                now = stage(protocol, finished)
+                planned = len(now.grid) * len(protocol.tune_seeds) + \
+                    len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+                total += max(planned, len(finished) + len(now.missing))
+                todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
+                         if (suite.name, method, lr, seed) not in skip]
     return todo, total
 
 
 def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol, full: Protocol,
-        jobs: int = 2, threads: int = 1, command: str = "", log=print, progress: bool = True) -> dict:
+        jobs: int = 2, threads: int = 1, command: str = "", log=print, progress: bool = True,
+        first: tuple[str, ...] = ()) -> dict:
     """Run the tuned benchmark until every (task, method) has its final seeds (or a run failed), then
-    write its report. Returns the report's summary."""
+    write its report. ``first``: methods to run on every suite before the others (:func:`first_methods`).
+    Returns the report's summary."""
     import multiprocessing
 
     from tqdm.auto import tqdm
@@ -95,7 +108,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     out = Path(out)
     digests = {suite.name: suite.data_digest() for suite in suites}
     ledger = Ledger(out, suites, methods, digests)
-    todo, total = pending(ledger, suites, methods, adapter, full, set())
+    todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
     done_before = sum(len(v) for v in ledger.scores.values())
     log(f"tuned benchmark: about {total} runs, {done_before} already done; {jobs} process(es) x {threads} "
         f"thread(s); results in {out}")
@@ -108,7 +121,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(threads,),
                              max_tasks_per_child=1) as pool:
         while True:
-            todo, total = pending(ledger, suites, methods, adapter, full, attempted)
+            todo, total = pending(ledger, suites, methods, adapter, full, attempted, first)
             bar.total = max(total, bar.n)
             for spec in todo[:max(0, jobs - len(in_flight))]:
                 attempted.add((spec.suite.name, spec.method, spec.lr, spec.seed))
