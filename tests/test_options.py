@@ -101,7 +101,7 @@ def test_cache_key_hashes_exactly_the_solver_settings():
     adam = InitOptions(adam=AdamSchedule(steps=9)).solver_settings()
     assert adam == {"steps": 9, "lr": 5e-4, "lr_decay": 0.9, "lr_decay_every": 5_000, "early_stop_tol": None,
                     "early_stop_every": 500}
-    assert InitOptions(solver="svd_randomized").solver_settings() == {"oversample": 64, "niter": 6}
+    assert InitOptions(solver="svd_randomized").solver_settings() == {"oversample": 32, "niter": 60}
     assert InitOptions(solver="svd").solver_settings() == {}
 
 

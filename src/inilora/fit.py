@@ -5,7 +5,8 @@
 - :func:`fit_adam_published` — the published loop, one matrix, autograd, ``loss.item()`` every step:
   the reference the batched solver is tested and benchmarked against.
 - :func:`fit_svd` / :func:`fit_svd_randomized` — the closed-form optimum (Eckart–Young), factored
-  with √S on both sides (from the Gram eigendecomposition / a randomized range finder).
+  with √S on both sides, from subspace iteration with a convergence check (1e-8 of the relative error;
+  ``svd_randomized``: 1e-5 × the optimum, from a per-layer seeded start), else the Gram eigendecomposition.
 """
 
 from __future__ import annotations
@@ -102,11 +103,12 @@ SUBSPACE_EXTRA = 32  # block columns beyond r: the energy converges at (σ_{r+33
 SUBSPACE_MAX_ITER = 60  # then the full eigendecomposition
 SUBSPACE_MIN_SIDE = 4  # the iteration pays when the block is at most 1/4 of the smaller side
 CLOSED_FORM_TOL = 1e-8  # target excess of the relative error over the optimum (the guarantee is 1e-7)
+RANDOMIZED_TOL = 1e-5  # svd_randomized's target: error / optimum ≤ 1 + 1e-5 (estimated from the iteration)
 
 
-def _energy_converged(energies: list[float], total: float, tol: float) -> bool:
+def _energy_converged(energies: list[float], total: float, tol: float, relative: bool = False) -> bool:
     """Whether the top-r Ritz energy has converged so that ``‖W − W_Q‖/‖W‖`` is within ``tol`` of the
-    optimum. Subspace iteration raises the energy monotonically and geometrically, so the remaining
+    optimum (``relative``: within ``tol`` × the optimum). Subspace iteration raises the energy monotonically and geometrically, so the remaining
     deficit is estimated from the last increment and the contraction of the last two; an energy that
     stopped moving (at fp32 rounding) is converged too."""
     if len(energies) < 3:
@@ -120,32 +122,35 @@ def _energy_converged(energies: list[float], total: float, tol: float) -> bool:
     deficit = increment * contraction / (1 - contraction)
     error = math.sqrt(max(total - energies[-1], 0.0) / total)
     # ‖W − W_Q‖ − ‖W − W_r‖ ≈ deficit / (2 ‖W‖ ‖W − W_Q‖) in units of ‖W‖
-    return deficit <= 2 * tol * error * total
+    return deficit <= 2 * tol * error * total * (error if relative else 1.0)
 
 
-def top_singular_triplets(M: Tensor, r: int, tol: float = CLOSED_FORM_TOL,
-                          max_iter: int = SUBSPACE_MAX_ITER) -> tuple[Tensor, Tensor, Tensor] | None:
+def top_singular_triplets(M: Tensor, r: int, tol: float = CLOSED_FORM_TOL, max_iter: int = SUBSPACE_MAX_ITER,
+                          extra: int = SUBSPACE_EXTRA, generator: torch.Generator | None = None,
+                          relative: bool = False, best_effort: bool = False) -> tuple[Tensor, Tensor, Tensor] | None:
     """Top-r singular triplets ``(U, S, V)`` of ``M (m × n)`` with ``M V = U diag(S)``, by subspace
-    iteration with a Rayleigh–Ritz step on a block of ``r + 32`` columns from a fixed-seed start;
-    None when the energy has not converged to ``tol`` within ``max_iter`` iterations, or when the
-    block is too wide for the iteration to beat a full eigendecomposition. Only the energy captured
-    by the top r directions has to converge, not each vector, so tiny gaps between singular values
-    do not slow it down (it is the gap after the block, ``σ_{r+33}/σ_r``, that matters)."""
+    iteration with a Rayleigh–Ritz step on a block of ``r + extra`` columns from a seeded random start
+    (``generator``, default a fixed seed); None when the energy has not converged to ``tol`` (of the
+    relative error; ``relative``: × the optimum) within ``max_iter`` iterations — ``best_effort``: the
+    last iterate instead — or when the block is too wide for the iteration to beat a full
+    eigendecomposition. Only the energy captured by the top r directions has to converge, not each
+    vector, so tiny gaps between singular values do not slow it down (it is the gap after the block,
+    ``σ_{r+extra+1}/σ_r``, that matters)."""
     m, n = M.shape
-    k = r + SUBSPACE_EXTRA
+    k = r + extra
     if k * SUBSPACE_MIN_SIDE > min(m, n):
         return None
     total = float(torch.linalg.vector_norm(M)) ** 2  # fp32 norm: no fp64 copy of M
     if total == 0:
         return None
-    start = torch.randn(m, k, generator=torch.Generator().manual_seed(0)).to(M)
+    start = torch.randn(m, k, generator=generator or torch.Generator().manual_seed(0)).to(M)
     Q, _ = torch.linalg.qr(M.T @ start)  # an orthonormal basis in M's row space
     energies = []
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         # Rayleigh–Ritz: the best rank-r approximation of M restricted to span(Q), in fp64
         Uy, Sy, Vyh = torch.linalg.svd((M @ Q).double(), full_matrices=False)
         energies.append(float(Sy[:r].square().sum()))
-        if _energy_converged(energies, total, tol):
+        if _energy_converged(energies, total, tol, relative) or best_effort and iteration == max_iter - 1:
             V = Q.double() @ Vyh[:r].T
             return Uy[:, :r].to(M), Sy[:r].to(M), V.to(M)
         Q, _ = torch.linalg.qr(M.T @ Uy.to(M))
@@ -185,14 +190,15 @@ def fit_svd(target: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
 
 
 def fit_svd_randomized(target: Tensor, r: int, oversample: int, niter: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Randomized range finder (Halko et al.) with ``niter`` power iterations, then an exact SVD of the
-    small projected matrix. Seeded, so the same call gives the same factors."""
-    target = target.float()
-    k = min(r + oversample, *target.shape)
-    omega = torch.randn(target.shape[1], k, generator=generator).to(target)
-    Q, _ = torch.linalg.qr(target @ omega)
-    for _ in range(niter):
-        Q, _ = torch.linalg.qr(target.T @ Q)
-        Q, _ = torch.linalg.qr(target @ Q)
-    Ub, S, Vh = torch.linalg.svd(Q.T @ target, full_matrices=False)
-    return split_singular_triplets((Q @ Ub)[:, :r], S[:r], Vh[:r], 1.0)
+    """The closed form's subspace iteration (:func:`top_singular_triplets`) from a seeded random block of
+    ``r + oversample`` columns, stopped as soon as the error is estimated within ``RANDOMIZED_TOL`` × the
+    optimum (instead of 1e-8 absolute), or after ``niter`` iterations; a matrix too small for a block
+    that wide gets the exact triplets. Seeded, so the same call gives the same factors."""
+    T = target.float()
+    wide = T.shape[0] < T.shape[1]
+    M = T.T if wide else T
+    triplets = top_singular_triplets(M, r, RANDOMIZED_TOL, niter, oversample, generator, relative=True,
+                                     best_effort=True)
+    U, S, V = triplets if triplets is not None else _top_eigh_triplets(M, r)
+    left, right = (V, U.T) if wide else (U, V.T)
+    return split_singular_triplets(left, S, right, 1.0)
