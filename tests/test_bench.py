@@ -157,3 +157,7 @@ def test_the_quick_preset_gives_each_method_a_rate_from_the_tuned_grid():
     reviews = next(s for s in suites if s.task == "reviews")
     for method in methods:
         assert any(reviews.per_method[method]["lr"] == pytest.approx(lr) for lr in grid), method
+    # a learning rate given on the command line sets every method's, over the preset's own
+    overridden = bench.with_overrides(reviews, lr=6e-4, n_train=None)
+    assert {bench.RunSpec(overridden, m, 0).config()["lr"] for m in methods} == {6e-4}
+    assert {bench.RunSpec(reviews, m, 0).config()["lr"] for m in methods} != {6e-4}

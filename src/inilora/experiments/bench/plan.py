@@ -200,15 +200,19 @@ def check_variant(name: str) -> None:
 
 
 def with_overrides(suite: Suite, **changes) -> Suite:
-    """A copy of ``suite`` with budget overrides (``n_train``, ``n_eval``; config keys go into config)."""
-    config_keys = {f.name for f in dataclasses.fields(Suite)}
+    """A copy of ``suite`` with budget overrides (``n_train``, ``n_eval``; config keys go into config and
+    win over the suite's per-method settings: ``--lr`` sets every method's rate)."""
+    suite_fields = {f.name for f in dataclasses.fields(Suite)}
     config = dict(suite.config)
     direct = {}
     for key, value in changes.items():
         if value is None:
             continue
-        if key in config_keys:
+        if key in suite_fields:
             direct[key] = value
         else:
             config[key] = value
-    return dataclasses.replace(suite, config=config, **direct)
+    overridden = {key for key, value in changes.items() if value is not None and key not in suite_fields}
+    per_method = {method: {k: v for k, v in settings.items() if k not in overridden}
+                  for method, settings in suite.per_method.items()}
+    return dataclasses.replace(suite, config=config, per_method=per_method, **direct)
