@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "results.json, results.md and PNG plots to --out and print the table. Rows name inilora's "
                        "solver: inilora:svd (closed form) and inilora:adam (the published Adam fit).")
     p.add_argument("--quick", action="store_true", help="the small preset: MiniLM x 1,000 reviews, lora vs "
-                   "inilora:svd vs pissa, each at its own learning rate, 3 seeds, about 5 minutes")
+                   "inilora:svd vs pissa, each at its own learning rate, 3 seeds, about 7 minutes on 2 cores")
     p.add_argument("--preset", choices=["full", "quick", "tuned"], help="a predefined benchmark (default: full). "
                    "tuned: every method at its own learning rate, chosen on a validation split carved from the "
                    "training data (a grid at 2 seeds, then 5 final seeds; --seeds and --lr do not apply); "
