@@ -60,3 +60,51 @@ def test_paired_p_agrees_with_scipy():
     a, b = {0: 0.7, 1: 0.72, 2: 0.69}, {0: 0.68, 1: 0.71, 2: 0.70}
     assert paired_p(a, b) == pytest.approx(stats.ttest_rel([0.7, 0.72, 0.69], [0.68, 0.71, 0.70]).pvalue)
     assert paired_p({0: 1.0}, {0: 0.0}) is None
+
+
+def test_item_level_bootstrap_separates_a_real_gap_from_one_example():
+    import random
+
+    from inilora.experiments.bench.verdict import paired_bootstrap_p
+
+    rng = random.Random(0)
+    base = {s: [rng.random() < 0.7 for _ in range(400)] for s in range(5)}
+    better = {s: [True if i < 60 else h for i, h in enumerate(hits)] for s, hits in base.items()}
+
+    def churn(hits):  # 10 wrong answers made right, 9 right ones made wrong: +1 example, much noise
+        wrong, right = [i for i, h in enumerate(hits) if not h][:10], [i for i, h in enumerate(hits) if h][:9]
+        return [not h if i in wrong or i in right else h for i, h in enumerate(hits)]
+
+    one_more = {s: churn(hits) for s, hits in base.items()}
+    assert paired_bootstrap_p(base, base) == 1.0
+    strong = paired_bootstrap_p(better, base)
+    assert strong < 0.01 and strong == paired_bootstrap_p(base, better)  # symmetric in its arguments
+    assert paired_bootstrap_p(one_more, base) > 0.3
+    assert paired_bootstrap_p(better, {7: base[0]}) is None  # no common seed
+
+
+def test_declared_verdict_reports_item_level_p_with_holm():
+    runs = _records("lora", 1e-3, 0.0, 0.02) + _records("inilora:svd", 3e-4, 0.05, 0.05) + \
+        _records("inilora-alpha", 1e-3, 0.0, 0.02)
+    methods = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "inilora:svd", "inilora-alpha")},
+                             "classification")
+    base = [i % 3 != 0 for i in range(300)]
+    hits = {"lora": {s: base for s in range(5)},
+            "inilora:svd": {s: [True] * 300 for s in range(5)},
+            "inilora-alpha": {s: base for s in range(5)}}
+    rows = {row["comparison"]: row for row in declared_verdict(methods, hits)}
+    assert rows["inilora:svd vs lora"]["p_items"] < 0.01 and rows["inilora-alpha vs lora"]["p_items"] == 1.0
+    for row in rows.values():
+        assert row["p_items_holm"] >= row["p_items"]
+    assert all(row["p_items"] is None for row in declared_verdict(methods))
+
+
+def test_example_hits_scores_classes_and_answers_and_refuses_a_length_mismatch():
+    from inilora.errors import DataError
+    from inilora.experiments.tasks import example_hits
+
+    rows = [{"label": 1}, {"label": 0}]
+    assert example_hits("classification", rows, [1, 1]) == [True, False]
+    assert example_hits("generation", [{"answer": " 42 "}, {"answer": "7"}], ["42", "8"]) == [True, False]
+    with pytest.raises(DataError, match="1 predictions for 2 examples"):
+        example_hits("classification", rows, [1])

@@ -68,6 +68,16 @@ def majority_rate(rows: list[dict]) -> float:
     return max(Counter(row["label"] for row in rows).values()) / len(rows) if rows else float("nan")
 
 
+def example_hits(kind: str, rows: list[dict], predictions: list) -> list[bool]:
+    """Whether each prediction is right: a predicted class index against the row's ``label``, or a greedy
+    answer against the row's ``answer`` (exact match after stripping), in the rows' order."""
+    if len(predictions) != len(rows):
+        raise DataError(f"{len(predictions)} predictions for {len(rows)} examples")
+    if kind == "classification":
+        return [int(p) == int(row["label"]) for p, row in zip(predictions, rows)]
+    return [p == row["answer"].strip() for p, row in zip(predictions, rows)]
+
+
 def split_off(rows: list[dict], n_held: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(rest, held): ``n_held`` rows chosen by a fixed seeded shuffle; both keep the rows' order."""
     order = list(range(len(rows)))

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from ..._io import write_json_atomic
-from ..tasks import majority_rate
+from ..tasks import example_hits, majority_rate
 from .schedule import Protocol
 from .tuning import mean_curve
 from .verdict import BASELINE, declared_verdict, mean_difference, summarize_task
@@ -36,6 +36,19 @@ def cpu_seconds_of(run: dict) -> float:
     return run["cpu_seconds"] if run.get("cpu_seconds") is not None else run["seconds"] * run.get("threads", 1)
 
 
+def final_hits(task, runs: list[dict], entries: dict[str, dict]) -> dict[str, dict[int, list[bool]]]:
+    """Per method and final seed, whether each test example was right (from the runs' stored predictions;
+    a method with a final run lacking them is left out)."""
+    hits: dict[str, dict[int, list[bool]]] = {}
+    for method, entry in entries.items():
+        chosen, seeds = entry["chosen_lr"], set(entry["test"]["seeds"])
+        finals = [r for r in runs if r["method"] == method and chosen is not None
+                  and f"{r['lr']:.3g}" == f"{chosen:.3g}" and r["seed"] in seeds]
+        if finals and all(r.get("predictions") for r in finals):
+            hits[method] = {r["seed"]: example_hits(task.kind, task.eval, r["predictions"]) for r in finals}
+    return hits
+
+
 def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str) -> tuple[dict, dict]:
     """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json)."""
     from .tuned import FULL, rows_of
@@ -52,7 +65,7 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
         entries = summarize_task(runs, chosen, task.kind)
         tasks[suite.name] = {"model": suite.model, "metric": task.metric, "majority": majority_rate(task.eval) if task.kind == "classification" else None,
                              "methods": entries}
-        declared[suite.name] = declared_verdict(entries)
+        declared[suite.name] = declared_verdict(entries, final_hits(task, runs, entries))
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
 
 
@@ -86,10 +99,13 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
                    else "" if entry["steps_to_lora_final"] is None else str(entry["steps_to_lora_final"])) + " | "
                 + ("–" if entry["val_loss_auc"] is None else f"{entry['val_loss_auc']:.3f}") + " |")
         if declared.get(name):
-            lines += ["", "Pre-declared comparisons (paired over seeds; Holm over this family):", "",
-                      "| comparison | seeds | Δ mean | p | p (Holm) |", "|---|---|---|---|---|"]
+            lines += ["", "Pre-declared comparisons (paired over seeds: t-test; paired over test examples: "
+                      "bootstrap, 10,000 resamples; each Holm-corrected over this family):", "",
+                      "| comparison | seeds | Δ mean | p (seeds) | p (seeds, Holm) | p (items) | p (items, Holm) |",
+                      "|---|---|---|---|---|---|---|"]
             lines += [f"| {row['comparison']} | {row['n']} | {row['diff_mean']:+.3f} | {_p(row['p'])} | "
-                      f"{_p(row['p_holm'])} |" for row in declared[name]]
+                      f"{_p(row['p_holm'])} | {_p(row.get('p_items'))} | {_p(row.get('p_items_holm'))} |"
+                      for row in declared[name]]
         lines.append("")
     return "\n".join(lines)
 

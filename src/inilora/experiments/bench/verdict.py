@@ -35,6 +35,30 @@ def paired_p(method: dict[int, float], reference: dict[int, float]) -> float | N
     return float(stats.ttest_rel([method[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
 
 
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def paired_bootstrap_p(method: dict[int, list[bool]], reference: dict[int, list[bool]],
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> float | None:
+    """Item-level two-sided p of the mean accuracy difference over the seeds both have, by a paired
+    bootstrap over test examples (the same resampled examples for every seed; fixed seed): how often a
+    resample's difference moves from the observed one by at least the observed one. It measures what the
+    seed-level t-test does not — the finite test set — and complements it. None without a common seed."""
+    import numpy as np
+
+    seeds = sorted(set(method) & set(reference))
+    if not seeds:
+        return None
+    per_example = np.mean([np.asarray(method[s], float) - np.asarray(reference[s], float) for s in seeds], axis=0)
+    observed = float(per_example.mean())
+    if not per_example.any():
+        return 1.0
+    rng = np.random.default_rng(0)
+    means = np.array([per_example[rng.integers(0, len(per_example), len(per_example))].mean()
+                      for _ in range(resamples)])
+    return float((np.sum(np.abs(means - observed) >= abs(observed)) + 1) / (resamples + 1))
+
+
 def _finals(runs: list[dict], protocol: Protocol) -> tuple[list[float], float | None, dict[str, float], list[dict]]:
     """(grid, chosen lr, mean validation metric per lr, the final runs at the chosen lr)."""
     finished = {(r["lr"], r["seed"]): ValScore(r["val"]["metric"], r["val"]["loss"]) for r in runs}
@@ -105,9 +129,12 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) 
     return methods
 
 
-def declared_verdict(methods: dict[str, dict]) -> list[dict]:
-    """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family."""
-    rows, raw = [], {}
+def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bool]]] | None = None) -> list[dict]:
+    """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family; with
+    ``hits`` (per method and final seed, whether each test example was right), also the item-level paired
+    bootstrap p (:func:`paired_bootstrap_p`), Holm-corrected the same way."""
+    hits = hits or {}
+    rows, raw, items = [], {}, {}
     for method, reference in DECLARED:
         if method not in methods or reference not in methods:
             continue
@@ -116,9 +143,12 @@ def declared_verdict(methods: dict[str, dict]) -> list[dict]:
         diff = mean_difference(a, b)
         name = f"{method} vs {reference}"
         raw[name] = paired_p(own, ref)
+        if method in hits and reference in hits:
+            items[name] = paired_bootstrap_p(hits[method], hits[reference])
         rows.append({"comparison": name, "diff_mean": math.nan if diff is None else diff,
-                     "n": len(set(own) & set(ref)), "p": raw[name]})
-    adjusted = holm(raw)
+                     "n": len(set(own) & set(ref)), "p": raw[name], "p_items": items.get(name)})
+    adjusted, adjusted_items = holm(raw), holm(items)
     for row in rows:
         row["p_holm"] = adjusted[row["comparison"]]
+        row["p_items_holm"] = adjusted_items.get(row["comparison"])
     return rows

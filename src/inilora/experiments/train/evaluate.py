@@ -14,7 +14,7 @@ import torch
 import inilora
 
 from .. import models
-from ..tasks import Task
+from ..tasks import Task, example_hits
 from .config import TRAIN_INFO, TrainConfig
 from .encode import collator, encode, train_features, trainer_class
 
@@ -58,7 +58,7 @@ def held_out_metrics(trainer, model, tokenizer, task: Task, cfg: TrainConfig, en
     answer_tokens = max(sum(1 for t in row["labels"] if t != -100) for row in encoded_eval)
     texts = greedy_answers(model, tokenizer, encoded_eval, cfg.eval_batch_size,
                            cfg.max_new_tokens or answer_tokens + 8)
-    hits = [text == row["answer"].strip() for text, row in zip(texts, encoded_eval)]
+    hits = example_hits(task.kind, encoded_eval, texts)
     metrics["exact_match"] = sum(hits) / max(1, len(hits))
     metrics["samples"] = [{"answer": row["answer"], "generated": text, "match": hit}
                           for text, row, hit in zip(texts[:5], encoded_eval, hits)]
