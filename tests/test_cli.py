@@ -167,3 +167,22 @@ def test_training_options_are_generated_from_train_config():
     helps = {a.dest: a.help for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     documented = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("help")]
     assert all(TrainConfig.__dataclass_fields__[name].metadata["help"] in helps[name] for name in documented)
+
+
+def test_deepspeed_s_no_gpu_notice_stays_off_stdout_in_inilora_s_programs():
+    """With DeepSpeed installed (the test extra), transformers' Trainer imports it and it warns on stdout that
+    no GPU was found — which broke `inilora eval --json`. The CLI and bench workers drop exactly that line."""
+    pytest.importorskip("deepspeed")
+    program = ("import sys; from inilora.experiments.quiet import drop_deepspeed_cpu_notice\n"
+               "if sys.argv[1] == 'quiet': drop_deepspeed_cpu_notice()\n"
+               "import transformers.trainer\n"
+               "from deepspeed.accelerator import get_accelerator; get_accelerator()\n"
+               "from deepspeed.utils import logger; logger.warning('another DeepSpeed warning')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("DS_ACCELERATOR", None)
+    runs = {mode: subprocess.run([sys.executable, "-c", program, mode], capture_output=True, text=True, env=env,
+                                 timeout=300) for mode in ("loud", "quiet")}
+    assert all(run.returncode == 0 for run in runs.values()), runs["quiet"].stderr[-2000:]
+    assert "Setting accelerator to CPU" in runs["loud"].stdout  # the line exists without the filter ...
+    assert "Setting accelerator to CPU" not in runs["quiet"].stdout  # ... and is dropped with it
+    assert "another DeepSpeed warning" in runs["quiet"].stdout  # DeepSpeed's other messages stay

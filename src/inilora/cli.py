@@ -338,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
 
+    from .experiments.quiet import drop_deepspeed_cpu_notice
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    drop_deepspeed_cpu_notice()
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         from transformers.utils import logging as hf_logging

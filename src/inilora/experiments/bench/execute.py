@@ -62,9 +62,12 @@ def _worker_init(threads: int) -> None:
 
     import transformers
 
+    from ..quiet import drop_deepspeed_cpu_notice
+
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("inilora").setLevel(logging.WARNING)
+    drop_deepspeed_cpu_notice()
     warnings.filterwarnings("ignore")
 
 
