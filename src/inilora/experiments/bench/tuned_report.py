@@ -103,7 +103,9 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
                       "bootstrap, 10,000 resamples; each Holm-corrected over this family):", "",
                       "| comparison | seeds | Δ mean | p (seeds) | p (seeds, Holm) | p (items) | p (items, Holm) |",
                       "|---|---|---|---|---|---|---|"]
-            lines += [f"| {row['comparison']} | {row['n']} | {row['diff_mean']:+.3f} | {_p(row['p'])} | "
+            lines += [f"| {row['comparison']} | {row['n']} | "
+                      + ("–" if row["diff_mean"] is None or math.isnan(row["diff_mean"]) else f"{row['diff_mean']:+.3f}")
+                      + f" | {_p(row['p'])} | "
                       f"{_p(row['p_holm'])} | {_p(row.get('p_items'))} | {_p(row.get('p_items_holm'))} |"
                       for row in declared[name]]
         lines.append("")
