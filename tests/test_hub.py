@@ -114,3 +114,43 @@ def test_cli_train_on_a_hub_model_without_network(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert last.startswith("inilora train: error: Cannot load hub model 'org/does-not-exist'")
     assert "the hub could not be reached" in last or "the hub answered" in last
+
+
+def test_an_unreachable_hub_is_found_in_seconds_not_after_retries(tmp_path, monkeypatch):
+    """The probe behind the fast failure: a repository not in the cache, and a hub host refusing connections
+    (a local port nothing listens on), gives the reason at once; a listening host, a cached repository, a
+    proxy or offline mode leave the load to transformers."""
+    import socket
+    import time
+
+    import huggingface_hub.constants as constants
+
+    from inilora._io import hub_unreachable
+
+    for variable in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # a port nothing listens on: the connection is refused
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    why = hub_unreachable("org/model")
+    assert why.startswith("the hub could not be reached (127.0.0.1: ") and "'org/model' is not in the local" in why
+    assert time.perf_counter() - start < 5
+    (tmp_path / "hub" / "models--org--model").mkdir(parents=True)
+    assert hub_unreachable("org/model") is None  # cached: the load may work offline
+    assert hub_unreachable("org/other") is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_unreachable("org/other") is None  # reached through a proxy: no direct probe
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable("org/other") is None
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert hub_unreachable("org/other") is None  # the host answers: the hub itself decides

@@ -38,6 +38,35 @@ def hub_failure(name: str, exc: BaseException) -> str:
     return f"the hub answered: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_unreachable(name: str) -> str | None:
+    """Why the hub cannot give ``name`` at all, found in at most a few seconds: it is not in the local hub
+    cache and the hub's host does not accept a connection — so a load fails at once instead of after
+    huggingface_hub's retries (about 23 s per file). None (let the load try) when the repository is in the
+    cache, offline mode is on (that fails fast by itself), a proxy is configured (the host is reached
+    through it, not directly), or the host answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    if (Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}").is_dir():
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return (f"the hub could not be reached ({host}: {exc.strerror or type(exc).__name__}) and {name!r} is not "
+                "in the local hub cache")
+    return None
+
+
 def cache_root() -> Path:
     """Where inilora keeps what it makes once (converted models, fitted factors): ``$INILORA_CACHE``
     or ``~/.cache/inilora``."""

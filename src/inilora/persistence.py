@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import hub_failure, is_hub_id
+from ._io import hub_failure, hub_unreachable, is_hub_id
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
@@ -164,6 +164,9 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    if why := hub_unreachable(repo_id):
+        raise AdapterLoadError(f"{repo_id!r} is no local folder and the hub adapter of that id cannot be "
+                               f"downloaded: {why}.")
     try:
         return Path(snapshot_download(repo_id, revision=revision))
     except (OSError, ValueError, HfHubHTTPError) as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import cache_root, hub_failure, is_hub_id
+from .._io import cache_root, hub_failure, hub_unreachable, is_hub_id
 from ..errors import ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,6 +117,8 @@ def resolve(model: str | os.PathLike, revision: str | None = None) -> Path | str
 def _from_pretrained(loader, model: str | os.PathLike, what: str, revision: str | None = None, **kwargs):
     """``loader.from_pretrained`` on the resolved model, every failure a one-line ``ModelError``."""
     source = resolve(model, revision)
+    if isinstance(source, str) and (why := hub_unreachable(source)):
+        raise ModelError(f"Cannot load hub model {source!r} ({what}): {why}.")
     try:
         return loader.from_pretrained(str(source), revision=revision, **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as exc:
