@@ -12,6 +12,7 @@ from peft import LoraConfig
 
 import inilora
 import tiny
+from conftest import tiny_model
 from inilora import cli
 from inilora.errors import AdapterLoadError, ModelError
 from inilora.experiments import models
@@ -143,6 +144,11 @@ def test_an_unreachable_hub_is_found_in_seconds_not_after_retries(tmp_path, monk
     (tmp_path / "hub" / "models--org--model").mkdir(parents=True)
     assert hub_unreachable("org/model") is None  # cached: the load may work offline
     assert hub_unreachable("org/other") is not None
+    untouched = tiny_model("llama")
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    with pytest.raises(AdapterLoadError, match="'org/other' is no local folder .* could not be reached"):
+        inilora.from_pretrained(untouched, "org/other")  # an adapter id takes the same probe
+    assert all(torch.equal(before[k], v) for k, v in untouched.state_dict().items())
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert hub_unreachable("org/other") is None  # reached through a proxy: no direct probe
     monkeypatch.delenv("HTTPS_PROXY")
