@@ -76,19 +76,15 @@ def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapt
     rest; within each, suite, then method, then grid order; an estimate of how many runs the whole
     benchmark needs)."""
     todo, total = [], 0
-    for method_first in (True, False) if first else (False,):
-        for suite in suites:
-            for method in rows_of(suite, methods):
-                if first and (method in first) != method_first:
-                    continue
-                protocol = full if method == FULL else adapter
-                finished = ledger.scores[suite.name, method]
-                now = stage(protocol, finished)
-                planned = len(now.grid) * len(protocol.tune_seeds) + \
-                    len(set(protocol.final_seeds) - set(protocol.tune_seeds))
-                total += max(planned, len(finished) + len(now.missing))
-                todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
-                         if (suite.name, method, lr, seed) not in skip]
+    rows = [(suite, method) for suite in suites for method in rows_of(suite, methods)]
+    for suite, method in sorted(rows, key=lambda row: row[1] not in first):  # stable: suite order kept
+        protocol = full if method == FULL else adapter
+        finished = ledger.scores[suite.name, method]
+        now = stage(protocol, finished)
+        planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+        total += max(planned, len(finished) + len(now.missing))
+        todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
+                 if (suite.name, method, lr, seed) not in skip]
     return todo, total
 
 
