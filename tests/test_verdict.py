@@ -108,3 +108,17 @@ def test_example_hits_scores_classes_and_answers_and_refuses_a_length_mismatch()
     assert example_hits("generation", [{"answer": " 42 "}, {"answer": "7"}], ["42", "8"]) == [True, False]
     with pytest.raises(DataError, match="1 predictions for 2 examples"):
         example_hits("classification", rows, [1])
+
+
+def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
+    from inilora.experiments.bench.tuned_report import verdict_lines
+
+    rows = [{"comparison": "inilora:svd vs lora", "diff_mean": 0.012, "n": 5, "p_holm": 0.01, "p_items_holm": 0.2},
+            {"comparison": "inilora-alpha vs lora", "diff_mean": -0.02, "n": 5, "p_holm": 0.004, "p_items_holm": None},
+            {"comparison": "inilora-beta vs lora", "diff_mean": 0.03, "n": 5, "p_holm": 0.08, "p_items_holm": 0.01},
+            {"comparison": "inilora:svd vs pissa", "diff_mean": 0.05, "n": 2, "p_holm": 0.001, "p_items_holm": 0.001}]
+    lines = verdict_lines(rows, 5)
+    assert lines[0] == "- inilora:svd vs lora: +0.012 (Holm p 0.010 over seeds, 0.200 over test examples): better."
+    assert lines[1] == "- inilora-alpha vs lora: -0.020 (Holm p 0.004 over seeds): worse."
+    assert lines[2].endswith("no difference after correction.")  # seeds decide; items only complement
+    assert lines[3] == "- inilora:svd vs pissa: waiting for the final runs (2 of 5 paired seeds)."
