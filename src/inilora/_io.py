@@ -52,10 +52,11 @@ def hub_unreachable(name: str) -> str | None:
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
     if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in PROXY_VARIABLES):
         return None
-    if (Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}").is_dir():
+    if (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")).is_dir():
         return None
     endpoint = urlparse(constants.ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
