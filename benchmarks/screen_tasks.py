@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED, majority_rate
+from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED, majority_rate, rows_digest
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "results" / "tuned"
@@ -62,7 +62,7 @@ def describe(name: str, n_train: int) -> tuple[dict, object]:
     return {"task": name, "source": task.source, "classes": task.labels, "n_train_part": len(task.train),
             "n_test_part": len(task.eval), "n_screen_train": len(screen.train), "n_val": len(screen.eval),
             "majority_train": round(majority_rate(task.train), 4), "majority_val": round(majority_rate(screen.eval), 4),
-            "runs": {}}, screen
+            "data": rows_digest({"train": screen.train, "validation": screen.eval}), "runs": {}}, screen
 
 
 def run(task, lr: float, args) -> dict:
@@ -158,6 +158,11 @@ def main() -> None:
             save()
             continue
         entry = report["tasks"].setdefault(name, info)
+        if entry.get("data", info["data"]) != info["data"]:  # the split changed: its runs no longer count
+            entry.setdefault("superseded", []).append({"data": entry["data"], "runs": entry["runs"]})
+            entry["runs"] = {}
+            for stale in ("kept", "hopeless", "status", "why", "best_lr", "best_val_accuracy", "gain_over_majority"):
+                entry.pop(stale, None)
         entry.update({k: v for k, v in info.items() if k != "runs"})
         verdict(entry, args.margin)  # runs of an earlier sitting count
         for lr in args.lrs:

@@ -27,6 +27,14 @@ def inline_task(n: int = 30) -> dict:
     return {"name": "siqa", "examples": examples}
 
 
+def family_task(n_sentences: int = 30, reasons: int = 6) -> dict:
+    # winowhy's shape: one Winograd sentence with several candidate reasons, right or wrong
+    examples = [{"input": f"Sentence {s} about the city. The 'they' refers to person {s} because reason {k}.",
+                 "target_scores": {"correct": int(k % 2 == 0), "incorrect": int(k % 2 == 1)}}
+                for s in range(n_sentences) for k in range(reasons)]
+    return {"name": "winowhy", "examples": examples}
+
+
 def make_archive(path, tasks: dict) -> None:
     with tarfile.open(path, "w:gz") as tar:
         for folder, data in tasks.items():
@@ -84,6 +92,30 @@ def test_inline_choices_are_shuffled_numbered_options(root):
         i = re.search(r"person (\d+)", row["text"]).group(1)
         assert f"{row['label'] + 1}. right {i}\n" in row["text"]
         assert row["text"].count("\n") == 3  # three options, then the question
+
+
+def sentence(row: dict) -> int:
+    return int(re.match(r"Sentence (\d+) ", row["text"]).group(1))
+
+
+def test_a_family_of_examples_stays_in_one_split(tmp_path):
+    from inilora.experiments.tasks import carve_validation
+
+    archive = tmp_path / bigbench.ARCHIVE
+    make_archive(archive, {"winowhy": family_task()})
+    task = bigbench.load_bigbench("bb:winowhy", bigbench.unpack_archive(archive, tmp_path / "cache"))
+    assert len(task.train) + len(task.eval) == 180
+    # 20 % of 180 = 36 examples: whole families of 6 until reached, so exactly 6 sentences
+    assert {sentence(r) for r in task.train}.isdisjoint({sentence(r) for r in task.eval})
+    assert len(task.eval) == 36 and len({sentence(r) for r in task.eval}) == 6
+    trained, validation = carve_validation(task)  # 20 % of 144 = 29 rows: 5 whole families = 30
+    assert len(validation) == 30 and len(trained.train) == 114
+    assert {sentence(r) for r in trained.train}.isdisjoint({sentence(r) for r in validation})
+    ungrouped = [{k: v for k, v in row.items() if k != "group"} for row in task.train]
+    assert len(carve_validation(type(task)("t", "classification", ungrouped, task.eval, task.labels))[1]) == 29
+    with pytest.raises(DataError, match="does not match its family pattern"):
+        bigbench.to_examples({"examples": [{"input": "No pronoun here.", "target_scores": {"correct": 1, "incorrect": 0}}]},
+                             bigbench.BIGBENCH_TASKS["winowhy"])
 
 
 def test_bad_inputs_name_the_problem(root, tmp_path, monkeypatch):

@@ -14,7 +14,11 @@ is dropped. A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.d
 - examples whose text occurs twice are kept once (and dropped when the copies disagree), so that no text is in
   both splits; the test split is a fixed set chosen by a hash of each text (independent of the file's order),
   ``TEST_FRACTION`` of the task, at most ``MAX_TEST`` examples; the rest is the training split, from which a
-  benchmark carves its validation split.
+  benchmark carves its validation split;
+- a task whose examples come in families (``group``: winowhy gives each Winograd sentence with about ten
+  candidate reasons) splits whole families: the rows carry ``"group"``, the hash is the family's, and
+  :func:`~inilora.experiments.tasks.carve_validation` keeps families whole too, so no sentence is seen in
+  training and scored in validation or test.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -48,16 +53,19 @@ class BigBenchSpec:
     choices: str = "fixed"  # "fixed": the answers are the classes; "inline": numbered options in the text
     n_choices: int | None = None  # inline: keep the examples that offer exactly this many answers
     metric: str = "accuracy"
+    group: str | None = None  # a regex whose first group is the family an example belongs to (split together)
 
 
 # name -> spec: every BIG-bench task the project knows, defined once
 BIGBENCH_TASKS: dict[str, BigBenchSpec] = {
     name: BigBenchSpec(name) for name in (
         "movie_dialog_same_or_different", "formal_fallacies_syllogisms_negation", "logical_fallacy_detection",
-        "winowhy", "strategyqa", "epistemic_reasoning", "play_dialog_same_or_different", "sports_understanding",
+        "strategyqa", "epistemic_reasoning", "play_dialog_same_or_different", "sports_understanding",
         "navigate", "vitaminc_fact_verification", "hyperbaton")
 } | {name: BigBenchSpec(name, choices="inline", n_choices=3) for name in ("timedial", "social_iqa")} | {
-    "fact_checker_fever": BigBenchSpec("fact_checker/fever")}
+    "fact_checker_fever": BigBenchSpec("fact_checker/fever"),
+    # "<Winograd sentence> The 'they' refers to <candidate> because <reason>": the sentence is the family
+    "winowhy": BigBenchSpec("winowhy", group=r"^(.*?)\s*The '[^']*' refers to ")}
 PREFIX = "bb:"  # task names: "bb:winowhy"
 
 
@@ -173,7 +181,20 @@ def to_examples(data: dict, spec: BigBenchSpec) -> tuple[list[dict], list[str]]:
                 rows.append({"text": options + text, "label": answers.index(right)})
     else:
         raise DataError(f"Unknown choices mode {spec.choices!r}; use 'fixed' or 'inline'.")
-    return _deduplicate(rows), labels
+    rows = _deduplicate(rows)
+    if spec.group:
+        _add_groups(rows, spec)
+    return rows, labels
+
+
+def _add_groups(rows: list[dict], spec: BigBenchSpec) -> None:
+    pattern = re.compile(spec.group, re.S)
+    for row in rows:
+        match = pattern.match(row["text"])
+        if not match:
+            raise DataError(f"BIG-bench task {spec.task!r}: an example does not match its family pattern "
+                            f"{spec.group!r}: {row['text'][:80]!r}")
+        row["group"] = match.group(1)
 
 
 def _deduplicate(rows: list[dict]) -> list[dict]:
@@ -190,11 +211,19 @@ def _deduplicate(rows: list[dict]) -> list[dict]:
 
 
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(train, test): the test split is the ``TEST_FRACTION`` (at most ``MAX_TEST``) of the texts with the
-    smallest hashes, so it does not depend on the order of the examples; both keep the file's order."""
+    """(train, test): the test split is the ``TEST_FRACTION`` (at most ``MAX_TEST``) of the examples whose text
+    (family, for rows with a ``"group"``) has the smallest hashes, whole families until it is reached, so it does
+    not depend on the order of the examples; both keep the file's order."""
     n_test = min(MAX_TEST, max(1, round(TEST_FRACTION * len(rows))))
-    by_hash = sorted(range(len(rows)), key=lambda i: hashlib.sha256(rows[i]["text"].encode()).hexdigest())
-    test = set(by_hash[:n_test])
+    key = [row.get("group", row["text"]) for row in rows]
+    members: dict[str, list[int]] = {}
+    for i, k in enumerate(key):
+        members.setdefault(k, []).append(i)
+    test: set[int] = set()
+    for k in sorted(members, key=lambda k: hashlib.sha256(k.encode()).hexdigest()):
+        if len(test) >= n_test:
+            break
+        test.update(members[k])
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 

@@ -61,6 +61,14 @@ class Task:
         self.metric = "accuracy" if self.kind == "classification" else "exact_match"
 
 
+def rows_digest(parts: dict) -> str:
+    """A short hash of named lists of examples (and labels): runs made on other data are redone."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def majority_rate(rows: list[dict]) -> float:
     """The accuracy of always answering the most frequent class of ``rows`` (classification rows)."""
     from collections import Counter
@@ -79,10 +87,28 @@ def example_hits(kind: str, rows: list[dict], predictions: list) -> list[bool]:
 
 
 def split_off(rows: list[dict], n_held: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(rest, held): ``n_held`` rows chosen by a fixed seeded shuffle; both keep the rows' order."""
+    """(rest, held): ``n_held`` rows chosen by a fixed seeded shuffle; both keep the rows' order. Rows that
+    carry a ``"group"`` (a family of examples, e.g. one sentence with several candidate reasons) are held out
+    in whole families, shuffled by the same seed, until at least ``n_held`` rows are held."""
+    if any("group" in row for row in rows):
+        return _split_off_groups(rows, n_held, seed)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = set(order[:n_held])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def _split_off_groups(rows: list[dict], n_held: int, seed: int) -> tuple[list[dict], list[dict]]:
+    members: dict = {}
+    for i, row in enumerate(rows):
+        members.setdefault(row.get("group", ("row", i)), []).append(i)
+    families = list(members.values())
+    random.Random(seed).shuffle(families)
+    held: set[int] = set()
+    for family in families:
+        if len(held) >= n_held:
+            break
+        held.update(family)
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
@@ -90,7 +116,7 @@ def _subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     """The first ``n`` rows of a fixed seeded shuffle (so a smaller budget is a subset of a larger one)."""
     if n is None or n >= len(rows):
         return rows
-    return split_off(rows, n, seed)[1]
+    return split_off(rows, n, seed)[1][:n]  # whole families may overshoot n: trim (the rest is unused)
 
 
 def carve_validation(task: "Task", n_train: int | None = None, fraction: float = VAL_FRACTION,
