@@ -82,3 +82,49 @@ def test_the_first_methods_run_on_every_task_before_the_rest(tmp_path):
     assert set(first) <= set(preset_methods) and {"lora", "inilora:svd", "pissa", "inilora-alpha",
                                                   "inilora-beta"} <= set(first)
     assert sum(m.startswith("peft:") for m in first) >= 3
+
+
+def _complete_results() -> dict:
+    """A results.json content meeting issue 13's must-show: 4 MiniLM tasks and both SmolLM2 tasks, every
+    adapter method on a 4-rate grid over 30x at 2 seeds, 5 final seeds, a Holm p, 3 PEFT peers."""
+    grid, chosen = [2e-4, 6e-4, 2e-3, 6e-3], 6e-4
+    methods = ["lora", "inilora:svd", "peft:olora", "peft:gaussian", "peft:lora_ga"]
+    tasks, runs = {}, []
+    for name, model in [("reviews", "minilm"), ("a", "minilm"), ("b", "minilm"), ("c", "minilm"),
+                        ("chain_sum", "smollm2"), ("gsm_symbolic", "smollm2")]:
+        entries = {}
+        for method in methods:
+            runs += [{"task": name, "method": method, "lr": lr, "seed": s} for lr in grid for s in (0, 1)]
+            runs += [{"task": name, "method": method, "lr": chosen, "seed": s} for s in (2, 3, 4)]
+            p = None if method == "lora" else 0.5
+            entries[method] = {"lr_grid": grid, "chosen_lr": chosen, "val_by_lr": {},
+                               "test": {"seeds": [0, 1, 2, 3, 4], "p_holm": p}}
+        tasks[name] = {"model": model, "methods": entries}
+    return {"summary": {"command": "inilora bench --preset tuned", "cpu_hours": 1.0, "tasks": tasks}, "runs": runs}
+
+
+def test_the_must_show_check_lists_exactly_what_is_missing(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from check_tuned import PLOTS, unmet
+
+    for plot in PLOTS:
+        (tmp_path / plot).write_bytes(b"png")
+    results = _complete_results()
+    readme = " ".join(f"**{name}**" for name in results["summary"]["tasks"])
+    assert unmet(results, tmp_path, readme) == []
+    results["runs"] = [r for r in results["runs"] if not (r["task"] == "a" and r["method"] == "peft:olora"
+                                                          and r["lr"] == 2e-4 and r["seed"] == 1)]
+    results["summary"]["tasks"]["b"]["methods"]["inilora:svd"]["test"]["seeds"] = [0, 1, 2, 3]
+    del results["summary"]["tasks"]["gsm_symbolic"]
+    results["summary"]["tasks"]["c"]["methods"]["lora"]["lr_grid"] = [2e-4, 6e-4, 2e-3, 5.9e-3]
+    (tmp_path / PLOTS[0]).unlink()
+    assert unmet(results, tmp_path, readme) == [
+        "task gsm_symbolic has no runs yet",
+        "a / peft:olora: 1 rate(s) with < 2 tuning seeds (0.0002)", "a: 2 complete PEFT peer(s), needs >= 3",
+        "b / inilora:svd: 4 of 5 final seeds",
+        "c / lora: grid [0.0002, 0.0006, 0.002, 0.0059]: needs >= 4 rates over >= 30x",
+        "c / lora: 1 rate(s) with < 2 tuning seeds (0.0059)",
+        f"plot {PLOTS[0]} missing"]
