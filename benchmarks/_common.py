@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
+MODEL_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2"}  # as the README writes them
 
 
 def load(model_name: str, device: str, dtype: str):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import untuned_readme
+
 from inilora.experiments.bench.tuned_report import README_BEGIN, README_END, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ def _tuned(results: dict) -> str:
 
 BLOCKS = {
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
+    "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
 }
 
 
