@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import TARGETS, load, lora_config, measure, target_weights  # noqa: E402
+from _common import MODEL_NAMES, TARGETS, load, lora_config, measure, target_weights  # noqa: E402
 
 CELLS = ("adam-batched", "published-loop", "adam-early-stop", "svd", "svd-randomized", "peft-pissa",
          "peft-pissa_niter_4")
@@ -210,6 +210,24 @@ def rescore(runs: list, work: Path, args) -> list:
     return runs
 
 
+def by_column(runs: list) -> dict:
+    """``{(model, rank): {cell: run}}``, sorted by model and rank."""
+    columns: dict = {}
+    for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
+        columns.setdefault((run["model"], run["rank"]), {})[run["cell"]] = run
+    return columns
+
+
+def speedup(cells: dict, cell: str) -> float | None:
+    """How many times faster ``cell`` is than the published loop on the same model and rank."""
+    return cells["published-loop"]["seconds"] / cells[cell]["seconds"] if "published-loop" in cells else None
+
+
+def vs_pissa(cells: dict, cell: str) -> float | None:
+    """``cell``'s time over PEFT's own ``pissa`` init of the same layers."""
+    return cells[cell]["seconds"] / cells["peft-pissa"]["seconds"] if "peft-pissa" in cells else None
+
+
 def markdown(data: dict) -> str:
     """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
     lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
@@ -221,20 +239,55 @@ def markdown(data: dict) -> str:
         lines += [f"### {device}, {dtype}", "",
                   "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
                   "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
-        for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
-            same = [o for o in runs if o["model"] == run["model"] and o["rank"] == run["rank"]]
-            ref = {o["cell"]: o["seconds"] for o in same}
-            speedup = f"{ref['published-loop'] / run['seconds']:.2f}×" if "published-loop" in ref else "-"
-            vs_pissa = f"{run['seconds'] / ref['peft-pissa']:.2f}" if "peft-pissa" in ref else "-"
-            gap = run.get("max_error_gap_vs_batched")
-            gap = "-" if gap is None else f"{gap:.1e}"
-            if "max_abs_factor_diff_vs_batched" in run:
-                gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
-            wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
-            lines.append(f"| {run['model']} | {run['rank']} | {run['cell']} | {wall} | {speedup} | "
-                         f"{vs_pissa} | {run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | "
-                         f"{gap} |")
+        for cells in by_column(runs).values():
+            for cell, run in cells.items():
+                up, pissa = speedup(cells, cell), vs_pissa(cells, cell)
+                gap = run.get("max_error_gap_vs_batched")
+                gap = "-" if gap is None else f"{gap:.1e}"
+                if "max_abs_factor_diff_vs_batched" in run:
+                    gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
+                wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
+                lines.append(f"| {run['model']} | {run['rank']} | {cell} | {wall} | "
+                             f"{'-' if up is None else f'{up:.2f}×'} | {'-' if pissa is None else f'{pissa:.2f}'} | "
+                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:,.0f}" if seconds >= 100 else f"{seconds:.2g}"
+
+
+def _small(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str:
+    """The README's summary of one (device, dtype): a column per model and rank, a row per way of fitting."""
+    columns = by_column([run for run in data["runs"] if run["device"] == device and run["dtype"] == dtype])
+    sampled = "–".join(str(n) for n in sorted({cells["published-loop"]["sampled"] for cells in columns.values()}))
+    timed = lambda cells, cell: f"{_seconds(cells[cell]['seconds'])} — {speedup(cells, cell):.2g}×"
+    rows = {
+        f"published loop, 20k steps (s; timed on {sampled} matrices per model, scaled)":
+            lambda c: _seconds(c["published-loop"]["seconds"]),
+        "`adam` batched, 20k steps (s) — speed-up": lambda c: timed(c, "adam-batched"),
+        "batched vs published: error gap / largest factor difference":
+            lambda c: f"{_small(c['published-loop']['max_error_gap_vs_batched'])} / "
+                      f"{_small(c['published-loop']['max_abs_factor_diff_vs_batched'])}",
+        "`adam`, `early_stop_tol=1e-7` (s) — speed-up — error gap":
+            lambda c: f"{timed(c, 'adam-early-stop')} — {_small(c['adam-early-stop']['max_error_gap_vs_batched'])}",
+        "`svd` (s) — time / PEFT `pissa` — error / optimum":
+            lambda c: f"{c['svd']['seconds']:.2f} — {vs_pissa(c, 'svd'):.2f} — {c['svd']['max_ratio']:.7f}",
+        "`svd_randomized` (s) — error / optimum":
+            lambda c: f"{c['svd-randomized']['seconds']:.2f} — {c['svd-randomized']['max_ratio']:.7f}",
+        "PEFT `pissa_niter_4` (s) — error / optimum":
+            lambda c: f"{c['peft-pissa_niter_4']['seconds']:.2f} — {c['peft-pissa_niter_4']['max_ratio']:.4f}",
+        "peak memory rise / model size: `adam` batched, `svd`":
+            lambda c: f"{c['adam-batched']['peak_rise_fraction']:.2f}, {c['svd']['peak_rise_fraction']:.2f}",
+    }
+    lines = ["| | " + " | ".join(f"{MODEL_NAMES[model]} r={r}" for model, r in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(cell(cells) for cells in columns.values()) + " |" for label, cell in rows.items()]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import fit_benchmark
 import untuned_readme
 
 from inilora.experiments.bench.tuned_report import README_BEGIN, README_END, readme_block
@@ -36,6 +37,7 @@ def _tuned(results: dict) -> str:
 BLOCKS = {
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
+    "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
 }
 
 
