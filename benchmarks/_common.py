@@ -38,6 +38,14 @@ def target_weights(model, model_name: str) -> dict:
             if n.endswith(suffixes) and hasattr(m, "weight")}
 
 
+def bound(x: float) -> str:
+    """``x`` rounded *up* to two significant figures, for a README's "within x" (1.14e-05 -> 1.2e-5)."""
+    import math
+
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return f"{math.ceil(round(x / scale, 9)) * scale:.1e}".replace("e-0", "e-")
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
