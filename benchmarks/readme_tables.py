@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import fit_benchmark
+import quant_error
 import scale_7b
 import untuned_readme
 
@@ -39,6 +40,7 @@ BLOCKS = {
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
+    "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
 }
 
