@@ -39,6 +39,7 @@ def _tuned(results: dict) -> str:
 BLOCKS = {
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
+    "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
