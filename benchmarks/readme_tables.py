@@ -41,6 +41,7 @@ BLOCKS = {
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
+    "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
 }
