@@ -288,7 +288,8 @@ def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str
     }
     lines = ["| | " + " | ".join(f"{MODEL_NAMES[model]} r={r}" for model, r in columns) + " |",
              "|---|" + "---|" * len(columns)]
-    lines += [f"| {label} | " + " | ".join(cell(cells) for cells in columns.values()) + " |" for label, cell in rows.items()]
+    lines += [f"| {label} | " + " | ".join(cell(cells) for cells in columns.values()) + " |"
+              for label, cell in rows.items()]
     return "\n".join(lines)
 
 
@@ -325,7 +326,8 @@ def readme_reading(data: dict, scale: dict) -> str:
     every = lambda cell: [cells[cell] for cells in columns.values()]
     svd_worst = max(run["max_ratio"] for run in every("svd"))
     niter = every("peft-pissa_niter_4")
-    randomized_over_niter = [c["svd-randomized"]["seconds"] / c["peft-pissa_niter_4"]["seconds"] for c in columns.values()]
+    randomized_over_niter = [cells["svd-randomized"]["seconds"] / cells["peft-pissa_niter_4"]["seconds"]
+                             for cells in columns.values()]
     at_7b = [ratio["svd_randomized / pissa_niter_4"] for ratio in scale["ratios_vs_peft"].values()]
     gaps = {column: cells["published-loop"]["max_error_gap_vs_batched"] for column, cells in columns.items()}
     worst = max(gaps, key=gaps.get)
@@ -359,7 +361,8 @@ def readme_reading(data: dict, scale: dict) -> str:
         stop_minilm=_span([up for (model, _), up in stop.items() if model == "minilm"], ".0f"),
         stop_gap_minilm=bound(max(cells["adam-early-stop"]["max_error_gap_vs_batched"]
                                   for (model, _), cells in columns.items() if model == "minilm")),
-        stop_smollm2_8=stop["smollm2", 8], stop_short_smollm2_8=_small(columns["smollm2", 8]["adam-early-stop"]["max_ratio"] - 1),
+        stop_smollm2_8=stop["smollm2", 8],
+        stop_short_smollm2_8=_small(columns["smollm2", 8]["adam-early-stop"]["max_ratio"] - 1),
         stop_smollm2_32=stop["smollm2", 32], solver_memory=solver_memory,
         pissa_memory=_span([run["peak_rise_fraction"] for run in every("peft-pissa")], ".2f"))
 

@@ -77,7 +77,8 @@ def readme_table(result: dict) -> str:
             blocks = f"first {row['blocks']} blocks, " if row.get("blocks") else ""
             covered.setdefault(f"{blocks}{row['summary']['targets']}", []).append(method)
         *named, (most, _) = sorted(covered.items(), key=lambda item: len(item[1]))
-        scope = "; ".join([f"{', '.join(ms)}: {layers}" for layers, ms in named] + [f"others: {most}" if named else most])
+        scope = "; ".join([f"{', '.join(ms)}: {layers}" for layers, ms in named]
+                          + [f"others: {most}" if named else most])
         cells = [" → ".join(f"{mean:.{README_DIGITS.get(m, 4)}f}" for mean in rows[m]["summary"]["mean"])
                  if m in rows else "–" for m in methods]
         lines.append(f"| {MODEL_NAMES[model]} {'q/v' if targets == 'qv' else targets} ({scope}) | "

@@ -89,7 +89,8 @@ def reading(results: dict, fit: dict) -> str:
     for run in results["runs"]:
         for metric in ("accuracy", "exact_match", "eval_loss"):
             if metric in run["metrics"]:
-                values.setdefault((run["task"], row_name(run["method"]), metric), {})[run["seed"]] = run["metrics"][metric]
+                key = (run["task"], row_name(run["method"]), metric)
+                values.setdefault(key, {})[run["seed"]] = run["metrics"][metric]
 
     def test(task: str, method: str, other: str, metric: str) -> dict:
         return paired_test(values[task, method, metric], values[task, other, metric], metric != "eval_loss")
@@ -99,9 +100,10 @@ def reading(results: dict, fit: dict) -> str:
         return all(mine[seed] > theirs[seed] for seed in theirs)
 
     reviews, chain, gsm = by_task["reviews"], by_task["chain_sum"], by_task["gsm_symbolic"]
-    matches = {(m, seed): v for (task, m, metric), seeds in values.items() if (task, metric) == ("gsm_symbolic", "exact_match")
-               for seed, v in seeds.items() if v}
-    _holds(len(matches) == 1 and next(iter(matches))[0] == "milora", "gsm_symbolic exact match: one MiLoRA seed above 0")
+    matches = {(m, seed): v for (task, m, metric), seeds in values.items()
+               if (task, metric) == ("gsm_symbolic", "exact_match") for seed, v in seeds.items() if v}
+    _holds(len(matches) == 1 and next(iter(matches))[0] == "milora",
+           "gsm_symbolic exact match: one MiLoRA seed above 0")
     fits = [reviews[m]["accuracy_vs_lora"] for m in ("inilora:svd", "inilora:adam")]
     _holds(all(t["verdict"] != "better" for t in fits), "neither IniLoRA fit is better than LoRA on reviews")
     pissa = reviews["pissa"]["accuracy_vs_lora"]
@@ -119,13 +121,16 @@ def reading(results: dict, fit: dict) -> str:
            "IniLoRA-β is the best method on chain_sum")
     _holds(all(gsm[m]["eval_loss_vs_lora"]["verdict"] == "better" for m in RESIDUAL),
            "every residual method ends with a lower gsm_symbolic loss than LoRA")
-    steps = {run["metrics"]["steps"] for run in results["runs"] if run["task"] == "gsm_symbolic" and run["method"] != "base"}
+    steps = {run["metrics"]["steps"] for run in results["runs"]
+             if run["task"] == "gsm_symbolic" and run["method"] != "base"}
     svd_vs_pissa_gsm = test("gsm_symbolic", "inilora:svd", "pissa", "eval_loss")
-    _holds(svd_vs_pissa_gsm["verdict"] == "worse" and every_seed_above("gsm_symbolic", "inilora:svd", "pissa", "eval_loss"),
+    _holds(svd_vs_pissa_gsm["verdict"] == "worse"
+           and every_seed_above("gsm_symbolic", "inilora:svd", "pissa", "eval_loss"),
            "the closed-form IniLoRA is worse than PiSSA on gsm_symbolic on every seed")
-    fits_p = [test(task, "inilora:svd", "inilora:adam", metric)["p"] for task, entry in results["summary"].items()
-              for metric in entry["metrics"]
-              if len(set(values[task, "inilora:svd", metric].values()) | set(values[task, "inilora:adam", metric].values())) > 1]
+    fits_p = [test(task, "inilora:svd", "inilora:adam", metric)["p"]  # where the metric varies at all
+              for task, entry in results["summary"].items() for metric in entry["metrics"]
+              if len({*values[task, "inilora:svd", metric].values(),
+                      *values[task, "inilora:adam", metric].values()}) > 1]
     _holds(min(fits_p) >= 0.05, "no paired difference between the two fits reaches p < 0.05")
     faster = [cells["adam-batched"]["seconds"] / cells["svd"]["seconds"] for cells in
               by_column([run for run in fit["runs"] if (run["device"], run["dtype"]) == ("cpu", "float32")]).values()]
@@ -134,7 +139,8 @@ def reading(results: dict, fit: dict) -> str:
         milora_match=next(iter(matches.values())), svd_accuracy=reviews["inilora:svd"]["accuracy"][0],
         adam_accuracy=reviews["inilora:adam"]["accuracy"][0], fits_vs_lora_p=min(t["p"] for t in fits),
         pissa_gain=100 * pissa["diff_mean"], pissa_p=pissa["p"], svd_vs_pissa_p=svd_vs_pissa["p"],
-        alpha_seed=alpha_seed, alpha_low=alpha[alpha_seed], beta_low=values["reviews", "inilora-beta", "accuracy"][alpha_seed],
+        alpha_seed=alpha_seed, alpha_low=alpha[alpha_seed],
+        beta_low=values["reviews", "inilora-beta", "accuracy"][alpha_seed],
         beta_gain=100 * beta["diff_mean"], beta_p=beta["p"], gsm_steps="/".join(str(n) for n in sorted(steps)),
         svd_gsm=gsm["inilora:svd"]["eval_loss"][0], pissa_gsm=gsm["pissa"]["eval_loss"][0],
         svd_vs_pissa_gsm_p=svd_vs_pissa_gsm["p"], fits_p_low=min(fits_p), fits_p_high=max(fits_p),

@@ -35,7 +35,8 @@ def _tables():
 @pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
 def test_every_generated_readme_block_is_regenerated_from_its_committed_source(name):
     readme = (ROOT / "README.md").read_text()
-    assert _tables().regenerated(readme, name) == readme, f"README block {name} is stale: run python benchmarks/readme_tables.py"
+    assert _tables().regenerated(readme, name) == readme, \
+        f"README block {name} is stale: run python benchmarks/readme_tables.py"
 
 
 def test_the_tuned_block_shows_what_the_file_holds():
