@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
+MODEL_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2"}  # as the README writes them
 
 
 def load(model_name: str, device: str, dtype: str):
@@ -35,6 +36,14 @@ def target_weights(model, model_name: str) -> dict:
     suffixes = tuple(TARGETS[model_name])
     return {n: m.weight.detach().float().clone() for n, m in model.named_modules()
             if n.endswith(suffixes) and hasattr(m, "weight")}
+
+
+def bound(x: float) -> str:
+    """``x`` rounded *up* to two significant figures, for a README's "within x" (1.14e-05 -> 1.2e-5)."""
+    import math
+
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return f"{math.ceil(round(x / scale, 9)) * scale:.1e}".replace("e-0", "e-")
 
 
 def _status_kib(field: str) -> int:

@@ -53,6 +53,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_NAMES = {"inilora-alpha": "inilora-α", "inilora-beta": "inilora-β"}
+README_DIGITS = {"inilora-alpha": 2, "inilora-beta": 2}  # ratios of 2-20: more digits say nothing
+
+
+def readme_table(result: dict) -> str:
+    """The README's view: a row per model and targets, a column per method, the mean ratio over targets (and for
+    the refitted method, after each refit). A row whose methods covered different layers says which covered what."""
+    from _common import MODEL_NAMES
+
+    methods = [m for m, _ in RUNS]
+    refits = max(row["quant_iters"] for row in result["rows"])
+    header = [README_NAMES.get(m, m) for m in methods]
+    header[methods.index(REFIT)] = (f"{REFIT} (svd), after {' and '.join(str(i) for i in range(1, refits + 1))} "
+                                    "LoftQ refits")
+    lines = ["| model, targets | " + " | ".join(header) + " |", "|---|" + "---|" * len(methods)]
+    groups: dict = {}
+    for row in result["rows"]:
+        groups.setdefault((row["model"], row["targets"]), {})[row["method"]] = row
+    for (model, targets), rows in groups.items():
+        covered: dict = {}  # which layers each method ran on -> the methods
+        for method, row in rows.items():
+            blocks = f"first {row['blocks']} blocks, " if row.get("blocks") else ""
+            covered.setdefault(f"{blocks}{row['summary']['targets']}", []).append(method)
+        *named, (most, _) = sorted(covered.items(), key=lambda item: len(item[1]))
+        scope = "; ".join([f"{', '.join(ms)}: {layers}" for layers, ms in named]
+                          + [f"others: {most}" if named else most])
+        cells = [" → ".join(f"{mean:.{README_DIGITS.get(m, 4)}f}" for mean in rows[m]["summary"]["mean"])
+                 if m in rows else "–" for m in methods]
+        lines.append(f"| {MODEL_NAMES[model]} {'q/v' if targets == 'qv' else targets} ({scope}) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"])

@@ -1,9 +1,13 @@
-"""The README's first example runs as written (in a fresh process, on a tiny model built from a config)."""
+"""The README's first example runs as written (in a fresh process, on a tiny model built from a config), and every
+generated block of figures equals what benchmarks/readme_tables.py renders from the committed results."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,16 +25,68 @@ def test_the_first_readme_example_runs(tmp_path):
     assert (tmp_path / "adapter-lora" / "adapter_model.safetensors").is_file()
 
 
-def test_the_tuned_results_in_the_readme_are_regenerated_from_the_committed_file():
-    import json
-
+def _tables():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from readme_tables import regenerated
+    import readme_tables
 
+    return readme_tables
+
+
+@pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
+def test_every_generated_readme_block_is_regenerated_from_its_committed_source(name):
+    readme = (ROOT / "README.md").read_text()
+    assert _tables().regenerated(readme, name) == readme, \
+        f"README block {name} is stale: run python benchmarks/readme_tables.py"
+
+
+def test_the_tuned_block_shows_what_the_file_holds():
     readme = (ROOT / "README.md").read_text()
     results = json.loads((ROOT / "results" / "tuned" / "results.json").read_text())
-    assert regenerated(readme, results) == readme, "run: python benchmarks/readme_tables.py"
-    for task in results["summary"]["tasks"].values():  # and the block shows what the file holds
+    for task in results["summary"]["tasks"].values():
         for method, entry in task["methods"].items():
             if entry["chosen_lr"] is not None:
                 assert f"| {method} | {entry['chosen_lr']:.3g} | {entry['test']['mean']:.3f} ± " in readme
+
+
+def _fit_cell(fit, model, rank, cell):
+    return next(r for r in fit["runs"] if (r["model"], r["rank"], r["cell"], r["device"]) == (model, rank, cell, "cpu"))
+
+
+CHANGES = {  # block -> (change one number in its loaded sources, a row the README then shows)
+    "fit-benchmark": (lambda fit: _fit_cell(fit, "minilm", 8, "adam-batched").update(seconds=90.9),
+                      "| `adam` batched, 20k steps (s) — speed-up | 91 — 3.3× | 121 — 2.8× |"),
+    "fit-reading": (lambda fit, scale: _fit_cell(fit, "minilm", 8, "adam-batched").update(seconds=90.9),
+                    "— 3.3–7.3× faster at r = 8 and 2.8× at r = 32"),
+    "untuned-results": (lambda full: full["summary"]["reviews"]["rows"]["lora"].update(accuracy=[0.5, 0.01]),
+                        "| lora | 0.500 ± 0.010 | 0.100 ± 0.010 |"),
+    "scale-7b": (lambda scale, fit: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=1.111),
+                 "| 4096×4096 | 1.11 s | 0.23 s |"),
+    "quant-error": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.5),
+                    "| MiniLM q/v (12) | 1.0000 | 0.5000 | 1.0000 |"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_a_changed_number_in_a_source_changes_its_readme_block(name):
+    tables = _tables()
+    readme = (ROOT / "README.md").read_text()
+    change, row = CHANGES[name]
+    sources = tables.load_sources(name)
+    assert row not in readme
+    change(*sources)
+    fresh = tables.regenerated(readme, name, sources)
+    assert row in fresh and fresh != readme
+    begin, end = tables.markers(name)  # only that block changed
+    assert fresh[:fresh.index(begin)] == readme[:readme.index(begin)]
+    assert fresh[fresh.index(end):] == readme[readme.index(end):]
+
+
+def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
+    tables = _tables()
+    readme = (ROOT / "README.md").read_text()
+    full, fit = tables.load_sources("untuned-reading")
+    for run in full["runs"]:  # PiSSA no longer above LoRA on every seed
+        if (run["task"], run["method"], run["seed"]) == ("reviews", "pissa", 2):
+            run["metrics"]["accuracy"] = 0.70
+    with pytest.raises(ValueError, match="PiSSA gains on every seed"):
+        tables.regenerated(readme, "untuned-reading", [full, fit])
