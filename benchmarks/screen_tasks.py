@@ -111,6 +111,11 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"| {entry['majority_val']:.3f} | {entry.get('best_val_accuracy', float('nan')):.3f} "
                      f"| {entry.get('best_lr', float('nan')):g} | {lrs} | {entry.get('cpu_seconds', 0):.0f} "
                      f"| {entry.get('status', 'not run')} | {entry.get('why', 'not run')} |")
+    for entry in report["tasks"].values():
+        for old in entry.get("superseded", []):
+            lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in old["runs"].items())
+            lines += ["", f"Set aside: {entry['task']}'s runs on an earlier split (data {old['data']}; now "
+                          f"{entry['data']}), not counted: {lrs}."]
     lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
               f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
     path.write_text("\n".join(lines) + "\n")

@@ -15,7 +15,7 @@ is dropped. A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.d
   both splits; the test split is a fixed set chosen by a hash of each text (independent of the file's order),
   ``TEST_FRACTION`` of the task, at most ``MAX_TEST`` examples; the rest is the training split, from which a
   benchmark carves its validation split;
-- a task whose examples come in families (``group``: winowhy gives each Winograd sentence with about ten
+- a task whose examples come in families (``group``: winowhy gives each Winograd sentence with 6 to 15
   candidate reasons) splits whole families: the rows carry ``"group"``, the hash is the family's, and
   :func:`~inilora.experiments.tasks.carve_validation` keeps families whole too, so no sentence is seen in
   training and scored in validation or test.
