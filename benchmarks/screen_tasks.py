@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,11 +30,9 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatas
 
 def provenance() -> dict:
     """The code's commit, whether the work tree differed from it, and the package versions."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True).stdout.strip()
+    from inilora.experiments.provenance import git_state
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "packages": {name: importlib.metadata.version(name) for name in PACKAGES}}
+    return {**git_state(str(HERE)), "packages": {name: importlib.metadata.version(name) for name in PACKAGES}}
 
 
 def load(name: str):

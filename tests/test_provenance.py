@@ -13,14 +13,20 @@ def _git(repo, *args):
 def test_git_state_tracks_commit_and_dirty(tmp_path):
     _git(tmp_path, "init", "-q")
     (tmp_path / "a.txt").write_text("one")
-    _git(tmp_path, "add", "a.txt")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    _git(tmp_path, "add", "a.txt", "results/r.json")
     _git(tmp_path, "commit", "-qm", "first")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert git_state(str(tmp_path)) == {"commit": head, "dirty": False}
     (tmp_path / "untracked.txt").write_text("not part of the tree")
+    (tmp_path / "results" / "r.json").write_text('{"runs": 1}')  # a benchmark writing its results: not code
     assert git_state(str(tmp_path))["dirty"] is False
+    assert git_state(str(tmp_path / "sub"))["dirty"] is False  # asked from a subfolder: the whole checkout
     (tmp_path / "a.txt").write_text("two")
     assert git_state(str(tmp_path)) == {"commit": head, "dirty": True}
+    assert git_state(str(tmp_path / "sub"))["dirty"] is True
 
 
 def test_git_state_outside_a_checkout(tmp_path):

@@ -13,12 +13,14 @@ PACKAGES = ("inilora", "torch", "transformers", "peft", "accelerate", "tokenizer
 
 def git_state(directory: str | None = None) -> dict:
     """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding this package (None
-    outside a git checkout, e.g. an installed wheel). Untracked files do not count as dirty."""
+    outside a git checkout, e.g. an installed wheel). Untracked files do not count as dirty, nor do changes
+    under ``results/`` (what benchmarks write while they run: data, not code)."""
     where = directory or str(Path(__file__).resolve().parent)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                 ":(top,exclude)results"], cwd=where,
                                 capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
