@@ -19,6 +19,7 @@ from typing import Callable
 import fit_benchmark
 import quant_error
 import scale_7b
+import timings
 import untuned_readme
 
 from inilora.experiments.bench.tuned_report import README_BEGIN, README_END, readme_block
@@ -44,6 +45,7 @@ BLOCKS = {
     "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
+    "test-suite": Block(("results/test_suite.json",), timings.suite_paragraph),
 }
 
 

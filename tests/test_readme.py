@@ -32,6 +32,18 @@ def _tables():
     return readme_tables
 
 
+@pytest.mark.parametrize("record", ["results/quick/make_quick.json", "results/test_suite.json"])
+def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
+    _tables()
+    import timings
+
+    copy = json.loads((ROOT / record).read_text())
+    markdown = (ROOT / copy["copied_from"]).read_text()
+    assert timings.markdown_figures(markdown) == pytest.approx(timings.copied_figures(copy))
+    retimed = re.sub(r"^(\s*real\s+)(\d+)m", lambda m: f"{m[1]}{int(m[2]) + 1}m", markdown, flags=re.M)
+    assert retimed != markdown and timings.markdown_figures(retimed) != pytest.approx(timings.copied_figures(copy))
+
+
 @pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
 def test_every_generated_readme_block_is_regenerated_from_its_committed_source(name):
     readme = (ROOT / "README.md").read_text()
@@ -63,6 +75,7 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
                  "| 4096×4096 | 1.11 s | 0.23 s |"),
     "quant-error": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.5),
                     "| MiniLM q/v (12) | 1.0000 | 0.5000 | 1.0000 |"),
+    "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
 }
 
 
