@@ -75,6 +75,8 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
                  "| 4096×4096 | 1.11 s | 0.23 s |"),
     "quant-error": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.5),
                     "| MiniLM q/v (12) | 1.0000 | 0.5000 | 1.0000 |"),
+    "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
+                  "installing included: 8 min 20 s, of which 386 s"),
     "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
 }
 
@@ -103,3 +105,23 @@ def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
             run["metrics"]["accuracy"] = 0.70
     with pytest.raises(ValueError, match="PiSSA gains on every seed"):
         tables.regenerated(readme, "untuned-reading", [full, fit])
+
+
+def _tuned_lora(tuned):
+    return tuned["summary"]["tasks"]["reviews"]["methods"]["lora"]
+
+
+REFUSALS = {  # block -> (a change to its loaded sources that makes its words false, the claim the error names)
+    "quick-run": (lambda quick, at_tuned_lr, tuned, timing: _tuned_lora(tuned).update(chosen_lr=0.002),
+                  "the rate the tuned benchmark chose"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_a_block_refuses_figures_that_no_longer_fit_its_words(name):
+    tables = _tables()
+    change, claim = REFUSALS[name]
+    sources = tables.load_sources(name)
+    change(*sources)
+    with pytest.raises(ValueError, match=claim):
+        tables.regenerated((ROOT / "README.md").read_text(), name, sources)
