@@ -18,6 +18,7 @@ from typing import Callable
 
 import fit_benchmark
 import quant_error
+import quant_finetune
 import quick_readme
 import scale_7b
 import timings
@@ -45,6 +46,8 @@ BLOCKS = {
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
     "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
+    "quant-finetune": Block(("results/quant_finetune.json",), quant_finetune.readme_reading),
+    "quant-reading": Block(("results/quant_error.json",), quant_error.readme_reading),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
     "quick-run": Block(("results/quick/results.json", "results/quick/lora_at_tuned_lr/results.json",
                         "results/tuned/results.json", "results/quick/make_quick.json"), quick_readme.readme_block),
