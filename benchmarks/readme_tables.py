@@ -21,6 +21,7 @@ import quant_error
 import quant_finetune
 import quick_readme
 import scale_7b
+import sharded_fit
 import timings
 import untuned_readme
 
@@ -51,6 +52,7 @@ BLOCKS = {
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
     "quick-run": Block(("results/quick/results.json", "results/quick/lora_at_tuned_lr/results.json",
                         "results/tuned/results.json", "results/quick/make_quick.json"), quick_readme.readme_block),
+    "sharded-fit": Block(("results/sharded_fit.json",), sharded_fit.readme_paragraph),
     "test-suite": Block(("results/test_suite.json",), timings.suite_paragraph),
 }
 

@@ -78,6 +78,8 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
     "quant-reading": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.85),
                       "PiSSA and IniLoRA remove 7–15% of the 4-bit error"),
     "quant-finetune": (lambda data: data["summary"][0].update(eval_loss_mean=0.7), "QLoRA 0.7000 ± 0.0048"),
+    "sharded-fit": (lambda sharded: sharded["runs"]["2"][1].update(seconds=14.1),
+                    "Two processes fit SmolLM2-135M's q/v 1.92× faster than one"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
                   "installing included: 8 min 20 s, of which 386 s"),
     "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
@@ -117,6 +119,7 @@ def _tuned_lora(tuned):
 REFUSALS = {  # block -> (a change to its loaded sources that makes its words false, the claim the error names)
     "quant-reading": (lambda quant: quant["rows"][4]["summary"]["mean"].__setitem__(0, 0.9), "IniLoRA-α/β add error"),
     "quant-finetune": (lambda data: data["runs"][0].update(accuracy=0.7), "every run stays at the majority class"),
+    "sharded-fit": (lambda sharded: sharded["runs"]["2"][0].update(fitted_by_rank=[0]), "both processes fitted a share"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: _tuned_lora(tuned).update(chosen_lr=0.002),
                   "the rate the tuned benchmark chose"),
 }
