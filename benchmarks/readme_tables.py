@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import choosing_readme
 import fit_benchmark
 import quant_error
 import quant_finetune
@@ -41,6 +42,10 @@ def _tuned(results: dict) -> str:
 
 
 BLOCKS = {
+    "try-it": Block(("results/scale_7b.json", "results/fit_benchmark.json", "results/full/results.json"),
+                    choosing_readme.try_it),
+    "choosing": Block(("results/fit_benchmark.json", "results/scale_7b.json", "results/full/results.json",
+                       "results/quant_error.json"), choosing_readme.choosing),
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
