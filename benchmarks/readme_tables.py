@@ -18,6 +18,7 @@ from typing import Callable
 
 import choosing_readme
 import fit_benchmark
+import init_drift
 import quant_error
 import quant_finetune
 import quick_readme
@@ -44,6 +45,7 @@ def _tuned(results: dict) -> str:
 BLOCKS = {
     "try-it": Block(("results/scale_7b.json", "results/fit_benchmark.json", "results/full/results.json"),
                     choosing_readme.try_it),
+    "init-drift": Block(("results/init_drift.json",), init_drift.readme_block),
     "choosing": Block(("results/fit_benchmark.json", "results/scale_7b.json", "results/full/results.json",
                        "results/quant_error.json"), choosing_readme.choosing),
     "tuned-results": Block(("results/tuned/results.json",), _tuned),

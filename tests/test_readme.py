@@ -80,6 +80,7 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
     "quant-finetune": (lambda data: data["summary"][0].update(eval_loss_mean=0.7), "QLoRA 0.7000 ± 0.0048"),
     "sharded-fit": (lambda sharded: sharded["runs"]["2"][1].update(seconds=14.1),
                     "Two processes fit SmolLM2-135M's q/v 1.92× faster than one"),
+    "init-drift": (lambda drift: drift["rows"][1].update(max_layer_drift=3.3e-8), "| pissa | 3.3e-8 | 3.8e-6 / 1.3e-4 |"),
     "try-it": (lambda scale, fit, full: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
                "412 s for SmolLM2-135M's 60 on one CPU thread"),
     "choosing": (lambda fit, scale, full, quant: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=0.46),
@@ -121,6 +122,9 @@ def _tuned_lora(tuned):
 
 
 REFUSALS = {  # block -> (a change to its loaded sources that makes its words false, the claim the error names)
+    "init-drift": (lambda drift: next(row for row in drift["rows"] if (row["model"], row["dtype"], row["method"])
+                                      == ("smollm2", "bfloat16", "inilora")).update(max_output_diff=2.5),
+                   "outside bf16's noise"),
     "quant-reading": (lambda quant: quant["rows"][4]["summary"]["mean"].__setitem__(0, 0.9), "IniLoRA-α/β add error"),
     "quant-finetune": (lambda data: data["runs"][0].update(accuracy=0.7), "every run stays at the majority class"),
     "choosing": (lambda fit, scale, full, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
