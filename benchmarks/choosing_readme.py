@@ -62,9 +62,11 @@ def choosing(fit: dict, scale: dict, full: dict, quant: dict) -> str:
     """The list under "Choosing a method and solver" (``quant``: results/quant_error.json; the others as for
     ``try_it``): the closed form's error, the randomized solver's time against it at 7B shapes and on small layers."""
     columns = _cpu_columns(fit)
-    _holds(max(cells["svd"]["max_ratio"] for cells in columns.values()) - 1 <= 1e-7, "the closed form at the optimum to 1e-7")
+    _holds(max(cells["svd"]["max_ratio"] for cells in columns.values()) - 1 <= 1e-7,
+           "the closed form at the optimum to 1e-7")
     _holds(max(row["svd"]["seconds_median"] for row in scale["matrices"].values()) < 10, "seconds per layer")
-    at_7b = [row["svd_randomized"]["seconds_median"] / row["svd"]["seconds_median"] for row in scale["matrices"].values()]
+    at_7b = [row["svd_randomized"]["seconds_median"] / row["svd"]["seconds_median"]
+             for row in scale["matrices"].values()]
     small = [cells["svd-randomized"]["seconds"] / cells["svd"]["seconds"] for cells in columns.values()]
     _holds(max(at_7b) < 1, "svd_randomized faster than the closed form at 7B shapes")
     _holds(min(small) > max(at_7b), "on small layers svd_randomized gains less")

@@ -103,7 +103,8 @@ def readme_block(data: dict) -> str:
     if set(floors) != set(MODELS):
         raise ValueError(f"results/init_drift.json covers {sorted(floors)}, the README {MODELS}: reword README_TEXT in {__file__}")
     worst = lambda method, dtype, fp32: max(rows[m, dtype, method, fp32]["max_layer_drift"] for m in MODELS)
-    diffs = lambda method, dtype, fp32: " / ".join(_figure(rows[m, dtype, method, fp32]["max_output_diff"]) for m in MODELS)
+    diffs = lambda method, dtype, fp32: " / ".join(_figure(rows[m, dtype, method, fp32]["max_output_diff"])
+                                                   for m in MODELS)
     table = ["| method | fp32 drift | fp32 output diff MiniLM / SmolLM2 | bf16 drift | bf16 drift, `residual_fp32` | "
              "bf16 output diff MiniLM / SmolLM2 (fp32 residual) |", "|---|---|---|---|---|---|"]
     for method in methods:

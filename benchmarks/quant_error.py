@@ -102,7 +102,8 @@ def removed_share(result: dict) -> str:
     every model, widened to whole percents); the words around it are checked: they remove error, α/β add it."""
     import math
 
-    removed = [round(100 * (1 - ratio), 9) for ratio in _first_ratios(result, ("pissa", REFIT))]  # 15.000000000000002: 15
+    removed = [round(100 * (1 - ratio), 9)  # 15.000000000000002 is 15
+               for ratio in _first_ratios(result, ("pissa", REFIT))]
     _holds(min(removed) > 0, "PiSSA and IniLoRA remove part of the 4-bit error")
     _holds(min(_first_ratios(result, ("inilora-alpha", "inilora-beta"))) > 1, "IniLoRA-α/β add error")
     return f"{math.floor(min(removed))}–{math.ceil(max(removed))}%"

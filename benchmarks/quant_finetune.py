@@ -105,13 +105,15 @@ def readme_reading(data: dict) -> str:
     holds(len(seeds) == 1, "the same seeds for every 4-bit row")
     loss = {method: dict(zip(row["seeds"], row["eval_loss"])) for method, row in rows.items()}
     tests = {method: paired_test(loss[method], loss["lora"], higher_is_better=False) for method in METHODS[1:]}
-    holds(all(test["verdict"] == "within seed noise" for test in tests.values()), "no paired difference outside seed noise")
+    holds(all(test["verdict"] == "within seed noise" for test in tests.values()),
+          "no paired difference outside seed noise")
     steps = {math.ceil(run["n_train"] / (run["config"]["batch_size"] * run["config"]["grad_accum"]))
              * run["config"]["epochs"] for run in data["runs"]}
     holds(len(steps) == 1, "one budget for every run")
     shown = lambda method: f"{rows[method]['eval_loss_mean']:.4f} ± {rows[method]['eval_loss_std']:.4f}"
-    return READING.format(steps=f"{steps.pop():g}", seeds=len(seeds.pop()), lora=shown("lora"), inilora=shown("inilora"),
-                          pissa=shown("pissa"), inilora_p=tests["inilora"]["p"], pissa_p=tests["pissa"]["p"])
+    return READING.format(steps=f"{steps.pop():g}", seeds=len(seeds.pop()), lora=shown("lora"),
+                          inilora=shown("inilora"), pissa=shown("pissa"), inilora_p=tests["inilora"]["p"],
+                          pissa_p=tests["pissa"]["p"])
 
 
 def main() -> int:

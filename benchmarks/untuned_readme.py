@@ -102,7 +102,8 @@ def fit_p_values(results: dict) -> list[float]:
     values = run_values(results)
     fits_p = [_paired(values, task, "inilora:svd", "inilora:adam", metric)["p"]
               for task, entry in results["summary"].items() for metric in entry["metrics"]
-              if len({*values[task, "inilora:svd", metric].values(), *values[task, "inilora:adam", metric].values()}) > 1]
+              if len({*values[task, "inilora:svd", metric].values(),
+                      *values[task, "inilora:adam", metric].values()}) > 1]
     _holds(min(fits_p) >= 0.05, "no paired difference between the two fits reaches p < 0.05")
     return fits_p
 
