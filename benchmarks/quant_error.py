@@ -86,6 +86,47 @@ def readme_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _first_ratios(result: dict, methods: tuple[str, ...]) -> list[float]:
+    """The mean ratio of each row of ``methods``, for their own factors (before any refit)."""
+    return [row["summary"]["mean"][0] for row in result["rows"] if row["method"] in methods]
+
+
+def _holds(condition: bool, claim: str) -> None:
+    if not condition:
+        raise ValueError(f"results/quant_error.json no longer supports the README's words ({claim}): reword "
+                         f"READING or removed_share in {__file__}")
+
+
+def removed_share(result: dict) -> str:
+    """How much of the 4-bit error ``pissa`` and ``inilora`` remove, as the README says it ("7–9%": 1 − ratio over
+    every model, widened to whole percents); the words around it are checked: they remove error, α/β add it."""
+    import math
+
+    removed = [round(100 * (1 - ratio), 9)  # 15.000000000000002 is 15
+               for ratio in _first_ratios(result, ("pissa", REFIT))]
+    _holds(min(removed) > 0, "PiSSA and IniLoRA remove part of the 4-bit error")
+    _holds(min(_first_ratios(result, ("inilora-alpha", "inilora-beta"))) > 1, "IniLoRA-α/β add error")
+    return f"{math.floor(min(removed))}–{math.ceil(max(removed))}%"
+
+
+READING = """PiSSA and IniLoRA remove {removed} of the 4-bit error (`quant_iters` more), MiLoRA at most {milora:.1f}%; IniLoRA-α/β *add* error,
+because their large random product makes the residual harder to quantize. `save_pretrained`/`from_pretrained`
+rebuild byte-identical packed weights from the original full-precision base. `export_lora` and
+`merge_and_unload` on a 4-bit residual are not exact (`Q(W_res) + BA ≠ W + ΔW`): they warn
+(`QuantizedExportWarning`) with the size of the gap."""
+
+
+def readme_reading(result: dict) -> str:
+    """The paragraph under the README's table: what the residual methods remove, from the same rows."""
+    removed = removed_share(result)
+    refits = [row["summary"]["mean"] for row in result["rows"] if row["method"] == REFIT]
+    _holds(all(len(means) > 1 and all(a > b for a, b in zip(means, means[1:])) for means in refits),
+           "every LoftQ refit removes more")
+    milora = _first_ratios(result, ("milora",))
+    _holds(min(milora) > max(_first_ratios(result, ("pissa", REFIT))), "MiLoRA removes less than PiSSA and IniLoRA")
+    return READING.format(removed=removed, milora=max(0.0, 100 * (1 - min(milora))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"])

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import choosing_readme
 import fit_benchmark
+import init_drift
 import quant_error
+import quant_finetune
+import quick_readme
 import scale_7b
+import sharded_fit
+import timings
 import untuned_readme
 
 from inilora.experiments.bench.tuned_report import README_BEGIN, README_END, readme_block
@@ -37,13 +43,24 @@ def _tuned(results: dict) -> str:
 
 
 BLOCKS = {
+    "try-it": Block(("results/scale_7b.json", "results/fit_benchmark.json", "results/full/results.json"),
+                    choosing_readme.try_it),
+    "init-drift": Block(("results/init_drift.json",), init_drift.readme_block),
+    "choosing": Block(("results/fit_benchmark.json", "results/scale_7b.json", "results/full/results.json",
+                       "results/quant_error.json"), choosing_readme.choosing),
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
     "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
+    "quant-finetune": Block(("results/quant_finetune.json",), quant_finetune.readme_reading),
+    "quant-reading": Block(("results/quant_error.json",), quant_error.readme_reading),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
+    "quick-run": Block(("results/quick/results.json", "results/quick/lora_at_tuned_lr/results.json",
+                        "results/tuned/results.json", "results/quick/make_quick.json"), quick_readme.readme_block),
+    "sharded-fit": Block(("results/sharded_fit.json",), sharded_fit.readme_paragraph),
+    "test-suite": Block(("results/test_suite.json",), timings.suite_paragraph),
 }
 
 

@@ -32,6 +32,18 @@ def _tables():
     return readme_tables
 
 
+@pytest.mark.parametrize("record", ["results/quick/make_quick.json", "results/test_suite.json"])
+def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
+    _tables()
+    import timings
+
+    copy = json.loads((ROOT / record).read_text())
+    markdown = (ROOT / copy["copied_from"]).read_text()
+    assert timings.markdown_figures(markdown) == pytest.approx(timings.copied_figures(copy))
+    retimed = re.sub(r"^(\s*real\s+)(\d+)m", lambda m: f"{m[1]}{int(m[2]) + 1}m", markdown, flags=re.M)
+    assert retimed != markdown and timings.markdown_figures(retimed) != pytest.approx(timings.copied_figures(copy))
+
+
 @pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
 def test_every_generated_readme_block_is_regenerated_from_its_committed_source(name):
     readme = (ROOT / "README.md").read_text()
@@ -63,6 +75,20 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
                  "| 4096×4096 | 1.11 s | 0.23 s |"),
     "quant-error": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.5),
                     "| MiniLM q/v (12) | 1.0000 | 0.5000 | 1.0000 |"),
+    "quant-reading": (lambda quant: quant["rows"][1]["summary"]["mean"].__setitem__(0, 0.85),
+                      "PiSSA and IniLoRA remove 7–15% of the 4-bit error"),
+    "quant-finetune": (lambda data: data["summary"][0].update(eval_loss_mean=0.7), "QLoRA 0.7000 ± 0.0048"),
+    "sharded-fit": (lambda sharded: sharded["runs"]["2"][1].update(seconds=14.1),
+                    "Two processes fit SmolLM2-135M's q/v 1.92× faster than one"),
+    "init-drift": (lambda drift: drift["rows"][1].update(max_layer_drift=3.3e-8),
+                   "| pissa | 3.3e-8 | 3.8e-6 / 1.3e-4 |"),
+    "try-it": (lambda scale, fit, full: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
+               "412 s for SmolLM2-135M's 60 on one CPU thread"),
+    "choosing": (lambda fit, scale, full, quant: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=0.46),
+                 "takes 0.35–0.50× the closed form's time (0.23 s vs 0.46 s at 4096²"),
+    "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
+                  "installing included: 8 min 20 s, of which 386 s"),
+    "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
 }
 
 
@@ -90,3 +116,32 @@ def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
             run["metrics"]["accuracy"] = 0.70
     with pytest.raises(ValueError, match="PiSSA gains on every seed"):
         tables.regenerated(readme, "untuned-reading", [full, fit])
+
+
+def _tuned_lora(tuned):
+    return tuned["summary"]["tasks"]["reviews"]["methods"]["lora"]
+
+
+REFUSALS = {  # block -> (a change to its loaded sources that makes its words false, the claim the error names)
+    "init-drift": (lambda drift: next(row for row in drift["rows"] if (row["model"], row["dtype"], row["method"])
+                                      == ("smollm2", "bfloat16", "inilora")).update(max_output_diff=2.5),
+                   "outside bf16's noise"),
+    "quant-reading": (lambda quant: quant["rows"][4]["summary"]["mean"].__setitem__(0, 0.9), "IniLoRA-α/β add error"),
+    "quant-finetune": (lambda data: data["runs"][0].update(accuracy=0.7), "every run stays at the majority class"),
+    "choosing": (lambda fit, scale, full, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
+                 "on small layers svd_randomized gains less"),
+    "sharded-fit": (lambda sharded: sharded["runs"]["2"][0].update(fitted_by_rank=[0]),
+                    "both processes fitted a share"),
+    "quick-run": (lambda quick, at_tuned_lr, tuned, timing: _tuned_lora(tuned).update(chosen_lr=0.002),
+                  "the rate the tuned benchmark chose"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_a_block_refuses_figures_that_no_longer_fit_its_words(name):
+    tables = _tables()
+    change, claim = REFUSALS[name]
+    sources = tables.load_sources(name)
+    change(*sources)
+    with pytest.raises(ValueError, match=claim):
+        tables.regenerated((ROOT / "README.md").read_text(), name, sources)

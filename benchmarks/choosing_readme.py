@@ -1,0 +1,79 @@
+"""The README's advice on which solver to use — the lines under "Try it" and the list under "Choosing a method
+and solver" — with the costs and errors it quotes read from the fit benchmark, the 7B-shape timings, the untuned
+benchmark and the 4-bit error ratios, and the words comparing them checked against those figures."""
+
+from __future__ import annotations
+
+from _common import bound
+from fit_benchmark import _span, by_column
+from quant_error import removed_share
+from untuned_readme import fit_p_values
+
+TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix on one CPU thread ([`results/scale_7b.md`](results/scale_7b.md)).
+`solver="adam"`, the default, is the published 20,000-step Adam fit: {adam_minilm:.0f} s for MiniLM's {minilm_matrices} q/v matrices and
+{adam_smollm2:.0f} s for SmolLM2-135M's {smollm2_matrices} on one CPU thread ([`results/fit_benchmark.md`](results/fit_benchmark.md)).
+Choosing: the committed benchmark found no difference between the two fits' fine-tuning results (p = {fits_p},
+[`results/full`](results/full/results.md)), so start with `svd`; use `adam` to reproduce the paper."""
+
+CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fit's optimum to 1e-7, seconds per layer
+  ([`results/fit_benchmark.md`](results/fit_benchmark.md)). Both fits trained alike in the committed benchmark
+  (no paired difference at p < 0.05 on any metric, p = {fits_p}, [`results/full`](results/full/results.md)).
+  Use `solver="adam"` (the default, 20,000 Adam steps) to reproduce the paper exactly. On 7B-size layers
+  `solver="svd_randomized"` takes {randomized_7b}× the closed form's time ({randomized_4096:.2f} s vs {svd_4096:.2f} s at 4096², one
+  thread) and stays within {randomized_error} of the optimum on SmolLM2's weights ([`results/scale_7b.md`](results/scale_7b.md));
+  on small layers the gain is smaller ({randomized_small}×).
+- **PiSSA and IniLoRA start from the same product**, factored differently (singular basis vs the published
+  fit's mixed basis); MiLoRA uses the smallest singular triplets instead. Plain `lora` is the baseline every
+  comparison is made against.
+- **IniLoRA-α/β in bf16**: α's product is ~20× larger than `W`, so keep its residual in fp32
+  (`residual_fp32=True`); the report's drift says when it matters ([Precision](#precision)).
+- **4-bit bases**: `pissa` and `inilora` remove {quant_removed} of the 4-bit error of the frozen weight; α/β *add* error
+  ([`results/quant_error.md`](results/quant_error.md)) — avoid them with `quantize=`.
+- **Learning rate**: residual methods start with both factors non-zero and move faster per step than LoRA
+  (B = 0); compare methods only at their own tuned learning rates (`inilora bench --preset tuned`)."""
+
+
+def _holds(condition: bool, claim: str) -> None:
+    if not condition:
+        raise ValueError(f"the committed results no longer support the README's words ({claim}): reword {__file__}")
+
+
+def _cpu_columns(fit: dict) -> dict:
+    _holds(fit["machine"]["threads"] == 1, "the fit benchmark on one CPU thread")
+    return by_column([run for run in fit["runs"] if (run["device"], run["dtype"]) == ("cpu", "float32")])
+
+
+def _at_4096(scale: dict) -> dict:
+    _holds(scale["threads"] == 1, "the 7B shapes on one CPU thread")
+    return next(row for key, row in scale["matrices"].items() if key.endswith(" 4096x4096"))
+
+
+def try_it(scale: dict, fit: dict, full: dict) -> str:
+    """The lines under the first example (``scale``: results/scale_7b.json, ``fit``: results/fit_benchmark.json,
+    ``full``: results/full/results.json): each solver's cost and the two fits' paired tests."""
+    adam = {model: cells["adam-batched"] for (model, rank), cells in _cpu_columns(fit).items() if rank == 8}
+    return TRY_IT.format(svd_4096=_at_4096(scale)["svd"]["seconds_median"],
+                         adam_minilm=adam["minilm"]["seconds"], minilm_matrices=adam["minilm"]["matrices"],
+                         adam_smollm2=adam["smollm2"]["seconds"], smollm2_matrices=adam["smollm2"]["matrices"],
+                         fits_p=_span(fit_p_values(full), ".2f"))
+
+
+def choosing(fit: dict, scale: dict, full: dict, quant: dict) -> str:
+    """The list under "Choosing a method and solver" (``quant``: results/quant_error.json; the others as for
+    ``try_it``): the closed form's error, the randomized solver's time against it at 7B shapes and on small layers."""
+    columns = _cpu_columns(fit)
+    _holds(max(cells["svd"]["max_ratio"] for cells in columns.values()) - 1 <= 1e-7,
+           "the closed form at the optimum to 1e-7")
+    _holds(max(row["svd"]["seconds_median"] for row in scale["matrices"].values()) < 10, "seconds per layer")
+    at_7b = [row["svd_randomized"]["seconds_median"] / row["svd"]["seconds_median"]
+             for row in scale["matrices"].values()]
+    small = [cells["svd-randomized"]["seconds"] / cells["svd"]["seconds"] for cells in columns.values()]
+    _holds(max(at_7b) < 1, "svd_randomized faster than the closed form at 7B shapes")
+    _holds(min(small) > max(at_7b), "on small layers svd_randomized gains less")
+    at_4096 = _at_4096(scale)
+    return CHOOSING.format(
+        fits_p=_span(fit_p_values(full), ".2f"), randomized_7b=_span(at_7b, ".2f"),
+        randomized_4096=at_4096["svd_randomized"]["seconds_median"], svd_4096=at_4096["svd"]["seconds_median"],
+        randomized_error=bound(max(cells["svd-randomized"]["max_ratio"] - 1 for (model, _), cells in columns.items()
+                                   if model == "smollm2")),
+        randomized_small=_span(small, ".2f"), quant_removed=removed_share(quant))
