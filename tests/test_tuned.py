@@ -62,6 +62,9 @@ def test_the_tuned_preset_follows_the_protocol_of_the_issue():
         assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5
     assert all(suite.validation for suite in suites)
     assert sum(m.startswith("peft:") for m in methods) >= 3 and methods[0] == "lora"
+    assert {s.name: s.metric for s in suites if s.metric} == {"gsm_symbolic": "eval_loss"}
+    with pytest.raises(ValueError, match="metric must be 'eval_loss'"):
+        bench.Suite("x", "minilm", task="reviews", metric="f1")
 
 
 def test_the_first_methods_run_on_every_task_before_the_rest(tmp_path):

@@ -122,3 +122,28 @@ def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
     assert lines[1] == "- inilora-alpha vs lora: -0.020 (Holm p 0.004 over seeds): worse."
     assert lines[2].endswith("no difference after correction.")  # seeds decide; items only complement
     assert lines[3] == "- inilora:svd vs pissa: waiting for the final runs (2 of 5 paired seeds)."
+    # a task compared on its loss: a lower value is the better one
+    lines = verdict_lines(rows, 5, higher=False)
+    assert lines[0].endswith(": worse.") and lines[1].endswith(": better.")
+
+
+def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():
+    """metric="eval_loss": the lowest mean validation loss picks the rate (the task's own metric, tied at 0,
+    is not read), the test values are the held-out losses, and a lower loss wins."""
+    runs = []
+    for method, best, shift in (("lora", 1e-3, 0.0), ("inilora:svd", 3e-4, -0.1)):
+        for lr in GRID:
+            for seed in range(5):
+                if lr != best and seed > 1:
+                    continue
+                loss = 1.0 if lr == best else 1.5
+                runs.append({"method": method, "lr": lr, "seed": seed, "val": {"metric": 0.0, "loss": loss},
+                             "val_curve": [[10, loss, None], [20, loss, None]],
+                             "test": {"metric": 0.0, "loss": 2.0 + shift + 0.01 * seed}})
+    methods = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "inilora:svd")}, "generation", "eval_loss")
+    assert methods["lora"]["chosen_lr"] == 1e-3 and methods["inilora:svd"]["chosen_lr"] == 3e-4
+    assert methods["inilora:svd"]["val_by_lr"]["0.0003"] == pytest.approx(1.0)
+    assert methods["inilora:svd"]["test"]["values"] == pytest.approx([1.9, 1.91, 1.92, 1.93, 1.94])
+    assert methods["inilora:svd"]["test"]["win_rate_vs_lora"] == 1.0  # lower loss on every seed
+    on_the_metric = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "inilora:svd")}, "generation")
+    assert on_the_metric["inilora:svd"]["test"]["values"] == [0.0] * 5  # the task's own metric: all tied

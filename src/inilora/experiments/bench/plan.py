@@ -43,6 +43,14 @@ class Suite:
     validation: bool = False  # carve a validation split from the training part (tasks.carve_validation)
     n_val: int | None = None  # at most this many validation examples (default: tasks.MAX_VAL)
     per_method: dict = field(default_factory=dict)  # method -> its own config overrides (e.g. its tuned lr)
+    metric: str | None = None  # tuned benchmark: "eval_loss" compares on the held-out loss, not the task's metric
+
+    def __post_init__(self) -> None:
+        from .tuning import LOSS_METRIC
+
+        if self.metric not in (None, LOSS_METRIC):
+            raise ValueError(f"suite {self.name!r}: metric must be {LOSS_METRIC!r} (the held-out loss) or left out "
+                             f"(the task's own metric), got {self.metric!r}")
 
     def load(self):
         """(the task, the validation rows or None). With ``validation``, ``n_train`` counts the examples

@@ -16,7 +16,7 @@ from pathlib import Path
 from .execute import _summary_line, _worker, _worker_init
 from .plan import RunSpec, Suite, _read_preset_file
 from .schedule import Protocol, stage
-from .tuning import ValScore
+from .tuning import ValScore, val_score
 
 FULL = "full"
 
@@ -65,8 +65,7 @@ class Ledger:
     def add(self, suite: Suite, record: dict) -> None:
         spec = self.spec(suite, record["method"], record["lr"], record["seed"])
         if record.get("spec") == spec.key() and record.get("val"):
-            self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = \
-                ValScore(record["val"]["metric"], record["val"]["loss"])
+            self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
             self.records[suite.name, record["method"]].append(record)
 
 

@@ -12,8 +12,29 @@ from dataclasses import dataclass
 class ValScore:
     """One tuning run's score on the validation split (never the test split)."""
 
-    metric: float  # the task's metric, higher is better
+    metric: float  # the compared metric, oriented so that higher is better (see val_score)
     loss: float  # validation loss, lower is better (breaks ties)
+
+
+LOSS_METRIC = "eval_loss"  # a suite compared on its held-out loss (lower is better) instead of its task's metric
+
+
+def higher_is_better(metric: str | None) -> bool:
+    """Whether a larger value of ``metric`` is better (a task's own metric: yes; the held-out loss: no)."""
+    return metric != LOSS_METRIC
+
+
+def score_of(part: dict, metric: str | None) -> float:
+    """A run's ``val`` or ``test`` entry (``{"metric", "loss"}``) read as ``metric``: the held-out loss for
+    :data:`LOSS_METRIC`, else the task's own metric."""
+    return part["loss"] if metric == LOSS_METRIC else part["metric"]
+
+
+def val_score(run: dict, metric: str | None) -> "ValScore":
+    """A run's validation score for choosing its learning rate (``ValScore`` is higher-is-better, so a loss
+    metric enters negated)."""
+    value = score_of(run["val"], metric)
+    return ValScore(value if higher_is_better(metric) else -value, run["val"]["loss"])
 
 
 def geometric_grid(low: float, high: float, points: int) -> list[float]:

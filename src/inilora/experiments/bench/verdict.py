@@ -12,7 +12,7 @@ import math
 import statistics
 
 from .schedule import Protocol, stage
-from .tuning import ValScore, curve_auc, holm, mean_curve, steps_to_reach, win_rate
+from .tuning import curve_auc, higher_is_better, holm, mean_curve, score_of, steps_to_reach, val_score, win_rate
 
 BASELINE = "lora"
 # the comparisons that carry the verdict, fixed before any tuned run was read: (method, reference), by benchmark
@@ -59,13 +59,14 @@ def paired_bootstrap_p(method: dict[int, list[bool]], reference: dict[int, list[
     return float((np.sum(np.abs(means - observed) >= abs(observed)) + 1) / (resamples + 1))
 
 
-def _finals(runs: list[dict], protocol: Protocol) -> tuple[list[float], float | None, dict[str, float], list[dict]]:
-    """(grid, chosen lr, mean validation metric per lr, the final runs at the chosen lr)."""
-    finished = {(r["lr"], r["seed"]): ValScore(r["val"]["metric"], r["val"]["loss"]) for r in runs}
+def _finals(runs: list[dict], protocol: Protocol, metric: str | None) -> tuple[list[float], float | None,
+                                                                             dict[str, float], list[dict]]:
+    """(grid, chosen lr, mean validation ``metric`` per lr, the final runs at the chosen lr)."""
+    finished = {(r["lr"], r["seed"]): val_score(r, metric) for r in runs}
     now = stage(protocol, finished)
     by_lr: dict[str, list[float]] = {}
     for r in runs:
-        by_lr.setdefault(f"{r['lr']:.3g}", []).append(r["val"]["metric"])
+        by_lr.setdefault(f"{r['lr']:.3g}", []).append(score_of(r["val"], metric))
     val_by_lr = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items(), key=lambda kv: float(kv[0]))}
     if now.chosen_lr is None:
         return list(now.grid), None, val_by_lr, []
@@ -92,15 +93,17 @@ def mean_difference(test: dict, reference: dict) -> float | None:
     return statistics.fmean(own[s] - ref[s] for s in seeds) if seeds else None
 
 
-def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) -> dict[str, dict]:
-    """Per method of one task: the entry of ``summary.json``'s ``methods``."""
-    higher = kind == "classification"
+def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
+                   metric: str | None = None) -> dict[str, dict]:
+    """Per method of one task: the entry of ``summary.json``'s ``methods``, compared on ``metric`` (None: the
+    task's own, which the run records hold as ``metric``; ``"eval_loss"``: the held-out loss, lower is better)."""
+    higher = kind == "classification"  # the convergence curve: validation accuracy, or validation loss
     methods: dict[str, dict] = {}
     finals: dict[str, list[dict]] = {}
     for method, protocol in protocols.items():
-        grid, chosen, val_by_lr, final_runs = _finals([r for r in runs if r["method"] == method], protocol)
+        grid, chosen, val_by_lr, final_runs = _finals([r for r in runs if r["method"] == method], protocol, metric)
         finals[method] = final_runs
-        values = [r["test"]["metric"] for r in final_runs]
+        values = [score_of(r["test"], metric) for r in final_runs]
         aucs = [curve_auc([(int(c[0]), float(c[1])) for c in r["val_curve"]]) for r in final_runs]
         methods[method] = {
             "lr_grid": grid, "chosen_lr": chosen, "val_by_lr": val_by_lr,
@@ -111,7 +114,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) 
             "steps_to_lora_final": None,
             "val_loss_auc": statistics.fmean(aucs) if aucs else float("nan"),
         }
-    base = {r["seed"]: r["test"]["metric"] for r in finals.get(BASELINE, [])}
+    base = {r["seed"]: score_of(r["test"], metric) for r in finals.get(BASELINE, [])}
     base_curve = _mean_curve(finals.get(BASELINE, []), kind)
     raw = {}
     for method, entry in methods.items():
@@ -120,7 +123,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str) 
         own = dict(zip(entry["test"]["seeds"], entry["test"]["values"]))
         raw[method] = paired_p(own, base)
         entry["test"]["p_vs_lora"] = raw[method]
-        entry["test"]["win_rate_vs_lora"] = win_rate(own, base, higher_is_better=True)
+        entry["test"]["win_rate_vs_lora"] = win_rate(own, base, higher_is_better=higher_is_better(metric))
         if base_curve and finals[method]:
             entry["steps_to_lora_final"] = steps_to_reach(_mean_curve(finals[method], kind), base_curve[-1][1],
                                                           higher_is_better=higher)
