@@ -113,10 +113,10 @@ def test_example_hits_scores_classes_and_answers_and_refuses_a_length_mismatch()
 def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
     from inilora.experiments.bench.tuned_report import verdict_lines
 
-    rows = [{"comparison": "inilora:svd vs lora", "diff_mean": 0.012, "n": 5, "p_holm": 0.01, "p_items_holm": 0.2},
-            {"comparison": "inilora-alpha vs lora", "diff_mean": -0.02, "n": 5, "p_holm": 0.004, "p_items_holm": None},
-            {"comparison": "inilora-beta vs lora", "diff_mean": 0.03, "n": 5, "p_holm": 0.08, "p_items_holm": 0.01},
-            {"comparison": "inilora:svd vs pissa", "diff_mean": 0.05, "n": 2, "p_holm": 0.001, "p_items_holm": 0.001}]
+    rows = [{"comparison": "inilora:svd vs lora", "diff_mean": 0.012, "n": 5, "p": 0.001, "p_holm": 0.01, "p_items_holm": 0.2},
+            {"comparison": "inilora-alpha vs lora", "diff_mean": -0.02, "n": 5, "p": 0.001, "p_holm": 0.004, "p_items_holm": None},
+            {"comparison": "inilora-beta vs lora", "diff_mean": 0.03, "n": 5, "p": 0.001, "p_holm": 0.08, "p_items_holm": 0.01},
+            {"comparison": "inilora:svd vs pissa", "diff_mean": 0.05, "n": 2, "p": 0.001, "p_holm": 0.001, "p_items_holm": 0.001}]
     lines = verdict_lines(rows, 5)
     assert lines[0] == "- inilora:svd vs lora: +0.012 (Holm p 0.010 over seeds, 0.200 over test examples): better."
     assert lines[1] == "- inilora-alpha vs lora: -0.020 (Holm p 0.004 over seeds): worse."
@@ -125,6 +125,10 @@ def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
     # a task compared on its loss: a lower value is the better one
     lines = verdict_lines(rows, 5, higher=False)
     assert lines[0].endswith(": worse.") and lines[1].endswith(": better.")
+    assert lines[-1] == ("- Holm's correction is over the 4 of the 6 declared comparisons with a p so far: a Holm "
+                         "p can only grow as the others arrive.")
+    rows += [{"comparison": f"c{i}", "diff_mean": 0.0, "n": 5, "p": 0.5, "p_holm": 1.0} for i in range(2)]
+    assert len(verdict_lines(rows, 5)) == 6  # the whole family has a p: no note
 
 
 def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():

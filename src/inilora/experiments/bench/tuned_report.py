@@ -12,7 +12,7 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits, majority_rate
 from .schedule import Protocol
 from .tuning import higher_is_better, mean_curve
-from .verdict import BASELINE, declared_verdict, mean_difference, summarize_task
+from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
                    "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
@@ -135,6 +135,10 @@ def verdict_lines(declared: list[dict], seeds: int, higher: bool = True) -> list
         items = "" if row.get("p_items_holm") is None else f", {_p(row['p_items_holm'])} over test examples"
         lines.append(f"- {row['comparison']}: {row['diff_mean']:+.3f} (Holm p {_p(row['p_holm'])} over seeds{items}): "
                      f"{reading}.")
+    tested = sum(row["p"] is not None for row in declared)
+    if declared and tested < len(DECLARED):
+        lines.append(f"- Holm's correction is over the {tested} of the {len(DECLARED)} declared comparisons with a p "
+                     "so far: a Holm p can only grow as the others arrive.")
     return lines
 
 
