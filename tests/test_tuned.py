@@ -131,3 +131,29 @@ def test_the_must_show_check_lists_exactly_what_is_missing(tmp_path):
         "c / lora: grid [0.0002, 0.0006, 0.002, 0.0059]: needs >= 4 rates over >= 30x",
         "c / lora: 1 rate(s) with < 2 tuning seeds (0.0059)",
         f"plot {PLOTS[0]} missing"]
+
+
+def test_a_generation_suite_compared_on_its_loss_end_to_end(tmp_path):
+    """metric = "eval_loss" on a tiny causal LM: the rate is the one with the lowest validation loss and the
+    test values are the final runs' held-out losses."""
+    llama = tiny.llama_folder(tmp_path / "llama")
+    data = tiny.write_jsonl(tmp_path / "qa.jsonl", tiny.answer_rows(32))
+    test = tiny.write_jsonl(tmp_path / "qa_test.jsonl", tiny.answer_rows(8, seed=1))
+    suite = bench.Suite("qa", str(llama), train_file=str(data), eval_file=str(test), validation=True,
+                        metric="eval_loss", config={"epochs": 1.0, "batch_size": 8, "max_len": 32,
+                                                    "max_new_tokens": 3, "logging_steps": 1})
+    adapter = Protocol((1e-4, 3e-2), tune_seeds=(0,), final_seeds=(0,), max_extensions=0)
+    out = tmp_path / "out"
+    result = tuned.run([suite], ("lora",), out, adapter, adapter, jobs=1, command="test", progress=False,
+                       log=lambda line: None)
+    assert not result["failures"]
+    results = json.loads((out / "results.json").read_text())
+    task = results["summary"]["tasks"]["qa"]
+    assert task["metric"] == "eval_loss" and task["majority"] is None
+    entry, runs = task["methods"]["lora"], results["runs"]
+    val_loss = {r["lr"]: r["val"]["loss"] for r in runs}
+    assert len(runs) == 2 and val_loss[1e-4] != val_loss[3e-2]
+    assert entry["chosen_lr"] == min(val_loss, key=val_loss.get)  # the lower loss, whatever exact match says
+    assert entry["val_by_lr"] == pytest.approx({f"{lr:.3g}": loss for lr, loss in val_loss.items()})
+    chosen = next(r for r in runs if r["lr"] == entry["chosen_lr"])
+    assert entry["test"]["values"] == pytest.approx([chosen["test"]["loss"]])
