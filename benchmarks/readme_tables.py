@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import choosing_readme
+import factor_geometry
 import fit_benchmark
 import init_drift
 import quant_error
@@ -52,6 +53,7 @@ BLOCKS = {
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
     "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
+    "factor-geometry": Block(("results/factor_geometry.json",), factor_geometry.readme_reading),
     "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "quant-finetune": Block(("results/quant_finetune.json",), quant_finetune.readme_reading),

@@ -64,7 +64,13 @@ def _fit_cell(fit, model, rank, cell):
     return next(r for r in fit["runs"] if (r["model"], r["rank"], r["cell"], r["device"]) == (model, rank, cell, "cpu"))
 
 
+def _v_proj_0(geometry):
+    return geometry["models"]["smollm2"]["per_matrix"]["model.layers.0.self_attn.v_proj"]
+
+
 CHANGES = {  # block -> (change one number in its loaded sources, a row the README then shows)
+    "factor-geometry": (lambda geometry: _v_proj_0(geometry).update(subspace=7.7e-5),
+                        "7.7e-5), and their product is the optimum's"),
     "fit-benchmark": (lambda fit: _fit_cell(fit, "minilm", 8, "adam-batched").update(seconds=90.9),
                       "| `adam` batched, 20k steps (s) — speed-up | 91 — 3.3× | 121 — 2.8× |"),
     "fit-reading": (lambda fit, scale: _fit_cell(fit, "minilm", 8, "adam-batched").update(seconds=90.9),
@@ -123,6 +129,7 @@ def _tuned_lora(tuned):
 
 
 REFUSALS = {  # block -> (a change to its loaded sources that makes its words false, the claim the error names)
+    "factor-geometry": (lambda geometry: _v_proj_0(geometry).update(mixing=0.95), "not the singular basis"),
     "init-drift": (lambda drift: next(row for row in drift["rows"] if (row["model"], row["dtype"], row["method"])
                                       == ("smollm2", "bfloat16", "inilora")).update(max_output_diff=2.5),
                    "outside bf16's noise"),
