@@ -11,6 +11,12 @@ TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
 MODEL_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2"}  # as the README writes them
 
 
+def span(values, fmt: str) -> str:
+    """A range as the README writes it: ``0.11–0.18``, or one value when both ends print the same."""
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}–{high}"
+
+
 def load(model_name: str, device: str, dtype: str):
     import torch
     from transformers import AutoModel, AutoModelForCausalLM

@@ -5,7 +5,8 @@ benchmark and the 4-bit error ratios, and the words comparing them checked again
 from __future__ import annotations
 
 from _common import bound
-from fit_benchmark import _span, by_column
+from _common import span
+from fit_benchmark import by_column
 from quant_error import removed_share
 from untuned_readme import fit_p_values
 
@@ -55,7 +56,7 @@ def try_it(scale: dict, fit: dict, full: dict) -> str:
     return TRY_IT.format(svd_4096=_at_4096(scale)["svd"]["seconds_median"],
                          adam_minilm=adam["minilm"]["seconds"], minilm_matrices=adam["minilm"]["matrices"],
                          adam_smollm2=adam["smollm2"]["seconds"], smollm2_matrices=adam["smollm2"]["matrices"],
-                         fits_p=_span(fit_p_values(full), ".2f"))
+                         fits_p=span(fit_p_values(full), ".2f"))
 
 
 def choosing(fit: dict, scale: dict, full: dict, quant: dict) -> str:
@@ -72,8 +73,8 @@ def choosing(fit: dict, scale: dict, full: dict, quant: dict) -> str:
     _holds(min(small) > max(at_7b), "on small layers svd_randomized gains less")
     at_4096 = _at_4096(scale)
     return CHOOSING.format(
-        fits_p=_span(fit_p_values(full), ".2f"), randomized_7b=_span(at_7b, ".2f"),
+        fits_p=span(fit_p_values(full), ".2f"), randomized_7b=span(at_7b, ".2f"),
         randomized_4096=at_4096["svd_randomized"]["seconds_median"], svd_4096=at_4096["svd"]["seconds_median"],
         randomized_error=bound(max(cells["svd-randomized"]["max_ratio"] - 1 for (model, _), cells in columns.items()
                                    if model == "smollm2")),
-        randomized_small=_span(small, ".2f"), quant_removed=removed_share(quant))
+        randomized_small=span(small, ".2f"), quant_removed=removed_share(quant))

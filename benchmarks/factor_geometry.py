@@ -104,7 +104,7 @@ def _holds(condition: bool, claim: str) -> None:
 def readme_reading(data: dict) -> str:
     """The README's account of how the published fit factors the optimum: its figures from the per-matrix rows,
     the random-rotation reference from ``random_rotation_mixing``; words a changed file would make false stop it."""
-    from fit_benchmark import _span
+    from _common import span
 
     groups = {(model, target): [row for name, row in entry["per_matrix"].items() if name.endswith(target)]
               for model, entry in data["models"].items() for target in entry["targets"]}
@@ -114,7 +114,7 @@ def readme_reading(data: dict) -> str:
     wide = groups[WIDE]
     values = lambda key, among=rows: [row[key] for row in among]
     sci = lambda x: f"{x:.1e}".replace("e-0", "e-")
-    percent = lambda among: _span([100 * x for x in values("procrustes", among)], ".0f")
+    percent = lambda among: span([100 * x for x in values("procrustes", among)], ".0f")
     rank = data["rank"]
     random = random_rotation_mixing(rank)
     random_low, random_high = (float(q) for q in torch.quantile(random, torch.tensor([0.05, 0.95], dtype=random.dtype)))
@@ -138,11 +138,11 @@ def readme_reading(data: dict) -> str:
     return READING.format(
         rank=rank, count=len(rows), subspace=sci(statistics.median(values("subspace"))),
         subspace_worst=sci(max(values("subspace"))), product=sci(statistics.median(values("product_gap"))),
-        product_worst=sci(max(values("product_gap"))), mixing=_span(values("mixing"), ".2f"),
+        product_worst=sci(max(values("product_gap"))), mixing=span(values("mixing"), ".2f"),
         mixing_median=mixing_median, even=rank ** -0.5, random=float(random.mean()), square_balance=square_balance,
         wide_balance=wide_balance, wide_closed=wide_closed, square_procrustes=percent(square),
-        wide_procrustes=percent(wide), closed_balance=_span(values("balance_closed_form"), ".2f"),
-        adam_balance=_span(values("balance"), ".2f"),
+        wide_procrustes=percent(wide), closed_balance=span(values("balance_closed_form"), ".2f"),
+        adam_balance=span(values("balance"), ".2f"),
         closed_mixing=statistics.median(values("mixing_closed_form")), adam_mixing=mixing_median)
 
 

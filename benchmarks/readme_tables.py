@@ -18,7 +18,7 @@ from typing import Callable
 
 import choosing_readme
 import factor_geometry
-import fit_benchmark
+import fit_readme
 import init_drift
 import quant_error
 import quant_finetune
@@ -52,9 +52,9 @@ BLOCKS = {
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),
     "untuned-reading": Block(("results/full/results.json", "results/fit_benchmark.json"), untuned_readme.reading),
-    "fit-benchmark": Block(("results/fit_benchmark.json",), fit_benchmark.readme_table),
+    "fit-benchmark": Block(("results/fit_benchmark.json",), fit_readme.readme_table),
     "factor-geometry": Block(("results/factor_geometry.json",), factor_geometry.readme_reading),
-    "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_benchmark.readme_reading),
+    "fit-reading": Block(("results/fit_benchmark.json", "results/scale_7b.json"), fit_readme.readme_reading),
     "quant-error": Block(("results/quant_error.json",), quant_error.readme_table),
     "quant-finetune": Block(("results/quant_finetune.json",), quant_finetune.readme_reading),
     "quant-reading": Block(("results/quant_error.json",), quant_error.readme_reading),
