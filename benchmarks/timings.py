@@ -1,7 +1,8 @@
-"""Timings taken by hand with ``time make ...`` (``make quick``, ``make test``): each is written up in Markdown
-under results/ and its figures are copied into a JSON file (``copied_from`` names the Markdown) that the README's
-blocks read. ``markdown_figures`` reads the same figures back out of the Markdown, so a test holds the two
-together, and ``suite_paragraph`` is the README's sentence on the test suite."""
+"""Timings of ``make quick`` and ``make test``: each is written up in Markdown under results/ with its figures in a
+JSON file beside it (``markdown`` names the Markdown) that the README's blocks read — ``make test``'s both written
+by benchmarks/time_make.py, ``make quick``'s copied by hand from its write-up. ``markdown_figures`` reads the same
+figures back out of the Markdown, so a test holds the two together, and ``suite_paragraph`` is the README's
+sentence on the test suite."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def markdown_figures(text: str) -> dict:
 
 
 def copied_figures(record: dict) -> dict:
-    """The measured figures of a copied record: everything but where it came from and the note saying so."""
-    return {field: value for field, value in record.items() if field not in ("copied_from", "note")}
+    """The measured figures of a record: everything but where its Markdown is and how it was made."""
+    return {field: value for field, value in record.items() if field not in ("markdown", "note", "measured_by")}
 
 
 def min_s(seconds: float) -> str:

@@ -38,10 +38,23 @@ def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
     import timings
 
     copy = json.loads((ROOT / record).read_text())
-    markdown = (ROOT / copy["copied_from"]).read_text()
+    markdown = (ROOT / copy["markdown"]).read_text()
     assert timings.markdown_figures(markdown) == pytest.approx(timings.copied_figures(copy))
     retimed = re.sub(r"^(\s*real\s+)(\d+)m", lambda m: f"{m[1]}{int(m[2]) + 1}m", markdown, flags=re.M)
     assert retimed != markdown and timings.markdown_figures(retimed) != pytest.approx(timings.copied_figures(copy))
+
+
+def test_the_suite_timing_is_written_as_markdown_that_says_what_its_json_says():
+    _tables()
+    import time_make
+    import timings
+
+    record = {"markdown": "results/test_suite.md", "measured_by": "benchmarks/time_make.py",
+              "command": "time make test", "commit": "abc1234", "cpus": 2, "passed": 481, "warnings": 3,
+              "pytest_seconds": 402.5, "real_seconds": 431.25}
+    assert timings.markdown_figures(time_make.markdown(record)) == pytest.approx(timings.copied_figures(record))
+    assert time_make.SUMMARY.findall("== 481 passed, 2 skipped, 3 warnings in 402.50s (0:06:42) ==") == [
+        ("481", "402.50")]
 
 
 @pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
