@@ -23,9 +23,16 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     adapter = Protocol((1e-4, 1e-3), tune_seeds=(0,), final_seeds=(0, 1), max_extensions=1)
     out = tmp_path / "out"
     methods = ("lora", "inilora:svd")
+    digests = {"toy": suite.data_digest()}
+    # before any run: per method 2 rates at seed 0 + seed 1 at the chosen rate; no cost known yet
+    assert tuned.cpu_hours_left(tuned.Ledger(out, [suite], methods, digests), [suite], methods, adapter,
+                                adapter) == (6, None)
+    lines = []
     result = tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,
-                       log=lambda line: None)
-    assert not result["failures"]
+                       log=lines.append)
+    assert not result["failures"] and "6 to go;" in lines[0]
+    done = tuned.Ledger(out, [suite], methods, digests)
+    assert tuned.cpu_hours_left(done, [suite], methods, adapter, adapter) == (0, 0.0)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"command", "cpu_hours", "tasks"} and summary["cpu_hours"] > 0
     task = summary["tasks"]["toy"]

@@ -75,16 +75,45 @@ def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapt
     rest; within each, suite, then method, then grid order; an estimate of how many runs the whole
     benchmark needs)."""
     todo, total = [], 0
-    rows = [(suite, method) for suite in suites for method in rows_of(suite, methods)]
-    for suite, method in sorted(rows, key=lambda row: row[1] not in first):  # stable: suite order kept
+    for suite, method in sorted(_rows(suites, methods), key=lambda row: row[1] not in first):  # suite order kept
         protocol = full if method == FULL else adapter
-        finished = ledger.scores[suite.name, method]
-        now = stage(protocol, finished)
-        planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
-        total += max(planned, len(finished) + len(now.missing))
+        now = stage(protocol, ledger.scores[suite.name, method])
+        total += _expected(protocol, now, len(ledger.scores[suite.name, method]))
         todo += [ledger.spec(suite, method, lr, seed) for lr, seed in now.missing
                  if (suite.name, method, lr, seed) not in skip]
     return todo, total
+
+
+def _rows(suites: list[Suite], methods: tuple[str, ...]) -> list[tuple[Suite, str]]:
+    return [(suite, method) for suite in suites for method in rows_of(suite, methods)]
+
+
+def _expected(protocol: Protocol, now, finished: int) -> int:
+    """How many runs one (task, method) takes in all, as far as its stage can tell: the grid as it stands at
+    the tuning seeds plus the other final seeds (more once a grid grows)."""
+    planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+    return max(planned, finished + len(now.missing))
+
+
+def cpu_hours_left(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapter: Protocol,
+                   full: Protocol) -> tuple[int, float | None]:
+    """(runs left, an estimate of their CPU hours): each suite's runs at the mean CPU time of its finished
+    runs, a suite with none yet at the mean over all finished runs (None before any run finished)."""
+    from .tuned_report import cpu_seconds_of
+
+    spent: dict[str, list[float]] = {}
+    for (name, _), records in ledger.records.items():
+        spent.setdefault(name, []).extend(cpu_seconds_of(r) for r in records)
+    every = [seconds for values in spent.values() for seconds in values]
+    runs, seconds = 0, 0.0
+    for suite, method in _rows(suites, methods):
+        protocol = full if method == FULL else adapter
+        finished = ledger.scores[suite.name, method]
+        left = _expected(protocol, stage(protocol, finished), len(finished)) - len(finished)
+        runs += left
+        known = spent.get(suite.name) or every
+        seconds += left * (sum(known) / len(known)) if known else 0.0
+    return runs, (round(seconds / 3600, 1) if every else None)
 
 
 def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol, full: Protocol,
@@ -105,8 +134,10 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     ledger = Ledger(out, suites, methods, digests)
     todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
     done_before = sum(len(v) for v in ledger.scores.values())
-    log(f"tuned benchmark: about {total} runs, {done_before} already done; {jobs} process(es) x {threads} "
-        f"thread(s); results in {out}")
+    left, hours = cpu_hours_left(ledger, suites, methods, adapter, full)
+    estimate = "" if hours is None else f" (about {hours:g} CPU hours at the finished runs' cost)"
+    log(f"tuned benchmark: about {total} runs, {done_before} already done, {left} to go{estimate}; {jobs} "
+        f"process(es) x {threads} thread(s); results in {out}")
     for model in sorted({s.model for s in suites}):
         models.resolve(model)  # convert/fetch once before the workers race for it
     started, failures, in_flight, attempted = time.time(), [], {}, set()
