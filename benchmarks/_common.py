@@ -11,6 +11,17 @@ TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
 MODEL_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2"}  # as the README writes them
 
 
+def claim_check(source: str, template: str, where: str):
+    """``holds(condition, claim)`` for a README renderer: a ValueError naming ``claim`` when ``source`` (a committed
+    results file) no longer supports the words of ``template`` (in the file ``where``), so a rewrite stops instead
+    of printing a sentence the data contradicts."""
+    def holds(condition: bool, claim: str) -> None:
+        if not condition:
+            raise ValueError(f"{source} no longer supports the README's words ({claim}): reword {template} in {where}")
+
+    return holds
+
+
 def span(values, fmt: str) -> str:
     """A range as the README writes it: ``0.11–0.18``, or one value when both ends print the same."""
     low, high = format(min(values), fmt), format(max(values), fmt)

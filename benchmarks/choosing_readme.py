@@ -4,8 +4,7 @@ benchmark and the 4-bit error ratios, and the words comparing them checked again
 
 from __future__ import annotations
 
-from _common import bound
-from _common import span
+from _common import bound, claim_check, span
 from fit_benchmark import by_column
 from quant_error import removed_share
 from untuned_readme import fit_p_values
@@ -34,9 +33,7 @@ CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fi
   (B = 0); compare methods only at their own tuned learning rates (`inilora bench --preset tuned`)."""
 
 
-def _holds(condition: bool, claim: str) -> None:
-    if not condition:
-        raise ValueError(f"the committed results no longer support the README's words ({claim}): reword {__file__}")
+_holds = claim_check("the committed results", "TEXT", __file__)
 
 
 def _cpu_columns(fit: dict) -> dict:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from _common import claim_check
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -95,10 +97,7 @@ SQUARE = (("minilm", "query"), ("minilm", "value"), ("smollm2", "q_proj"))
 WIDE = ("smollm2", "v_proj")  # fewer outputs than inputs
 
 
-def _holds(condition: bool, claim: str) -> None:
-    if not condition:
-        raise ValueError(f"results/factor_geometry.json no longer supports the README's words ({claim}): "
-                         f"reword READING in {__file__}")
+_holds = claim_check("results/factor_geometry.json", "READING", __file__)
 
 
 def readme_reading(data: dict) -> str:

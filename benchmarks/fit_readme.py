@@ -3,7 +3,7 @@ dtype, and the bullets reading it, whose figures come from the file and whose wo
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, bound, span
+from _common import MODEL_NAMES, bound, claim_check, span
 from fit_benchmark import PUBLISHED_STEPS, by_column, speedup, vs_pissa
 
 
@@ -89,9 +89,7 @@ def readme_reading(data: dict, scale: dict) -> str:
                          (all(r < 1 for r in at_7b), "at 7B shapes svd_randomized is the faster"),
                          (max(speedups.values()) < 10, "batched Adam short of 10x"),
                          (solver_memory < 0.15, "every solver within the 1.15x bound")):
-        if not holds:
-            raise ValueError(f"results/fit_benchmark.json no longer supports the README's words ({claim}): "
-                             f"reword READING in {__file__}")
+        claim_check("results/fit_benchmark.json", "READING", __file__)(holds, claim)
     return READING.format(
         svd_ratio=svd_worst, svd_vs_pissa=span([vs_pissa(cells, "svd") for cells in columns.values()], ".2f"),
         svd_vs_pissa_7b=span([ratio["svd / pissa"] for ratio in scale["ratios_vs_peft"].values()], ".3f"),

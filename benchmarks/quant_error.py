@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import claim_check
+
 HERE = Path(__file__).resolve().parent
 RUNS = [("lora", {}), ("pissa", {}), ("milora", {}), ("inilora", {"solver": "svd"}), ("inilora-alpha", {}),
         ("inilora-beta", {})]
@@ -91,10 +93,7 @@ def _first_ratios(result: dict, methods: tuple[str, ...]) -> list[float]:
     return [row["summary"]["mean"][0] for row in result["rows"] if row["method"] in methods]
 
 
-def _holds(condition: bool, claim: str) -> None:
-    if not condition:
-        raise ValueError(f"results/quant_error.json no longer supports the README's words ({claim}): reword "
-                         f"READING or removed_share in {__file__}")
+_holds = claim_check("results/quant_error.json", "READING or removed_share", __file__)
 
 
 def removed_share(result: dict) -> str:

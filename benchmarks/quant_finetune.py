@@ -17,6 +17,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from _common import claim_check
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "quant_finetune"
 OUT = ROOT / "results" / "quant_finetune"
@@ -93,10 +95,7 @@ def readme_reading(data: dict) -> str:
 
     from inilora.experiments.bench.stats import paired_test
 
-    def holds(condition: bool, claim: str) -> None:
-        if not condition:
-            raise ValueError(f"results/quant_finetune.json no longer supports the README's words ({claim}): "
-                             f"reword READING in {__file__}")
+    holds = claim_check("results/quant_finetune.json", "READING", __file__)
 
     rows = {row["method"]: row for row in data["summary"] if row["quantize"] == "nf4"}
     holds(set(rows) == set(METHODS), f"4-bit rows for {', '.join(METHODS)}")

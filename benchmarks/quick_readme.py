@@ -4,7 +4,7 @@ beside it. Figures come from the runs; the words that say what they mean are che
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES
+from _common import MODEL_NAMES, claim_check
 from timings import min_s
 
 from inilora.experiments.bench.report import _fmt
@@ -35,9 +35,7 @@ def _rate(lr: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
-def _holds(condition: bool, claim: str) -> None:
-    if not condition:
-        raise ValueError(f"results/quick no longer supports the README's words ({claim}): reword TEXT in {__file__}")
+_holds = claim_check("results/quick", "TEXT", __file__)
 
 
 def _one(values, what: str):

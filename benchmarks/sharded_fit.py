@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import claim_check
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -100,9 +102,7 @@ def readme_paragraph(result: dict) -> str:
               (len({len(runs) for runs in result["runs"].values()}) == 1, "the same number of repeats for each"),
               (max(load[0] for load in result["loadavg_1_5_15_per_repeat"]) <= result["cpu_count"], "a quiet machine"))
     for holds, claim in claims:
-        if not holds:
-            raise ValueError(f"results/sharded_fit.json no longer supports the README's words ({claim}): "
-                             f"reword README_TEXT in {__file__}")
+        claim_check("results/sharded_fit.json", "README_TEXT", __file__)(holds, claim)
     medians = {n: statistics.median(run["seconds"] for run in runs) for n, runs in result["runs"].items()}
     return README_TEXT.format(speedup=medians["1"] / medians["2"], steps=result["steps"],
                               repeats=len(result["runs"]["1"]))

@@ -4,7 +4,7 @@ reading it, whose figures are computed from the runs and whose words are checked
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES
+from _common import MODEL_NAMES, claim_check
 from fit_benchmark import by_column
 
 from inilora.experiments.bench.plan import row_name
@@ -76,9 +76,7 @@ available for this work, so the larger SmolLM2 runs were not made."""
 RESIDUAL = ("pissa", "milora", "inilora:svd", "inilora:adam", "inilora-alpha", "inilora-beta")
 
 
-def _holds(condition: bool, claim: str) -> None:
-    if not condition:
-        raise ValueError(f"results/full no longer supports the README's words ({claim}): reword READING in {__file__}")
+_holds = claim_check("results/full", "READING", __file__)
 
 
 def run_values(results: dict) -> dict:
