@@ -160,6 +160,8 @@ def test_a_generation_suite_compared_on_its_loss_end_to_end(tmp_path):
     entry, runs = task["methods"]["lora"], results["runs"]
     val_loss = {r["lr"]: r["val"]["loss"] for r in runs}
     assert len(runs) == 2 and val_loss[1e-4] != val_loss[3e-2]
+    assert all(r["val"]["metric"] is None for r in runs)  # chosen by the loss: the validation is not decoded
+    assert all(r["test"]["metric"] is not None for r in runs)  # the test split still is (exact match kept)
     assert entry["chosen_lr"] == min(val_loss, key=val_loss.get)  # the lower loss, whatever exact match says
     assert entry["val_by_lr"] == pytest.approx({f"{lr:.3g}": loss for lr, loss in val_loss.items()})
     chosen = next(r for r in runs if r["lr"] == entry["chosen_lr"])

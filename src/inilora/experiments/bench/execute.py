@@ -38,7 +38,8 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
                       **{k: v for k, v in overrides.items() if k not in ("method", "seed")})
     task, validation = spec.suite.load()
     started, cpu_started = time.time(), time.process_time()
-    result = finetune(spec.suite.model, task, cfg, validation=validation)
+    # a suite compared on its loss needs no greedy decoding of the validation split to choose its rate
+    result = finetune(spec.suite.model, task, cfg, validation=validation, score_validation=spec.suite.metric is None)
     outcome = result.to_dict()
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,

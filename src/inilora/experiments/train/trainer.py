@@ -139,13 +139,15 @@ VAL_EVALUATIONS = 8  # how often a run with a validation split evaluates on it d
 
 def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
              output_dir: str | os.PathLike | None = None, resume: bool = False,
-             validation: list[dict] | None = None) -> RunResult:
+             validation: list[dict] | None = None, score_validation: bool = True) -> RunResult:
     """Fine-tune ``model_name`` on ``task`` as ``cfg`` says and evaluate it on the held-out set.
 
     With ``validation`` (rows carved from the training data, :func:`~inilora.experiments.tasks.carve_validation`),
     the model is also evaluated on them ``VAL_EVALUATIONS`` times during training (``RunResult.val_curve``)
-    and at the end (``RunResult.validation``): what a tuned benchmark chooses by. The held-out (test)
-    predictions are kept per example (``RunResult.predictions``).
+    and at the end (``RunResult.validation``): what a tuned benchmark chooses by. ``score_validation=False``
+    scores it by its loss alone (a generation task's greedy decoding of it is skipped; its metric is None): for a
+    benchmark that chooses by the loss. The held-out (test) predictions are kept per example
+    (``RunResult.predictions``).
 
     With ``output_dir``: the adapter (``adapter/``, via :func:`inilora.save_pretrained`), its plain
     PEFT export (``adapter-lora/``), ``metrics.json`` and ``inilora_train.json`` (what :func:`evaluate`
@@ -189,7 +191,8 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
             if task.kind == "classification" and last and last[0] == trainer.state.global_step:
                 val = {"metric": last[2], "loss": last[1]}  # the evaluation at the last step already scored it
             else:  # exact match needs the greedy decoding, which the evaluations during training skip
-                val_metrics, _ = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_val)
+                val_metrics, _ = held_out_metrics(trainer, model, tokenizer, task, cfg, encoded_val,
+                                                  decode=score_validation)
                 val = {"metric": val_metrics.get(task.metric), "loss": val_metrics["eval_loss"]}
             val["n"] = len(encoded_val)
     metrics["n_train"] = len(encoded_train)
