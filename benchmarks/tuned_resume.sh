@@ -3,7 +3,8 @@
 # code: a detached git worktree at this checkout's HEAD and a copy of .venv, so that editing this checkout or
 # pip-installing into .venv cannot change runs in flight (each run records the worktree's commit). Finished
 # runs land in this checkout's results/tuned/runs: commit them as they come (git add results/tuned/runs).
-# Stopping it (kill the printed pid's process group) loses only the runs in flight.
+# `touch results/tuned/STOP` stops it once the runs in flight have finished (they are kept); killing the
+# printed pid's process group stops it at once and loses the runs in flight.
 #
 #   bash benchmarks/tuned_resume.sh            # WT, VENV, LOG override where the copies and the log go
 set -euo pipefail

@@ -27,10 +27,22 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     # before any run: per method 2 rates at seed 0 + seed 1 at the chosen rate; no cost known yet
     assert tuned.cpu_hours_left(tuned.Ledger(out, [suite], methods, digests), [suite], methods, adapter,
                                 adapter) == (6, None)
+    out.mkdir()
+    (out / tuned.STOP_FILE).touch()  # a stop request left from an earlier sitting is ignored ...
     lines = []
+
+    def stop_after_the_first_run(line):  # ... one made while it runs ends it after the runs in flight
+        lines.append(line)
+        if line.startswith("toy lora"):
+            (out / tuned.STOP_FILE).touch()
+
+    tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,
+              log=stop_after_the_first_run)
+    assert "6 to go;" in lines[0] and lines[-1].startswith("stopped on request")
+    assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == 1 and not (out / tuned.STOP_FILE).exists()
     result = tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,
-                       log=lines.append)
-    assert not result["failures"] and "6 to go;" in lines[0]
+                       log=lines.append)  # the next call runs the rest
+    assert not result["failures"]
     done = tuned.Ledger(out, [suite], methods, digests)
     assert tuned.cpu_hours_left(done, [suite], methods, adapter, adapter) == (0, 0.0)
     summary = json.loads((out / "summary.json").read_text())
@@ -166,3 +178,4 @@ def test_a_generation_suite_compared_on_its_loss_end_to_end(tmp_path):
     assert entry["val_by_lr"] == pytest.approx({f"{lr:.3g}": loss for lr, loss in val_loss.items()})
     chosen = next(r for r in runs if r["lr"] == entry["chosen_lr"])
     assert entry["test"]["values"] == pytest.approx([chosen["test"]["loss"]])
+

@@ -116,12 +116,16 @@ def cpu_hours_left(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...]
     return runs, (round(seconds / 3600, 1) if every else None)
 
 
+STOP_FILE = "STOP"  # created in the results folder: start no new run, finish those in flight, then stop
+
+
 def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol, full: Protocol,
         jobs: int = 2, threads: int = 1, command: str = "", log=print, progress: bool = True,
         first: tuple[str, ...] = ()) -> dict:
     """Run the tuned benchmark until every (task, method) has its final seeds (or a run failed), then
     write its report. ``first``: methods to run on every suite before the others (:func:`first_methods`).
-    Returns the report's summary."""
+    A file named :data:`STOP_FILE` in ``out`` stops it gracefully: no new run starts, the runs in flight
+    finish and are kept, the report is written, and the file is removed. Returns the report's summary."""
     import multiprocessing
 
     from tqdm.auto import tqdm
@@ -136,8 +140,10 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     done_before = sum(len(v) for v in ledger.scores.values())
     left, hours = cpu_hours_left(ledger, suites, methods, adapter, full)
     estimate = "" if hours is None else f" (about {hours:g} CPU hours at the finished runs' cost)"
+    stop = out / STOP_FILE
+    stop.unlink(missing_ok=True)  # a request left from an earlier sitting does not stop this one
     log(f"tuned benchmark: about {total} runs, {done_before} already done, {left} to go{estimate}; {jobs} "
-        f"process(es) x {threads} thread(s); results in {out}")
+        f"process(es) x {threads} thread(s); results in {out} (to stop after the runs in flight: touch {stop})")
     for model in sorted({s.model for s in suites}):
         models.resolve(model)  # convert/fetch once before the workers race for it
     started, failures, in_flight, attempted = time.time(), [], {}, set()
@@ -149,6 +155,8 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
         while True:
             todo, total = pending(ledger, suites, methods, adapter, full, attempted, first)
             bar.total = max(total, bar.n)
+            if stop.exists():
+                todo = []
             for spec in todo[:max(0, jobs - len(in_flight))]:
                 attempted.add((spec.suite.name, spec.method, spec.lr, spec.seed))
                 in_flight[pool.submit(_worker, spec, out, threads)] = spec
@@ -166,6 +174,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
                 bar.write(f"{_summary_line(record)} [lr {spec.lr:.3g}]") if progress else log(
                     f"{_summary_line(record)} [lr {spec.lr:.3g}]")
     bar.close()
+    if stop.exists():
+        stop.unlink()
+        log(f"stopped on request ({STOP_FILE}); the finished runs are kept, the rest run on the next call")
     history_path = out / "invocations.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
     history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
