@@ -164,7 +164,7 @@ def readme_block(results: dict) -> str:
             test = entry["test"]
             if entry["chosen_lr"] is None:
                 done = sum(1 for r in runs if r["task"] == name and r["method"] == method)
-                lines.append(f"| {method} | tuning ({done} runs) | | | | |")
+                lines.append(f"| {method} | tuning ({done} run{'' if done == 1 else 's'}) | | | | |")
                 continue
             diff = mean_difference(test, base)
             delta = f"{diff:+.3f}" if diff is not None and method != BASELINE else ""
