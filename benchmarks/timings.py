@@ -48,8 +48,8 @@ def min_s(seconds: float) -> str:
     return f"{minutes} min {rest} s"
 
 
-SUITE = """One command sets up a virtual environment on a fresh machine and runs the suite on CPU ({passed} tests; from a
-clean clone, {pytest_seconds:.0f} s of tests on {cpus} cores, {real} in all: [`results/test_suite.md`](results/test_suite.md)):"""
+SUITE = """It sets up a virtual environment on a fresh machine and runs the suite on CPU ({passed} tests; from a
+clean clone, {pytest_seconds:.0f} s of tests on {cpus} cores, {real} in all: [`results/test_suite.md`](results/test_suite.md))."""
 
 
 def suite_paragraph(suite: dict) -> str:
