@@ -28,15 +28,30 @@ def span(values, fmt: str) -> str:
     return low if low == high else f"{low}–{high}"
 
 
-def load(model_name: str, device: str, dtype: str):
+def load(model_name: str, device: str, dtype: str, pack: Path | None = None):
+    """The real model; with ``pack`` (benchmarks/gpu_pack.py's folder) one built from its config whose target
+    matrices are the real ones and whose other weights are random (the fit benchmark reads only the targets)."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    from inilora.experiments.models import resolve
-
-    path = str(resolve(model_name))
     cls = AutoModelForCausalLM if model_name == "smollm2" else AutoModel
-    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    if pack is None:
+        from inilora.experiments.models import resolve
+
+        model = cls.from_pretrained(str(resolve(model_name)), dtype=getattr(torch, dtype))
+    else:
+        from safetensors.torch import load_file
+
+        torch.manual_seed(0)
+        model = cls.from_config(AutoConfig.from_pretrained(str(Path(pack) / model_name)), dtype=torch.float32)
+        targets = load_file(str(Path(pack) / model_name / "targets.safetensors"))
+        expected = {f"{name}.weight" for name in target_weights(model, model_name)}
+        if set(targets) != expected:
+            raise ValueError(f"{pack}/{model_name} holds {len(targets)} target matrices, the model has "
+                             f"{len(expected)}: repack it with benchmarks/gpu_pack.py")
+        model.load_state_dict({k: v.float() for k, v in targets.items()}, strict=False)
+        model = model.to(getattr(torch, dtype))
+    model = model.to(device).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.sum()  # fault the weights in, so the measurement sees only what the init allocates

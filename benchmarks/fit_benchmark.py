@@ -90,7 +90,7 @@ def run_cell(args) -> dict:
 
     torch.manual_seed(0)
     warm_up(args.device)
-    model = load(args.model, args.device, args.dtype)
+    model = load(args.model, args.device, args.dtype, args.pack)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     weights = target_weights(model, args.model)
     cell, r = args.cell, args.rank
@@ -265,6 +265,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "fit_benchmark.json")
+    parser.add_argument("--pack", type=Path, help="load the target matrices from benchmarks/gpu_pack.py's folder "
+                                                       "(the accelerator run), not from the installed models")
     parser.add_argument("--factors-dir", type=Path, help="keep the adam/published factors here (default: a temp dir)")
     parser.add_argument("--rescore", action="store_true",
                         help="recompute the errors of the saved adam/published factors in --factors-dir, run nothing")
@@ -293,6 +295,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--cell", cell, "--model", model, "--rank", str(r),
                            "--steps", str(args.steps), "--sample", str(args.sample), "--device", args.device,
                            "--dtype", args.dtype, "--factors-out", str(work / f"{model}-{r}-{cell}.pt")]
+                command += ["--pack", str(args.pack)] if args.pack else []
                 started = time.time()
                 out = subprocess.run(command, capture_output=True, text=True,
                                      env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
@@ -302,20 +305,29 @@ def main() -> None:
                 if cell in ("published-loop", "adam-early-stop"):
                     compare_with_batched(run, runs, work)
                 runs.append(run)
+                write(args, previous, runs)  # after every cell: a run stopped at its time limit keeps what it measured
                 print(f"{model:8s} r={r:<3d} {cell:20s} {run['seconds']:9.2f} s  peak +{run['peak_rise_fraction']:.3f}"
                       f" of model  max error/optimum {run['max_ratio']:.7f}   ({time.time() - started:.0f} s)",
                       flush=True)
+    data = write(args, previous, runs)
+    print(markdown(data))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+def write(args, previous: dict, runs: list) -> dict:
     import torch
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.device.startswith("cuda"):
+        machine["gpu"] = torch.cuda.get_device_name()
     command = "python benchmarks/fit_benchmark.py " + " ".join(sys.argv[1:])
     commands = previous.get("commands", [previous["command"]] if "command" in previous else []) + [command]
     data = {"machine": previous.get("machine", machine), "commands": commands, "runs": runs}
     args.out.write_text(json.dumps(data, indent=1))
     args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return data
 
 
 if __name__ == "__main__":

