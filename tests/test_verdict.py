@@ -54,6 +54,17 @@ def test_summary_chooses_on_validation_and_tests_the_finals():
     assert verdict["inilora:svd vs lora"]["diff_mean"] == pytest.approx(0.05)
 
 
+def test_validation_by_lr_is_what_the_choice_read_the_tuning_seeds():
+    """A final seed that fails on validation does not drag its rate below a neighbour it beat at selection."""
+    runs = _records("lora", 1e-3, 0.0, 0.02)
+    for r in runs:
+        if r["lr"] == 1e-3 and r["seed"] >= 2:
+            r["val"]["metric"] = 0.1  # finals run after the choice: they cannot change it, nor its reported score
+    entry = summarize_task(runs, {"lora": Protocol(GRID)}, "classification")["lora"]
+    assert entry["chosen_lr"] == 1e-3
+    assert entry["val_by_lr"]["0.001"] == pytest.approx(0.8)  # seeds 0 and 1; all five would give 0.38
+    assert entry["val_by_lr"]["0.001"] > max(v for lr, v in entry["val_by_lr"].items() if lr != "0.001")
+
 def test_paired_p_agrees_with_scipy():
     from scipy import stats
 

@@ -61,12 +61,15 @@ def paired_bootstrap_p(method: dict[int, list[bool]], reference: dict[int, list[
 
 def _finals(runs: list[dict], protocol: Protocol, metric: str | None) -> tuple[list[float], float | None,
                                                                              dict[str, float], list[dict]]:
-    """(grid, chosen lr, mean validation ``metric`` per lr, the final runs at the chosen lr)."""
+    """(grid, chosen lr, mean validation ``metric`` per lr over the tuning seeds — what the choice reads, so the
+    final seeds at the chosen lr do not make it look better or worse than its neighbours — the final runs at
+    the chosen lr)."""
     finished = {(r["lr"], r["seed"]): val_score(r, metric) for r in runs}
     now = stage(protocol, finished)
     by_lr: dict[str, list[float]] = {}
     for r in runs:
-        by_lr.setdefault(f"{r['lr']:.3g}", []).append(score_of(r["val"], metric))
+        if r["seed"] in protocol.tune_seeds:
+            by_lr.setdefault(f"{r['lr']:.3g}", []).append(score_of(r["val"], metric))
     val_by_lr = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items(), key=lambda kv: float(kv[0]))}
     if now.chosen_lr is None:
         return list(now.grid), None, val_by_lr, []
