@@ -162,3 +162,17 @@ def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():
     assert methods["inilora:svd"]["test"]["win_rate_vs_lora"] == 1.0  # lower loss on every seed
     on_the_metric = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "inilora:svd")}, "generation")
     assert on_the_metric["inilora:svd"]["test"]["values"] == [0.0] * 5  # the task's own metric: all tied
+
+
+def test_the_budget_line_shows_loras_mean_validation_curve_at_its_chosen_rate():
+    from inilora.experiments.bench.tuned_report import budget_line
+
+    runs = _records("lora", 1e-3, 0.0, 0.02) + _records("pissa", 1e-3, 0.0, 0.05)
+    for r in runs:  # seed s's accuracy curve is 0.5 + 0.01 s at every step: the mean over seeds 0-4 is 0.52
+        r.update(task="t", kind="classification")
+        r["val_curve"] = [[step, 0.4, 0.5 + 0.01 * r["seed"]] for step in (10, 20)]
+    task = {"methods": summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "pissa")}, "classification")}
+    assert budget_line("t", task, runs) == ("Budget: `lora` at 0.001, validation accuracy (mean of 5 seeds) at "
+                                            "steps 10, 20: 0.520, 0.520.")
+    task["methods"]["lora"]["chosen_lr"] = None  # still tuning: nothing to show yet
+    assert budget_line("t", task, runs) is None

@@ -12,7 +12,7 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits, majority_rate
 from .schedule import Protocol
 from .tuning import higher_is_better, mean_curve
-from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, summarize_task
+from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, mean_val_curve, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
                    "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
@@ -170,10 +170,29 @@ def readme_block(results: dict) -> str:
             delta = f"{diff:+.3f}" if diff is not None and method != BASELINE else ""
             lines.append(f"| {method} | {entry['chosen_lr']:.3g} | {test['mean']:.3f} ± {test['std']:.3f} | "
                          f"{len(test['values'])} | {delta} | {_p(test['p_holm'])} |")
-        lines += ["", *verdict_lines(results.get("declared", {}).get(name, []), final_seeds,
-                                     higher_is_better(task["metric"])), ""]
+        budget = budget_line(name, task, runs)
+        lines += ["", *([budget, ""] if budget else []),
+                  *verdict_lines(results.get("declared", {}).get(name, []), final_seeds,
+                                 higher_is_better(task["metric"])), ""]
     lines.append(README_END)
     return "\n".join(lines)
+
+
+def budget_line(name: str, task: dict, runs: list[dict]) -> str | None:
+    """Whether the budget let ``lora`` level off: its validation curve at the chosen rate, the mean over its
+    final seeds at every logged step (None until it has its finals)."""
+    entry = task["methods"].get(BASELINE)
+    if not entry or entry["chosen_lr"] is None or not entry["test"]["values"]:
+        return None
+    chosen = f"{entry['chosen_lr']:.3g}"
+    finals = [r for r in runs if r["task"] == name and r["method"] == BASELINE and f"{r['lr']:.3g}" == chosen
+              and r["seed"] in entry["test"]["seeds"] and r.get("val_curve")]
+    if not finals:
+        return None
+    curve = mean_val_curve(finals, finals[0]["kind"])
+    what = "accuracy" if finals[0]["kind"] == "classification" else "loss"
+    return (f"Budget: `lora` at {chosen}, validation {what} (mean of {len(finals)} seeds) at steps "
+            f"{', '.join(str(step) for step, _ in curve)}: {', '.join(f'{value:.3f}' for _, value in curve)}.")
 
 
 def _panels(names: list[str], draw, path: Path) -> Path:

@@ -84,7 +84,8 @@ def _curve(run: dict, kind: str) -> list[tuple[int, float]]:
     return [(int(p[0]), float(p[column])) for p in run.get("val_curve", []) if p[column] is not None]
 
 
-def _mean_curve(runs: list[dict], kind: str) -> list[tuple[int, float]]:
+def mean_val_curve(runs: list[dict], kind: str) -> list[tuple[int, float]]:
+    """The convergence curve averaged over ``runs`` (validation accuracy, or loss for generation)."""
     return mean_curve([dict(_curve(r, kind)) for r in runs])
 
 
@@ -118,7 +119,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
             "val_loss_auc": statistics.fmean(aucs) if aucs else float("nan"),
         }
     base = {r["seed"]: score_of(r["test"], metric) for r in finals.get(BASELINE, [])}
-    base_curve = _mean_curve(finals.get(BASELINE, []), kind)
+    base_curve = mean_val_curve(finals.get(BASELINE, []), kind)
     raw = {}
     for method, entry in methods.items():
         if method == BASELINE or not base:
@@ -128,7 +129,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
         entry["test"]["p_vs_lora"] = raw[method]
         entry["test"]["win_rate_vs_lora"] = win_rate(own, base, higher_is_better=higher_is_better(metric))
         if base_curve and finals[method]:
-            entry["steps_to_lora_final"] = steps_to_reach(_mean_curve(finals[method], kind), base_curve[-1][1],
+            entry["steps_to_lora_final"] = steps_to_reach(mean_val_curve(finals[method], kind), base_curve[-1][1],
                                                           higher_is_better=higher)
     for method, p in holm(raw).items():
         methods[method]["test"]["p_holm"] = p
