@@ -72,8 +72,7 @@ def run_cell(cell: tuple, args, batch, reference) -> dict:
 
     label, kind, options, targets = cell
     model = build(args.size, args.device)
-    config = peft.LoraConfig(r=args.r, lora_alpha=args.r, target_modules=targets, **options) if kind == "peft" \
-        else peft.LoraConfig(r=args.r, lora_alpha=args.r, target_modules=targets)
+    config = peft.LoraConfig(r=args.r, lora_alpha=args.r, target_modules=targets, **(options if kind == "peft" else {}))
     cuda = args.device.startswith("cuda")
     if cuda:
         sync(args.device)

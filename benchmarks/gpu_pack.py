@@ -35,10 +35,11 @@ def pack(model_name: str, out: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(str(folder / "config.json"))
     dtype = getattr(torch, STORED[model_name])
-    weights = {f"{name}.weight": W.to(dtype).contiguous() for name, W in target_weights(model, model_name).items()}
+    real = target_weights(model, model_name)
+    weights = {f"{name}.weight": W.to(dtype).contiguous() for name, W in real.items()}
     save_file(weights, str(folder / "targets.safetensors"), metadata={"dtype": STORED[model_name]})
-    worst = max(float((W.float() - t.float()).abs().max() / t.float().abs().max())
-                for W, t in zip(weights.values(), target_weights(model, model_name).values()))
+    worst = max(float((stored.float() - W).abs().max() / W.abs().max())
+                for stored, W in zip(weights.values(), real.values()))
     return {"model": model_name, "matrices": len(weights), "dtype": STORED[model_name],
             "bytes": (folder / "targets.safetensors").stat().st_size, "worst_relative_rounding": worst}
 
