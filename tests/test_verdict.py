@@ -65,6 +65,30 @@ def test_validation_by_lr_is_what_the_choice_read_the_tuning_seeds():
     assert entry["val_by_lr"]["0.001"] == pytest.approx(0.8)  # seeds 0 and 1; all five would give 0.38
     assert entry["val_by_lr"]["0.001"] > max(v for lr, v in entry["val_by_lr"].items() if lr != "0.001")
 
+def test_a_method_short_of_its_final_seeds_stays_out_of_the_holm_family():
+    """Interim p's would join the family and raise the Holm p of the complete comparisons."""
+    runs = (_records("lora", 1e-3, 0.0, 0.02) + _records("pissa", 1e-3, 0.0, 0.02)
+            + _records("inilora-alpha", 1e-3, 0.02, 0.02))
+    for r in runs:
+        if r["method"] == "pissa":  # p's strictly between 0 and 1, alpha's above pissa's
+            r["test"]["metric"] += 0.004 * (r["seed"] % 2)
+        if r["method"] == "inilora-alpha":
+            r["test"]["metric"] -= 0.03 * (r["seed"] % 2)
+    everything = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "pissa", "inilora-alpha")},
+                                "classification")
+    assert everything["pissa"]["test"]["p_holm"] > everything["pissa"]["test"]["p_vs_lora"]  # a family of two
+    runs = [r for r in runs if not (r["method"] == "inilora-alpha" and r["seed"] == 4)]
+    methods = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "pissa", "inilora-alpha")},
+                             "classification")
+    alpha, pissa = methods["inilora-alpha"]["test"], methods["pissa"]["test"]
+    assert alpha["seeds"] == [0, 1, 2, 3] and alpha["p_vs_lora"] is None and alpha["p_holm"] is None
+    assert pissa["p_holm"] == pytest.approx(pissa["p_vs_lora"])  # alone in its family now
+    rows = {row["comparison"]: row for row in declared_verdict(methods, seeds=5)}
+    assert rows["inilora-alpha vs lora"]["n"] == 4 and rows["inilora-alpha vs lora"]["p"] is None
+    assert rows["inilora-alpha vs lora"]["diff_mean"] == pytest.approx(0.005)
+    assert declared_verdict(methods)[0]["p"] > 0  # without a required count, 4 seeds are tested
+
+
 def test_paired_p_agrees_with_scipy():
     from scipy import stats
 

@@ -69,7 +69,7 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
                              "methods": entries}
         # the item-level test needs per-example right/wrong: the task's own metric, not a loss
         hits = final_hits(task, runs, entries) if suite.metric is None else None
-        declared[suite.name] = declared_verdict(entries, hits)
+        declared[suite.name] = declared_verdict(entries, hits, seeds=len(adapter.final_seeds))
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
 
 

@@ -118,6 +118,9 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
             "steps_to_lora_final": None,
             "val_loss_auc": statistics.fmean(aucs) if aucs else float("nan"),
         }
+    # a method is tested against lora once both have all their final seeds: an interim p would join (and
+    # shift) the Holm family of the complete comparisons
+    complete = {m: len(finals[m]) == len(p.final_seeds) for m, p in protocols.items()}
     base = {r["seed"]: score_of(r["test"], metric) for r in finals.get(BASELINE, [])}
     base_curve = mean_val_curve(finals.get(BASELINE, []), kind)
     raw = {}
@@ -125,7 +128,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
         if method == BASELINE or not base:
             continue
         own = dict(zip(entry["test"]["seeds"], entry["test"]["values"]))
-        raw[method] = paired_p(own, base)
+        raw[method] = paired_p(own, base) if complete[method] and complete.get(BASELINE) else None
         entry["test"]["p_vs_lora"] = raw[method]
         entry["test"]["win_rate_vs_lora"] = win_rate(own, base, higher_is_better=higher_is_better(metric))
         if base_curve and finals[method]:
@@ -136,10 +139,12 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
     return methods
 
 
-def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bool]]] | None = None) -> list[dict]:
+def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bool]]] | None = None,
+                     seeds: int = 0) -> list[dict]:
     """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family; with
     ``hits`` (per method and final seed, whether each test example was right), also the item-level paired
-    bootstrap p (:func:`paired_bootstrap_p`), Holm-corrected the same way."""
+    bootstrap p (:func:`paired_bootstrap_p`), Holm-corrected the same way. A comparison with fewer than
+    ``seeds`` paired seeds gets no p and stays out of the family until its final runs are in."""
     hits = hits or {}
     rows, raw, items = [], {}, {}
     for method, reference in DECLARED:
@@ -149,11 +154,12 @@ def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bo
         own, ref = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
         diff = mean_difference(a, b)
         name = f"{method} vs {reference}"
-        raw[name] = paired_p(own, ref)
-        if method in hits and reference in hits:
+        paired = len(set(own) & set(ref))
+        raw[name] = paired_p(own, ref) if paired >= seeds else None
+        if method in hits and reference in hits and paired >= seeds:
             items[name] = paired_bootstrap_p(hits[method], hits[reference])
         rows.append({"comparison": name, "diff_mean": math.nan if diff is None else diff,
-                     "n": len(set(own) & set(ref)), "p": raw[name], "p_items": items.get(name)})
+                     "n": paired, "p": raw[name], "p_items": items.get(name)})
     adjusted, adjusted_items = holm(raw), holm(items)
     for row in rows:
         row["p_holm"] = adjusted[row["comparison"]]
