@@ -166,6 +166,23 @@ def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
     assert len(verdict_lines(rows, 5)) == 6  # the whole family has a p: no note
 
 
+def test_the_overview_sorts_each_declared_comparison_by_task_and_direction():
+    from inilora.experiments.bench.tuned_report import overview_lines
+
+    def row(name, diff, p_holm, n=5):
+        return {"comparison": name, "diff_mean": diff, "n": n, "p": p_holm, "p_holm": p_holm}
+
+    declared = {"reviews": [row("inilora:svd vs lora", 0.003, 0.47), row("inilora-alpha vs lora", -0.02, 0.01)],
+                "hyperbaton": [row("inilora:svd vs lora", 0.026, 0.007), row("inilora-alpha vs lora", -0.01, None, 4)],
+                "gsm_symbolic": [row("inilora:svd vs lora", -0.05, 0.02)]}  # a loss: lower is better
+    lines = overview_lines(declared, {"reviews": "accuracy", "hyperbaton": "accuracy", "gsm_symbolic": "eval_loss"}, 5)
+    table = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in lines if line.startswith("| inilora")}
+    assert table["inilora:svd vs lora"] == ["hyperbaton (+0.026), gsm_symbolic (-0.050)", "reviews", "–", "–"]
+    assert table["inilora-alpha vs lora"] == ["–", "–", "reviews (-0.020)", "hyperbaton"]
+    assert list(table) == ["inilora:svd vs lora", "inilora-alpha vs lora"]  # the declared order
+    assert overview_lines({}, {}, 5) == []
+
+
 def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():
     """metric="eval_loss": the lowest mean validation loss picks the rate (the task's own metric, tied at 0,
     is not read), the test values are the held-out losses, and a lower loss wins."""
