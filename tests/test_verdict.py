@@ -65,6 +65,7 @@ def test_validation_by_lr_is_what_the_choice_read_the_tuning_seeds():
     assert entry["val_by_lr"]["0.001"] == pytest.approx(0.8)  # seeds 0 and 1; all five would give 0.38
     assert entry["val_by_lr"]["0.001"] > max(v for lr, v in entry["val_by_lr"].items() if lr != "0.001")
 
+
 def test_a_method_short_of_its_final_seeds_stays_out_of_the_holm_family():
     """Interim p's would join the family and raise the Holm p of the complete comparisons."""
     runs = (_records("lora", 1e-3, 0.0, 0.02) + _records("pissa", 1e-3, 0.0, 0.02)
