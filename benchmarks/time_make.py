@@ -1,7 +1,11 @@
-"""Time ``make test`` in a clean clone and write the measurement: ``results/test_suite.json`` (what the README's
-test-suite block reads) and ``results/test_suite.md`` rendered from it, so the two cannot disagree.
+"""Time ``make test`` or ``make quick`` in a clean clone and write the measurement as JSON (what the README's
+block reads) with a Markdown write-up rendered from it, so the two cannot disagree:
 
-    git clone <this repo> /tmp/clean && python benchmarks/time_make.py /tmp/clean
+- ``test`` (the default): ``results/test_suite.json`` and ``.md``; the clone's ``.venv`` may be installed already;
+- ``quick``: the clone is made fresh first (``git clean -xdf``: no ``.venv``, no runs), so the time includes
+  creating the environment; its runs replace ``results/quick``'s, with ``make_quick.json`` and ``README.md``.
+
+    git clone <this repo> /tmp/clean && python benchmarks/time_make.py /tmp/clean [--target quick]
 
 The clone is brought to this checkout's commit first (``git fetch`` + ``checkout``); pass ``--no-sync`` to time
 it as it is. Stop other work on the machine first: the figures are what a quiet machine takes.
@@ -13,6 +17,8 @@ import argparse
 import json
 import os
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -58,10 +64,76 @@ checks that the two say the same.
 """
 
 
+def measure_quick(clone: Path) -> dict:
+    """``git clean -xdf`` then ``make quick`` in ``clone``: wall, user and system seconds (the children's)."""
+    git(clone, "clean", "-xdfq")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(["make", "quick"], cwd=clone, capture_output=True, text=True)
+    real = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        sys.exit(f"make quick failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return {"command": "time make quick", "commit": git(clone, "rev-parse", "--short", "HEAD"),
+            "cpus": os.cpu_count(), "real_seconds": round(real, 3),
+            "user_seconds": round(after.ru_utime - before.ru_utime, 3),
+            "sys_seconds": round(after.ru_stime - before.ru_stime, 3)}
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3f}s"
+
+
+def quick_markdown(record: dict, bench_seconds: float) -> str:
+    return f"""# `make quick`, measured
+
+A clean clone of commit {record['commit']}, made fresh (`git clean -xdf`: no `.venv`, no runs), then `time make quick`
+(creates `.venv`, installs the pinned packages from a warm pip cache, runs `inilora bench --quick`) as
+`benchmarks/time_make.py --target quick` runs it, on this project's {record['cpus']}-core CPU machine with nothing else running:
+
+    real    {_clock(record['real_seconds'])}
+    user    {_clock(record['user_seconds'])}
+    sys     {_clock(record['sys_seconds'])}
+
+The benchmark itself took {bench_seconds:.0f} s of that (`invocations.json`). The runs, table and plots here are that
+clone's `runs/quick`. A cold pip cache adds the download of the wheels (torch itself installs from local disk on
+this machine).
+
+`lora_at_tuned_lr/` (not remeasured here): `inilora bench --quick --methods lora --lr <rate>` — lora at the rate
+the tuned benchmark chose on reviews at its own, longer budget, run on this budget (the README's quick block
+names the rate and what it did).
+
+Written together with [`make_quick.json`](make_quick.json), which the README reads; `tests/test_readme.py`
+checks that the two say the same.
+"""
+
+
+QUICK_OUTPUTS = ("results.json", "results.md", "invocations.json", "final_metrics.png", "loss_curves.png", "runs")
+
+
+def adopt_quick_runs(clone: Path) -> float:
+    """Replace results/quick's runs, table and plots with the clone's ``runs/quick``; the benchmark's wall seconds."""
+    source, target = clone / "runs" / "quick", ROOT / "results" / "quick"
+    for name in QUICK_OUTPUTS:
+        old = target / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        if (source / name).is_dir():
+            shutil.copytree(source / name, old)
+        elif (source / name).exists():
+            shutil.copy2(source / name, old)
+    (invocation,) = json.loads((target / "invocations.json").read_text())
+    return invocation["wall_seconds"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clone", type=Path, help="a clone of this repository (not this checkout)")
     parser.add_argument("--no-sync", action="store_true", help="time the clone at its own commit")
+    parser.add_argument("--target", choices=["test", "quick"], default="test", help="what to time (default: test)")
     args = parser.parse_args()
     if args.clone.resolve() == ROOT:
         sys.exit("time a separate clean clone, not this checkout")
@@ -70,9 +142,16 @@ def main() -> None:
         git(args.clone, "checkout", "-q", "--detach", "FETCH_HEAD")
     if git(args.clone, "status", "--porcelain", "--untracked-files=no"):
         sys.exit(f"{args.clone} has local changes: not a clean clone")
-    record = {"markdown": "results/test_suite.md", "measured_by": "benchmarks/time_make.py", **measure(args.clone)}
-    (ROOT / "results" / "test_suite.json").write_text(json.dumps(record, indent=1) + "\n")
-    (ROOT / "results" / "test_suite.md").write_text(markdown(record))
+    if args.target == "quick":
+        record = {"markdown": "results/quick/README.md", "measured_by": "benchmarks/time_make.py --target quick",
+                  **measure_quick(args.clone)}
+        bench_seconds = adopt_quick_runs(args.clone)
+        (ROOT / "results" / "quick" / "make_quick.json").write_text(json.dumps(record, indent=1) + "\n")
+        (ROOT / "results" / "quick" / "README.md").write_text(quick_markdown(record, bench_seconds))
+    else:
+        record = {"markdown": "results/test_suite.md", "measured_by": "benchmarks/time_make.py", **measure(args.clone)}
+        (ROOT / "results" / "test_suite.json").write_text(json.dumps(record, indent=1) + "\n")
+        (ROOT / "results" / "test_suite.md").write_text(markdown(record))
     print(json.dumps(record))
 
 

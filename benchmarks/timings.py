@@ -1,6 +1,6 @@
 """Timings of ``make quick`` and ``make test``: each is written up in Markdown under results/ with its figures in a
-JSON file beside it (``markdown`` names the Markdown) that the README's blocks read — ``make test``'s both written
-by benchmarks/time_make.py, ``make quick``'s copied by hand from its write-up. ``markdown_figures`` reads the same
+JSON file beside it (``markdown`` names the Markdown) that the README's blocks read — both written by
+benchmarks/time_make.py (``--target test`` / ``quick``). ``markdown_figures`` reads the same
 figures back out of the Markdown, so a test holds the two together, and ``suite_paragraph`` is the README's
 sentence on the test suite."""
 

@@ -44,7 +44,7 @@ def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
     assert retimed != markdown and timings.markdown_figures(retimed) != pytest.approx(timings.copied_figures(copy))
 
 
-def test_the_suite_timing_is_written_as_markdown_that_says_what_its_json_says():
+def test_the_make_timings_are_written_as_markdown_that_says_what_their_json_says():
     _tables()
     import time_make
     import timings
@@ -53,6 +53,11 @@ def test_the_suite_timing_is_written_as_markdown_that_says_what_its_json_says():
               "command": "time make test", "commit": "abc1234", "cpus": 2, "passed": 481, "warnings": 3,
               "pytest_seconds": 402.5, "real_seconds": 431.25}
     assert timings.markdown_figures(time_make.markdown(record)) == pytest.approx(timings.copied_figures(record))
+    quick = {"markdown": "results/quick/README.md", "measured_by": "benchmarks/time_make.py --target quick",
+             "command": "time make quick", "commit": "abc1234", "cpus": 2, "real_seconds": 486.873,
+             "user_seconds": 756.029, "sys_seconds": 29.133}
+    assert timings.markdown_figures(time_make.quick_markdown(quick, 386.1)) == pytest.approx(
+        timings.copied_figures(quick))
     assert time_make.SUMMARY.findall("== 481 passed, 2 skipped, 3 warnings in 402.50s (0:06:42) ==") == [
         ("481", "402.50")]
 
