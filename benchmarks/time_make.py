@@ -32,6 +32,18 @@ def git(clone: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(clone), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _made(clone: Path, target: str) -> dict:
+    """What every timing record starts with: the command, the clone's commit, the machine's cores."""
+    return {"command": f"time make {target}", "commit": git(clone, "rev-parse", "--short", "HEAD"),
+            "cpus": os.cpu_count()}
+
+
+def _clock(seconds: float) -> str:
+    """``486.873`` -> ``8m6.873s``, as ``time`` prints it."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3f}s"
+
+
 def measure(clone: Path) -> dict:
     """Run ``make test`` in ``clone``; its wall time and pytest's summary line (all tests must pass)."""
     start = time.perf_counter()
@@ -42,20 +54,18 @@ def measure(clone: Path) -> dict:
         sys.exit(f"make test failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     passed, seconds = found[-1].groups()
     warnings = re.search(r"(\d+) warnings?", found[-1][0])
-    return {"command": "time make test", "commit": git(clone, "rev-parse", "--short", "HEAD"),
-            "cpus": os.cpu_count(), "passed": int(passed), "warnings": int(warnings[1]) if warnings else 0,
+    return {**_made(clone, "test"), "passed": int(passed), "warnings": int(warnings[1]) if warnings else 0,
             "pytest_seconds": float(seconds), "real_seconds": round(real, 3)}
 
 
 def markdown(record: dict) -> str:
-    minutes, seconds = divmod(record["real_seconds"], 60)
     return f"""# `make test`, measured
 
 A clean clone of commit {record['commit']} on this project's {record['cpus']}-core CPU machine (`.venv` installed earlier in that clone,
 nothing else running), `time make test` as `benchmarks/time_make.py` runs it:
 
     {record['passed']} passed, {record['warnings']} warnings in {record['pytest_seconds']:.2f}s
-    real    {int(minutes)}m{seconds:.3f}s
+    real    {_clock(record['real_seconds'])}
 
 `.ci/run` runs the same `make test` on a clean clone.
 
@@ -74,15 +84,9 @@ def measure_quick(clone: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"make quick failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return {"command": "time make quick", "commit": git(clone, "rev-parse", "--short", "HEAD"),
-            "cpus": os.cpu_count(), "real_seconds": round(real, 3),
+    return {**_made(clone, "quick"), "real_seconds": round(real, 3),
             "user_seconds": round(after.ru_utime - before.ru_utime, 3),
             "sys_seconds": round(after.ru_stime - before.ru_stime, 3)}
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.3f}s"
 
 
 def quick_markdown(record: dict, bench_seconds: float) -> str:
@@ -145,13 +149,12 @@ def main() -> None:
     if args.target == "quick":
         record = {"markdown": "results/quick/README.md", "measured_by": "benchmarks/time_make.py --target quick",
                   **measure_quick(args.clone)}
-        bench_seconds = adopt_quick_runs(args.clone)
-        (ROOT / "results" / "quick" / "make_quick.json").write_text(json.dumps(record, indent=1) + "\n")
-        (ROOT / "results" / "quick" / "README.md").write_text(quick_markdown(record, bench_seconds))
+        text, saved = quick_markdown(record, adopt_quick_runs(args.clone)), "results/quick/make_quick.json"
     else:
         record = {"markdown": "results/test_suite.md", "measured_by": "benchmarks/time_make.py", **measure(args.clone)}
-        (ROOT / "results" / "test_suite.json").write_text(json.dumps(record, indent=1) + "\n")
-        (ROOT / "results" / "test_suite.md").write_text(markdown(record))
+        text, saved = markdown(record), "results/test_suite.json"
+    (ROOT / saved).write_text(json.dumps(record, indent=1) + "\n")
+    (ROOT / record["markdown"]).write_text(text)
     print(json.dumps(record))
 
 
