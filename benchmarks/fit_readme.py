@@ -54,7 +54,7 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
   issue targets. At r = 32 both are near the CPU's arithmetic floor: the published loop spends about
   {published_ms:.1f} ms per MiniLM matrix-step, the batched fit {batched_ms:.1f} ms, which is what its two `W`-sized products per step cost
   at this core's GEMM rate; only removing work (early stop) or a GPU, where the published loop's
-  per-step launches and host sync dominate, can give more — not measured here. (At r = 8 the batched
+  per-step launches and host sync dominate, can give more ([On one GPU](#on-one-gpu)). (At r = 8 the batched
   fit keeps its factors transposed, which makes the same products 2.6–4× faster on CPU.) The factors of
   the two differ by up to {factor_diff} after {steps:,} steps (an r×r rotation inside the optimum's subspace: float
   summation order differs, and the loss is flat along rotations); on small matrices over 2,000 steps

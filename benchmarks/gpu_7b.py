@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,16 +107,21 @@ def run_cell(cell: tuple, args, batch, reference) -> dict:
     return result
 
 
-def markdown(data: dict) -> str:
-    lines = [f"# {data['size']} on one GPU: initialization, end to end (bf16, r = {data['r']})", "",
-             f"Device: {data['device_name']}; torch {data['torch']}, transformers {data['transformers']}, "
-             f"peft {data['peft']}; command `{data['command']}`.", "",
-             "| cell | targets | matrices | init seconds | peak GPU memory over the model (GiB) | logit change | "
+def table(data: dict) -> str:
+    """One row per cell (also the README's, benchmarks/gpu_readme.py)."""
+    lines = ["| cell | targets | matrices | init seconds | peak GPU memory over the model (GiB) | logit change | "
              "training step (s, 4 × 512 tokens) |", "|---|---|---|---|---|---|---|"]
     for c in data["cells"]:
         lines.append(f"| {c['cell']} | {c['targets']} | {c['matrices']} | {c['seconds']:.2f} | "
                      f"{c.get('peak_gib', float('nan')):.2f} | {c['logit_change']:.1e} | {c['step_seconds']:.3f} |")
-    lines += ["", f"Not run (time budget): {', '.join(data['skipped']) or 'none'}."]
+    return "\n".join(lines)
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# {data['size']} on one GPU: initialization, end to end (bf16, r = {data['r']})", "",
+             f"Device: {data['device_name']}; torch {data['torch']}, transformers {data['transformers']}, "
+             f"peft {data['peft']}; command `{data['command']}`.", "", table(data),
+             "", f"Not run (time budget): {', '.join(data['skipped']) or 'none'}."]
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +148,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     data = {"size": args.size, "r": args.r, "device_name": name, "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
-            "command": "python benchmarks/gpu_7b.py " + " ".join(sys.argv[1:]), "cells": [], "skipped": []}
+            "command": "python benchmarks/gpu_7b.py " + " ".join(sys.argv[1:]),
+            "commit": os.environ.get("GIT_COMMIT"), "cells": [], "skipped": []}
     for cell in CELLS:
         label = f"{cell[0]} ({'q/v' if cell[3] == QV else cell[3]})"
         if time.time() - started > args.budget:

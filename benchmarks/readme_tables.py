@@ -19,6 +19,7 @@ from typing import Callable
 import choosing_readme
 import factor_geometry
 import fit_readme
+import gpu_readme
 import init_drift
 import quant_error
 import quant_finetune
@@ -59,6 +60,8 @@ BLOCKS = {
     "quant-finetune": Block(("results/quant_finetune.json",), quant_finetune.readme_reading),
     "quant-reading": Block(("results/quant_error.json",), quant_error.readme_reading),
     "scale-7b": Block(("results/scale_7b.json", "results/fit_benchmark.json"), scale_7b.readme_block),
+    "gpu": Block(("results/gpu/gpu_7b.json", "results/gpu/fit_benchmark_cuda.json", "results/fit_benchmark.json"),
+                 gpu_readme.readme_block),
     "quick-run": Block(("results/quick/results.json", "results/quick/lora_at_tuned_lr/results.json",
                         "results/tuned/results.json", "results/quick/make_quick.json"), quick_readme.readme_block),
     "sharded-fit": Block(("results/sharded_fit.json",), sharded_fit.readme_paragraph),
