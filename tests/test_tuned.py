@@ -40,9 +40,17 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
               log=stop_after_the_first_run)
     assert "6 to go;" in lines[0] and lines[-1].startswith("stopped on request")
     assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == 1 and not (out / tuned.STOP_FILE).exists()
+    # each sitting is recorded beside the runs (a commit of runs/ alone keeps it), a legacy record carried over
+    (sitting,) = json.loads((out / tuned.SITTINGS).read_text())
+    assert sitting["command"] and sitting["runs_done"] == 1 and sitting["jobs"] == 1
+    (out / tuned.LEGACY_SITTINGS).write_text((out / tuned.SITTINGS).read_text())
+    (out / tuned.SITTINGS).unlink()
     result = tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,
                        log=lines.append)  # the next call runs the rest
     assert not result["failures"]
+    run_files = len(list(out.glob("runs/toy/*/lr*/seed*.json")))
+    assert [s["runs_done"] for s in json.loads((out / tuned.SITTINGS).read_text())] == [1, run_files - 1]
+    assert not (out / tuned.LEGACY_SITTINGS).exists()
     done = tuned.Ledger(out, [suite], methods, digests)
     assert tuned.cpu_hours_left(done, [suite], methods, adapter, adapter) == (0, 0.0)
     summary = json.loads((out / "summary.json").read_text())

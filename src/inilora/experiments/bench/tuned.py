@@ -177,16 +177,28 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     if stop.exists():
         stop.unlink()
         log(f"stopped on request ({STOP_FILE}); the finished runs are kept, the rest run on the next call")
-    history_path = out / "invocations.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history = _sittings(out)
     history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
                     "wall_seconds": round(time.time() - started, 1), "runs_done": len(attempted) - len(failures),
                     "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
-    out.mkdir(parents=True, exist_ok=True)
-    history_path.write_text(json.dumps(history, indent=1))
+    (out / SITTINGS).parent.mkdir(parents=True, exist_ok=True)
+    (out / SITTINGS).write_text(json.dumps(history, indent=1))
+    (out / LEGACY_SITTINGS).unlink(missing_ok=True)
     summary = write_report(out, suites, methods, adapter, full, ledger, command)
     summary["failures"] = failures
     return summary
+
+
+# Every sitting of the runner, kept beside the run files (not with the report) so that committing the runs alone
+# keeps the record of the sittings that made them; earlier versions wrote it to invocations.json.
+SITTINGS, LEGACY_SITTINGS = "runs/sittings.json", "invocations.json"
+
+
+def _sittings(out: Path) -> list[dict]:
+    for name in (SITTINGS, LEGACY_SITTINGS):
+        if (out / name).is_file():
+            return json.loads((out / name).read_text())
+    return []
 
 
 def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
