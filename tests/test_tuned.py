@@ -79,6 +79,24 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"] and not again["failures"]
     ledger = tuned.Ledger(out, [bench.with_overrides(suite, max_len=24)], methods, {"toy": suite.data_digest()})
     assert all(not scores for scores in ledger.scores.values())
+    # data that can no longer be loaded (an archive gone from its index): the runs still count under the digest
+    # they recorded, and no run is added; runs that disagree on the digest count for nothing
+    (declared_before,) = json.loads((out / "results.json").read_text())["declared"]["toy"]
+    data.rename(tmp_path / "gone.jsonl")
+    lines.clear()
+    gone = tuned.run([suite], methods, out, adapter, adapter, jobs=1, progress=False, log=lines.append)
+    assert lines[0].startswith("toy: data unavailable here") and "does not exist" in lines[0]
+    assert "0 to go" in lines[1] and gone["tasks"] == summary["tasks"] and not gone["failures"]
+    (row,) = gone["declared"]["toy"]  # the item-level test needs the test answers: carried from the last report
+    assert row["p_items_carried"] and row["p_items"] == declared_before["p_items"] is not None
+    assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == run_files
+    first = sorted(out.glob("runs/toy/lora/lr*/seed*.json"))[0]
+    record = json.loads(first.read_text())
+    record["spec"]["data"] = "0" * 16
+    first.write_text(json.dumps(record))
+    assert tuned.report([suite], methods, out, adapter, adapter, make_plots=False,
+                        log=lines.append)["tasks"] == {}
+    assert lines[-1].endswith("none of its runs counts (2 digests recorded); no run is added")
 
 
 def test_the_tuned_preset_follows_the_protocol_of_the_issue():

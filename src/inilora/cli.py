@@ -319,7 +319,8 @@ def _bench_tuned(args, suites, methods, out) -> int:
     command = "inilora bench --preset tuned" + (f" --tasks {','.join(args.tasks)}" if args.tasks else "") + \
         (f" --methods {','.join(args.methods)}" if args.methods else "") + f" --out {out}"
     if args.aggregate_only:
-        result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots)
+        result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots,
+                              log=lambda line: print(line, file=sys.stderr))
     else:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,

@@ -40,6 +40,32 @@ def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
     return (*methods, *([FULL] if suite.full is not None else []))
 
 
+def data_digests(suites: list[Suite], out: Path, log=print) -> tuple[dict[str, str], set[str]]:
+    """(each suite's data digest, the suites whose data cannot be loaded here). A dataset can vanish from the
+    index it came from (bigbench 1.0.0 did): such a suite's finished runs still count, under the one digest
+    they all recorded (none count when they disagree), and no run is added to it."""
+    from ...errors import DataError
+
+    digests, unavailable = {}, set()
+    for suite in suites:
+        try:
+            digests[suite.name] = suite.data_digest()
+        except DataError as exc:
+            unavailable.add(suite.name)
+            recorded = set()
+            for path in (out / "runs" / suite.name).glob("*/lr*/seed*.json"):
+                try:
+                    recorded.add(json.loads(path.read_text())["spec"]["data"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+            if len(recorded) == 1:
+                digests[suite.name], kept = recorded.pop(), "its runs count under the digest they recorded"
+            else:
+                digests[suite.name], kept = "unavailable", f"none of its runs counts ({len(recorded)} digests recorded)"
+            log(f"{suite.name}: data unavailable here ({exc}); {kept}; no run is added")
+    return digests, unavailable
+
+
 class Ledger:
     """The finished runs of a tuned benchmark that still count (matching spec, data and versions), read
     once from disk and kept up to date as runs finish."""
@@ -134,8 +160,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     from .tuned_report import write_report
 
     out = Path(out)
-    digests = {suite.name: suite.data_digest() for suite in suites}
+    digests, unavailable = data_digests(suites, out, log)
     ledger = Ledger(out, suites, methods, digests)
+    every_suite, suites = suites, [suite for suite in suites if suite.name not in unavailable]
     todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
     done_before = sum(len(v) for v in ledger.scores.values())
     left, hours = cpu_hours_left(ledger, suites, methods, adapter, full)
@@ -184,7 +211,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     (out / SITTINGS).parent.mkdir(parents=True, exist_ok=True)
     (out / SITTINGS).write_text(json.dumps(history, indent=1))
     (out / LEGACY_SITTINGS).unlink(missing_ok=True)
-    summary = write_report(out, suites, methods, adapter, full, ledger, command)
+    summary = write_report(out, every_suite, methods, adapter, full, ledger, command)
     summary["failures"] = failures
     return summary
 
@@ -202,10 +229,10 @@ def _sittings(out: Path) -> list[dict]:
 
 
 def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
-           full: Protocol, command: str = "", make_plots: bool = True) -> dict:
+           full: Protocol, command: str = "", make_plots: bool = True, log=print) -> dict:
     """Rebuild the tuned benchmark's report from the runs under ``out`` (no training)."""
     from .tuned_report import write_report
 
     out = Path(out)
-    ledger = Ledger(out, suites, methods, {suite.name: suite.data_digest() for suite in suites})
+    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0])
     return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots)

@@ -5,6 +5,7 @@ fixes, so a script can check it), ``results.json`` (every run, without its per-e
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -49,27 +50,35 @@ def final_hits(task, runs: list[dict], entries: dict[str, dict]) -> dict[str, di
     return hits
 
 
-def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str) -> tuple[dict, dict]:
-    """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json)."""
+def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,
+              previous: dict | None = None) -> tuple[dict, dict]:
+    """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json).
+    A task whose data cannot be loaded here is summarized from its runs' records (kind, majority class);
+    its item-level tests need the test answers, so they are carried over from ``previous`` (the last
+    report's declared comparisons) where the seed-level comparison is unchanged, and are missing otherwise."""
+    from ...errors import DataError
     from .tuned import FULL, rows_of
 
     tasks, declared, cpu_seconds = {}, {}, 0.0
     for suite in suites:
-        task, _ = suite.load()
         rows = [m for m in rows_of(suite, methods) if ledger.records[suite.name, m]]
         runs = [r for m in rows for r in ledger.records[suite.name, m]]
         cpu_seconds += sum(cpu_seconds_of(r) for r in runs)
         if not rows:
             continue
+        try:
+            task, _ = suite.load()
+            kind, majority = task.kind, majority_rate(task.eval) if task.kind == "classification" else None
+        except DataError:
+            task, kind, majority = None, runs[0]["kind"], runs[0]["majority"]
         chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
-        metric = suite.metric or task.metric
-        entries = summarize_task(runs, chosen, task.kind, suite.metric)
-        tasks[suite.name] = {"model": suite.model, "metric": metric,
-                             "majority": majority_rate(task.eval) if task.kind == "classification" else None,
-                             "methods": entries}
+        metric = suite.metric or ("accuracy" if kind == "classification" else "exact_match")
+        entries = summarize_task(runs, chosen, kind, suite.metric)
+        tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries}
         # the item-level test needs per-example right/wrong: the task's own metric, not a loss
-        hits = final_hits(task, runs, entries) if suite.metric is None else None
-        declared[suite.name] = declared_verdict(entries, hits, seeds=len(adapter.final_seeds))
+        hits = final_hits(task, runs, entries) if suite.metric is None and task is not None else None
+        carried = (previous or {}).get(suite.name) if task is None else None
+        declared[suite.name] = declared_verdict(entries, hits, seeds=len(adapter.final_seeds), carried=carried)
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
 
 
@@ -112,6 +121,9 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
                       + f" | {_p(row['p'])} | "
                       f"{_p(row['p_holm'])} | {_p(row.get('p_items'))} | {_p(row.get('p_items_holm'))} |"
                       for row in declared[name]]
+            if any(row.get("p_items_carried") for row in declared[name]):
+                lines += ["", "This task's data could not be loaded when this report was made: its item-level p "
+                          "values are those of the previous report, whose seed-level comparisons were the same."]
         lines.append("")
     return "\n".join(lines)
 
@@ -301,7 +313,9 @@ def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, 
                  make_plots: bool = True) -> dict:
     """Write summary.json, results.json, results.md and the plots under ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    summary, declared = summarize(suites, methods, adapter, full, ledger, command)
+    previous = json.loads((out / "results.json").read_text()).get("declared") if (out / "results.json").is_file() \
+        else None
+    summary, declared = summarize(suites, methods, adapter, full, ledger, command, previous)
     write_json_atomic(out / "summary.json", summary)
     runs = [{k: v for k, v in r.items() if k != "predictions"} for records in ledger.records.values() for r in records]
     write_json_atomic(out / "results.json", _finite({"summary": summary, "declared": declared, "runs": runs}))

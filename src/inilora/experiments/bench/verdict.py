@@ -140,12 +140,15 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
 
 
 def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bool]]] | None = None,
-                     seeds: int = 0) -> list[dict]:
+                     seeds: int = 0, carried: list[dict] | None = None) -> list[dict]:
     """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family; with
     ``hits`` (per method and final seed, whether each test example was right), also the item-level paired
     bootstrap p (:func:`paired_bootstrap_p`), Holm-corrected the same way. A comparison with fewer than
-    ``seeds`` paired seeds gets no p and stays out of the family until its final runs are in."""
+    ``seeds`` paired seeds gets no p and stays out of the family until its final runs are in. ``carried``:
+    an earlier report's rows, whose item-level p stands in (marked ``p_items_carried``) where ``hits`` are
+    missing and the seed-level comparison (seeds paired, mean difference, p) is exactly the same."""
     hits = hits or {}
+    earlier = {row["comparison"]: row for row in carried or ()}
     rows, raw, items = [], {}, {}
     for method, reference in DECLARED:
         if method not in methods or reference not in methods:
@@ -156,12 +159,23 @@ def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bo
         name = f"{method} vs {reference}"
         paired = len(set(own) & set(ref))
         raw[name] = paired_p(own, ref) if paired >= seeds else None
+        row = {"comparison": name, "diff_mean": math.nan if diff is None else diff, "n": paired, "p": raw[name]}
         if method in hits and reference in hits and paired >= seeds:
             items[name] = paired_bootstrap_p(hits[method], hits[reference])
-        rows.append({"comparison": name, "diff_mean": math.nan if diff is None else diff,
-                     "n": paired, "p": raw[name], "p_items": items.get(name)})
+        elif _same_comparison(earlier.get(name), row) and earlier[name].get("p_items") is not None:
+            items[name], row["p_items_carried"] = earlier[name]["p_items"], True
+        rows.append({**row, "p_items": items.get(name)})
     adjusted, adjusted_items = holm(raw), holm(items)
     for row in rows:
         row["p_holm"] = adjusted[row["comparison"]]
         row["p_items_holm"] = adjusted_items.get(row["comparison"])
     return rows
+
+
+def _same_comparison(earlier: dict | None, row: dict) -> bool:
+    """Whether an earlier report's row compared the same final values: same paired seeds, mean difference
+    and p (null where a figure was missing)."""
+    if earlier is None or earlier.get("n") != row["n"] or row["p"] is None or earlier.get("p") != row["p"]:
+        return False
+    diff = row["diff_mean"]
+    return earlier.get("diff_mean") == (None if math.isnan(diff) else diff)
