@@ -98,6 +98,9 @@ def test_a_4bit_model_is_dequantized_fitted_and_requantized(tmp_path, input_ids)
     fp = AutoModelForCausalLM.from_pretrained(folder)
     bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     four_bit = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb_config, device_map="cpu")
+    for layer in four_bit.modules():  # bitsandbytes' AVX512-BF16 CPU kernel fails on this tiny model's shapes
+        if isinstance(layer, bnb.nn.Linear4bit):  # (a weight it repacked is read in the test above)
+            layer.support_avx512bf16_for_cpu = False
     q_proj = four_bit.model.layers[0].self_attn.q_proj
     W_deq = bnb_f.dequantize_4bit(q_proj.weight.data, q_proj.weight.quant_state)
     expected = outputs(four_bit, input_ids)
@@ -143,3 +146,46 @@ def test_quantized_model_trains_and_save_residual_model_refuses_it(tmp_path, inp
     assert (peft_model.base_model.model.get_submodule(name).lora_A["default"].weight - A0).abs().max() > 1e-3
     with pytest.raises(InitError, match="4-bit"):
         inilora.save_residual_model(peft_model, tmp_path / "out")
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_a_weight_bitsandbytes_repacked_for_its_cpu_kernel_is_read_as_it_computes(double):
+    """bitsandbytes repacks a Linear4bit for its AVX512-BF16 CPU kernel at the first inference forward (forced
+    here with its own conversion, on any CPU): block scales in bfloat16, another layout. inilora reads the
+    weight that kernel computes with, and leaves the layer as it was."""
+    import copy
+
+    from inilora.quantize import QuantSpec, dequantize, quantize
+
+    torch.manual_seed(0)
+    param = quantize(torch.randn(64, 256), QuantSpec("nf4", double, torch.float32))
+    standard = copy.copy(param.quant_state)
+    scales = bnb_f.dequantize_blockwise(standard.absmax, standard.state2) + standard.offset if double else standard.absmax
+    standard.absmax, standard.nested = scales.to(torch.bfloat16).float(), False
+    expected = bnb_f.dequantize_4bit(param.data.clone(), standard)  # the scales as the kernel rounds them
+    assert not torch.equal(expected, dequantize(param))  # (rounding them changes the weight)
+    param.data, param.quant_state = bnb_f._convert_weight_packed_for_cpu(param.data, param.quant_state)
+    packed = param.data.clone()
+    try:
+        misread = bnb_f.dequantize_4bit(param.data, param.quant_state).float()
+    except RuntimeError:
+        misread = None  # or it fails outright
+    assert misread is None or (misread - expected).abs().max() > 0.1
+    assert torch.equal(dequantize(param), expected)
+    assert param.quant_state.packing_format_for_cpu and torch.equal(param.data, packed)  # left as it was
+
+
+def test_4bit_layers_inilora_builds_stay_in_the_standard_layout(input_ids, monkeypatch):
+    """An inference forward on a CPU with AVX512-BF16 would repack them lossily (see above): they opt out, so
+    their bytes stay those inilora quantized (and a shape that kernel cannot take does not fail). Every layer
+    is made here as on such a CPU."""
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+    peft_model = quantized(config=QV, solver="svd")
+    layers = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
+    peft_model.eval()
+    with torch.no_grad():
+        peft_model(input_ids)
+    assert layers and all(not m.support_avx512bf16_for_cpu for m in layers)
+    assert all(torch.equal(m.weight.data, data) and torch.equal(m.weight.quant_state.absmax, absmax)
+               for m, (data, absmax) in zip(layers, before))

@@ -4,6 +4,7 @@ wraps with its own bnb LoRA layer. bitsandbytes is imported only here, and only 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -49,11 +50,37 @@ def refuse_unsupported(name: str, module: nn.Module) -> None:
                     f"(Linear4bit) layers. {OFFLINE_HINT}")
 
 
-def dequantized_weight(module: nn.Module) -> Tensor:
-    """The 4-bit layer's weight, dequantized (``out × in``, in the dtype it was quantized from)."""
+def keep_standard_layout(layer: nn.Module) -> None:
+    """Keep bitsandbytes from repacking this ``Linear4bit`` for its AVX512-BF16 CPU kernel. bitsandbytes
+    (>= 0.49) does that at the first inference forward on such a CPU, and the repacking is lossy: the block
+    scales become bfloat16 (double-quantized ones are re-quantized when it packs back to save), so the 4-bit
+    residual inilora built would no longer be the one that saves, reloads byte-identical and merges exactly;
+    on shapes that kernel cannot take (rows not a multiple of 32, columns not of the block size) it fails
+    outright. What it costs is CPU inference speed only."""
+    layer.support_avx512bf16_for_cpu = False
+
+
+def _as_computed(param):
+    """(4-bit weight, quant state) in bitsandbytes' standard layout, for the weight a layer computes with now.
+    A weight bitsandbytes repacked for its CPU kernel (a user's layer, before inilora saw it) is read without
+    being changed: codes unpacked, the bfloat16 block scales the kernel uses put back in block order.
+    (``dequantize_4bit`` on the packed layout returns a wrong weight without an error, and bitsandbytes' own
+    inverse re-quantizes the scales and leaves undouble-quantized ones transposed.)"""
+    state = param.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        return param.data, state
     import bitsandbytes.functional as bnb_f
 
-    return bnb_f.dequantize_4bit(module.weight.data, module.weight.quant_state)
+    scratch = copy.copy(state)
+    scratch.original_nested = False  # the inverse would re-quantize the scales: they are set below instead
+    qweight, scratch = bnb_f._convert_weight_packed_for_cpu_inverse(param.data, scratch)
+    scratch.absmax = state.absmax.T.reshape(-1).float()
+    return qweight, scratch
+
+
+def dequantized_weight(module: nn.Module) -> Tensor:
+    """The 4-bit layer's weight, dequantized (``out × in``, in the dtype it was quantized from)."""
+    return dequantize(module.weight, dtype=None)
 
 
 @dataclass(frozen=True)
@@ -82,10 +109,13 @@ def quantize(weight: Tensor, spec: QuantSpec):
     return param.to(weight.device)
 
 
-def dequantize(param) -> Tensor:
+def dequantize(param, dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """``deq(param)`` in ``dtype`` (None: the dtype it was quantized from), whatever layout bitsandbytes left
+    the weight in."""
     import bitsandbytes.functional as bnb_f
 
-    return bnb_f.dequantize_4bit(param.data, param.quant_state).float()
+    weight = bnb_f.dequantize_4bit(*_as_computed(param))
+    return weight if dtype is None else weight.to(dtype)
 
 
 def linear_4bit(module: nn.Module, param, spec: QuantSpec) -> nn.Module:
@@ -98,6 +128,7 @@ def linear_4bit(module: nn.Module, param, spec: QuantSpec) -> nn.Module:
     layer.weight = param
     param.module = layer
     layer.bias = module.bias
+    keep_standard_layout(layer)
     return layer
 
 
