@@ -218,3 +218,18 @@ def test_fp16_model(input_ids):
                                         progress=False)
     assert peft_model.inilora.report.max_drift <= 1e-5
     assert torch.isfinite(outputs(peft_model, input_ids)).all()
+
+
+def test_the_finite_check_refuses_nan_and_inf_entries_and_accepts_a_finite_weight_whose_sum_overflows():
+    from inilora.peft_glue import all_finite
+
+    weight = torch.randn(32, 16, dtype=torch.bfloat16)
+    assert all_finite(weight)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = weight.clone()
+        broken[7, 3] = bad
+        assert not all_finite(broken)
+    huge = torch.full((8, 8), 3e38)  # every entry finite, their fp32 sum is not
+    assert not torch.isfinite(huge.sum()) and all_finite(huge)
+    huge[2, 2] = float("nan")
+    assert not all_finite(huge)

@@ -44,7 +44,11 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     if quantized is not None:
         mark_residual(layer, method.name)
         return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
-    W = weight_view(base).detach().float().clone()  # the original, kept while the weight is overwritten
+    if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
+        weight = weight_view(base).detach()
+        return LayerReport(name, tuple(weight.shape), layer.r[adapter_name], s, float(bool(weight.any())), optimum,
+                           0.0, 0.0)
+    W = weight_view(base).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
     product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
     difference = W - product

@@ -151,9 +151,15 @@ def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: st
     if _weight_key(weight) in tied:
         raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
                         "replaces the weight with a residual, which would change the other module too.")
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
     return Target(name, view, r, scaling, fingerprint=fingerprint(view), dequantized=four_bit)
+
+
+def all_finite(weight: Tensor) -> bool:
+    """Whether every entry is finite. A finite fp32 sum proves it (a NaN or Inf entry makes the sum NaN or Inf)
+    without the weight-sized mask of ``isfinite``; only a sum that overflowed needs the entrywise check."""
+    return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
 
 
 def mark_residual(layer: BaseTunerLayer, method: str) -> None:
