@@ -155,10 +155,12 @@ def test_a_weight_bitsandbytes_repacked_for_its_cpu_kernel_is_read_as_it_compute
     weight that kernel computes with, and leaves the layer as it was."""
     import copy
 
-    from inilora.quantize import QuantSpec, dequantize, quantize
+    from inilora.quantize import QuantSpec, dequantize, linear_4bit, quantize
 
     torch.manual_seed(0)
-    param = quantize(torch.randn(64, 256), QuantSpec("nf4", double, torch.float32))
+    spec = QuantSpec("nf4", double, torch.float32)
+    param = quantize(torch.randn(64, 256), spec)
+    layer = linear_4bit(torch.nn.Linear(256, 64, bias=False), param, spec)
     standard = copy.copy(param.quant_state)
     scales = bnb_f.dequantize_blockwise(standard.absmax, standard.state2) + standard.offset if double else standard.absmax
     standard.absmax, standard.nested = scales.to(torch.bfloat16).float(), False
@@ -173,6 +175,7 @@ def test_a_weight_bitsandbytes_repacked_for_its_cpu_kernel_is_read_as_it_compute
     assert misread is None or (misread - expected).abs().max() > 0.1
     assert torch.equal(dequantize(param), expected)
     assert param.quant_state.packing_format_for_cpu and torch.equal(param.data, packed)  # left as it was
+    assert QuantSpec.of_layer(layer) == spec  # re-quantized as it was quantized
 
 
 def test_4bit_layers_inilora_builds_stay_in_the_standard_layout(input_ids, monkeypatch):

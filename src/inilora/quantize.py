@@ -95,8 +95,10 @@ class QuantSpec:
 
     @classmethod
     def of_layer(cls, module: nn.Module) -> "QuantSpec":
-        w = module.weight
-        return cls(w.quant_type, bool(w.compress_statistics), w.quant_state.dtype, w.blocksize, w.quant_storage)
+        w, state = module.weight, module.weight.quant_state
+        packed = getattr(state, "packing_format_for_cpu", False)  # see _as_computed
+        dtype = state.original_dtype if packed else state.dtype
+        return cls(w.quant_type, bool(w.compress_statistics), dtype, w.blocksize, w.quant_storage)
 
 
 def quantize(weight: Tensor, spec: QuantSpec):
