@@ -17,7 +17,8 @@ SHAPE_TEST = {"mean", "std", "seeds", "values", "p_vs_lora", "p_holm", "win_rate
 def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     bert = tiny.bert_folder(tmp_path / "bert")
     data = tiny.write_jsonl(tmp_path / "toy.jsonl", tiny.sentiment_rows(80))
-    test = tiny.write_jsonl(tmp_path / "toy_test.jsonl", tiny.sentiment_rows(30, seed=1))
+    tiny_test = tiny.sentiment_rows(30, seed=1)
+    test = tiny.write_jsonl(tmp_path / "toy_test.jsonl", tiny_test)
     suite = bench.Suite("toy", str(bert), train_file=str(data), eval_file=str(test), validation=True,
                         config={"epochs": 1.0, "batch_size": 8, "max_len": 32, "logging_steps": 2})
     adapter = Protocol((1e-4, 1e-3), tune_seeds=(0,), final_seeds=(0, 1), max_extensions=1)
@@ -87,8 +88,17 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     gone = tuned.run([suite], methods, out, adapter, adapter, jobs=1, progress=False, log=lines.append)
     assert lines[0].startswith("toy: data unavailable here") and "does not exist" in lines[0]
     assert "0 to go" in lines[1] and gone["tasks"] == summary["tasks"] and not gone["failures"]
-    (row,) = gone["declared"]["toy"]  # the item-level test needs the test answers: carried from the last report
-    assert row["p_items_carried"] and row["p_items"] == declared_before["p_items"] is not None
+    # the item-level test needs the test answers: saved beside the runs by every report that loaded the data
+    (row,) = gone["declared"]["toy"]
+    assert row == declared_before and row["p_items"] is not None and "p_items_carried" not in row
+    key = json.loads((out / "answers" / "toy.json").read_text())
+    assert key["data"] == digests["toy"]
+    assert [r["label"] for r in key["test"]] == [["neg", "pos"].index(r["label"]) for r in tiny_test]
+    # without them (or with answers to other data), they are carried from the last report where nothing changed
+    key["data"] = "0" * 16
+    (out / "answers" / "toy.json").write_text(json.dumps(key))
+    (row,) = tuned.report([suite], methods, out, adapter, adapter, make_plots=False, log=lines.append)["declared"]["toy"]
+    assert row["p_items_carried"] and row["p_items"] == declared_before["p_items"]
     assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == run_files
     first = sorted(out.glob("runs/toy/lora/lr*/seed*.json"))[0]
     record = json.loads(first.read_text())

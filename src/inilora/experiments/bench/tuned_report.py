@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from ..._io import write_json_atomic
-from ..tasks import example_hits, majority_rate
+from ..tasks import example_hits
 from .schedule import Protocol
 from .tuning import higher_is_better, mean_curve
 from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, mean_val_curve, summarize_task
@@ -51,12 +51,15 @@ def final_hits(task, runs: list[dict], entries: dict[str, dict]) -> dict[str, di
 
 
 def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,
-              previous: dict | None = None) -> tuple[dict, dict]:
+              previous: dict | None = None, out: Path | None = None) -> tuple[dict, dict]:
     """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json).
-    A task whose data cannot be loaded here is summarized from its runs' records (kind, majority class);
-    its item-level tests need the test answers, so they are carried over from ``previous`` (the last
-    report's declared comparisons) where the seed-level comparison is unchanged, and are missing otherwise."""
+    With ``out``, each loadable task's test answers are saved under it (:mod:`.answers`); a task whose data
+    cannot be loaded here is scored from those, if they belong to the data its runs recorded. Failing that,
+    it is summarized from its runs' records (kind, majority class), and its item-level p values are carried
+    over from ``previous`` (the last report's declared comparisons) where the seed-level comparison is
+    unchanged, and are missing otherwise."""
     from ...errors import DataError
+    from . import answers
     from .tuned import FULL, rows_of
 
     tasks, declared, cpu_seconds = {}, {}, 0.0
@@ -66,11 +69,14 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
         cpu_seconds += sum(cpu_seconds_of(r) for r in runs)
         if not rows:
             continue
+        digest = ledger.digests.get(suite.name)
         try:
-            task, _ = suite.load()
-            kind, majority = task.kind, majority_rate(task.eval) if task.kind == "classification" else None
+            task = answers.AnswerKey.of_task(suite.load()[0], digest)
+            if out is not None:
+                answers.save(out, suite.name, task)
         except DataError:
-            task, kind, majority = None, runs[0]["kind"], runs[0]["majority"]
+            task = answers.load(out, suite.name, digest) if out is not None else None
+        kind, majority = (task.kind, task.majority) if task else (runs[0]["kind"], runs[0]["majority"])
         chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
         metric = suite.metric or ("accuracy" if kind == "classification" else "exact_match")
         entries = summarize_task(runs, chosen, kind, suite.metric)
@@ -315,7 +321,7 @@ def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, 
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()).get("declared") if (out / "results.json").is_file() \
         else None
-    summary, declared = summarize(suites, methods, adapter, full, ledger, command, previous)
+    summary, declared = summarize(suites, methods, adapter, full, ledger, command, previous, out)
     write_json_atomic(out / "summary.json", summary)
     runs = [{k: v for k, v in r.items() if k != "predictions"} for records in ledger.records.values() for r in records]
     write_json_atomic(out / "results.json", _finite({"summary": summary, "declared": declared, "runs": runs}))
