@@ -30,12 +30,13 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
                                 adapter) == (6, None)
     out.mkdir()
     (out / tuned.STOP_FILE).touch()  # a stop request left from an earlier sitting is ignored ...
-    lines = []
+    lines, midway = [], []
 
     def stop_after_the_first_run(line):  # ... one made while it runs ends it after the runs in flight
         lines.append(line)
         if line.startswith("toy lora"):
             (out / tuned.STOP_FILE).touch()
+            midway.extend(json.loads((out / tuned.SITTINGS).read_text()))
 
     tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,
               log=stop_after_the_first_run)
@@ -43,7 +44,9 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == 1 and not (out / tuned.STOP_FILE).exists()
     # each sitting is recorded beside the runs (a commit of runs/ alone keeps it), a legacy record carried over
     (sitting,) = json.loads((out / tuned.SITTINGS).read_text())
-    assert sitting["command"] and sitting["runs_done"] == 1 and sitting["jobs"] == 1
+    assert sitting["command"] and sitting["runs_done"] == 1 and sitting["jobs"] == 1 and sitting["ended"]
+    # ... and updated after every run, so a runner killed midway leaves its record too
+    assert [(s["started"], s["runs_done"], s["ended"]) for s in midway] == [(sitting["started"], 1, False)]
     (out / tuned.LEGACY_SITTINGS).write_text((out / tuned.SITTINGS).read_text())
     (out / tuned.SITTINGS).unlink()
     result = tuned.run([suite], methods, out, adapter, adapter, jobs=1, command="test", progress=False,

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from ..._io import write_json_atomic
 from .execute import _summary_line, _worker, _worker_init
 from .plan import RunSpec, Suite, _read_preset_file
 from .schedule import Protocol, stage
@@ -174,6 +175,10 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     for model in sorted({s.model for s in suites}):
         models.resolve(model)  # convert/fetch once before the workers race for it
     started, failures, in_flight, attempted = time.time(), [], {}, set()
+    sitting = {"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
+               "wall_seconds": 0.0, "runs_done": 0, "jobs": jobs, "threads": threads, "cpus": os.cpu_count(),
+               "ended": False}
+    _record_sitting(out, sitting)
     by_name = {suite.name: suite for suite in suites}
     bar = tqdm(total=total, initial=done_before, unit="run", disable=not progress, dynamic_ncols=True)
     context = multiprocessing.get_context("spawn")
@@ -197,6 +202,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
                     failures.append(record)
                 else:
                     ledger.add(by_name[spec.suite.name], record)
+                    sitting["runs_done"] += 1
+                sitting["wall_seconds"] = round(time.time() - started, 1)
+                _record_sitting(out, sitting)
                 bar.update(1)
                 bar.write(f"{_summary_line(record)} [lr {spec.lr:.3g}]") if progress else log(
                     f"{_summary_line(record)} [lr {spec.lr:.3g}]")
@@ -204,13 +212,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     if stop.exists():
         stop.unlink()
         log(f"stopped on request ({STOP_FILE}); the finished runs are kept, the rest run on the next call")
-    history = _sittings(out)
-    history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
-                    "wall_seconds": round(time.time() - started, 1), "runs_done": len(attempted) - len(failures),
-                    "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
-    (out / SITTINGS).parent.mkdir(parents=True, exist_ok=True)
-    (out / SITTINGS).write_text(json.dumps(history, indent=1))
-    (out / LEGACY_SITTINGS).unlink(missing_ok=True)
+    _record_sitting(out, {**sitting, "wall_seconds": round(time.time() - started, 1), "ended": True})
     summary = write_report(out, every_suite, methods, adapter, full, ledger, command)
     summary["failures"] = failures
     return summary
@@ -219,6 +221,16 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
 # Every sitting of the runner, kept beside the run files (not with the report) so that committing the runs alone
 # keeps the record of the sittings that made them; earlier versions wrote it to invocations.json.
 SITTINGS, LEGACY_SITTINGS = "runs/sittings.json", "invocations.json"
+
+
+def _record_sitting(out: Path, sitting: dict) -> None:
+    """Add this sitting to the record, or update its entry (the one with its start time). Written at the start
+    and after every run, so a runner killed midway (a session that ends) leaves its record too, with
+    ``"ended": False``."""
+    history = [s for s in _sittings(out) if s.get("started") != sitting["started"]] + [dict(sitting)]
+    (out / SITTINGS).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / SITTINGS, history)
+    (out / LEGACY_SITTINGS).unlink(missing_ok=True)
 
 
 def _sittings(out: Path) -> list[dict]:
