@@ -219,7 +219,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
 
 
 # Every sitting of the runner, kept beside the run files (not with the report) so that committing the runs alone
-# keeps the record of the sittings that made them; earlier versions wrote it to invocations.json.
+# keeps the record of the sittings that made them; earlier versions wrote it to invocations.json, and only when
+# a sitting ended, so the entries marked "reconstructed" were rebuilt afterwards from the run files of sittings
+# killed midway (grouped by the commit they ran; "jobs" is the most runs that overlapped).
 SITTINGS, LEGACY_SITTINGS = "runs/sittings.json", "invocations.json"
 
 
