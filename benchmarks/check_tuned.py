@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MINILM_TASKS = 4  # at least this many MiniLM classification tasks ...
 SMOLLM2_TASKS = ("chain_sum", "gsm_symbolic")  # ... and both SmolLM2 tasks
-GRID_POINTS, GRID_SPAN, TUNE_SEEDS, FINAL_SEEDS, PEERS = 4, 30, 2, 5, 3
+GRID_POINTS, GRID_SPAN, TUNE_SEEDS, FINAL_SEEDS, PEERS, CURVE_POINTS = 4, 30, 2, 5, 3, 8
 PLOTS = ("tuning_curves.png", "test_metrics.png", "val_loss_curves.png")
 FULL = "full"
 PEER_PREFIX = "peft:"
@@ -47,9 +47,12 @@ def unmet(results: dict, out: Path, readme: str) -> list[str]:
     for key, kind in (("command", str), ("cpu_hours", float), ("tasks", dict)):
         if not isinstance(summary.get(key), kind):
             problems.append(f"summary.{key} is not a {kind.__name__}")
-    seeds = defaultdict(set)
+    seeds, sparse = defaultdict(set), defaultdict(int)
     for run in results["runs"]:
         seeds[run["task"], run["method"], f"{run['lr']:.3g}"].add(run["seed"])
+        if len(run["val_curve"] or ()) < min(CURVE_POINTS, run["metrics"]["steps"]):
+            sparse[run["task"]] += 1
+    problems += [f"{name}: {n} run(s) log the validation loss < {CURVE_POINTS} times" for name, n in sparse.items()]
     tasks = summary.get("tasks", {})
     minilm = [name for name, task in tasks.items() if task["model"] == "minilm"]
     if len(minilm) < MINILM_TASKS:

@@ -9,6 +9,7 @@ from peft import PeftModel
 import tiny
 from inilora.experiments import models, tasks
 from inilora.experiments.train import TrainConfig, encode, evaluate, finetune
+from inilora.experiments.train.trainer import evaluation_interval
 
 BERT_ALL = ["query", "key", "value", "dense"]
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -129,13 +130,14 @@ def test_bad_config(kw, message):
         TrainConfig(**kw)
 
 
-@pytest.mark.parametrize("kind,method", [("cls", "lora"), ("gen", "peft:gaussian")])
-def test_validation_curve_and_per_example_predictions(folders, kind, method):
+# evaluated at least 8 times, evenly: every 2nd of 16 steps; every one of 12 (Trainer's 1/8 ratio gave every 2nd: 6)
+@pytest.mark.parametrize("kind,method,max_steps,every", [("cls", "lora", 16, 2), ("gen", "peft:gaussian", 12, 1)])
+def test_validation_curve_and_per_example_predictions(folders, kind, method, max_steps, every):
     task, validation = tasks.carve_validation(folders[kind], fraction=0.25)
     model = folders["bert" if kind == "cls" else "llama"]
-    result = finetune(model, task, config(method, max_steps=16, epochs=1), validation=validation)
+    result = finetune(model, task, config(method, max_steps=max_steps, epochs=1), validation=validation)
     steps = [step for step, _, _ in result.val_curve]
-    assert steps == [2 * k for k in range(1, 9)]  # evaluated 8 times, evenly
+    assert steps == list(range(every, max_steps + 1, every))
     assert len(result.predictions) == len(task.eval)
     assert result.validation["n"] == len(validation) and result.validation["loss"] > 0
     assert abs(result.validation["loss"] - result.val_curve[-1][1]) < 1e-4  # the last evaluation is the end state
@@ -153,3 +155,17 @@ def test_a_saved_config_from_before_the_solver_was_refused_still_loads():
     older = {**TrainConfig(method="lora").to_dict(), "solver": "adam"}  # what every run folder used to record
     assert TrainConfig.from_saved(older).solver is None
     assert TrainConfig.from_saved({**older, "method": "inilora"}).solver == "adam"
+
+
+def test_the_evaluation_interval_gives_at_least_the_evaluations_asked_for():
+    for evaluations in (3, 8):
+        for max_steps in range(1, 500):
+            interval = evaluation_interval(max_steps, evaluations)
+            count = -(-max_steps // interval)  # every multiple of the interval, and the last step
+            assert count >= min(evaluations, max_steps)
+            # Trainer's own interval (the ratio, rounded up) wherever that gives enough, else narrowed just enough
+            trainers = -(-max_steps // evaluations)
+            if -(-max_steps // trainers) >= min(evaluations, max_steps):
+                assert interval == trainers
+            else:
+                assert interval < trainers and -(-max_steps // (interval + 1)) < evaluations

@@ -83,6 +83,13 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"] and not again["failures"]
     ledger = tuned.Ledger(out, [bench.with_overrides(suite, max_len=24)], methods, {"toy": suite.data_digest()})
     assert all(not scores for scores in ledger.scores.values())
+    # a run whose validation curve has fewer points than the protocol asks (8 here) is redone
+    sparse = sorted(out.glob("runs/toy/lora/lr*/seed*.json"))[-1]
+    original = sparse.read_text()
+    sparse.write_text(json.dumps({**json.loads(original), "val_curve": json.loads(original)["val_curve"][1::2]}))
+    assert sum(map(len, tuned.Ledger(out, [suite], methods, digests).records.values())) == run_files - 1
+    sparse.write_text(original)
+    assert sum(map(len, tuned.Ledger(out, [suite], methods, digests).records.values())) == run_files
     # data that can no longer be loaded (an archive gone from its index): the runs still count under the digest
     # they recorded, and no run is added; runs that disagree on the digest count for nothing
     (declared_before,) = json.loads((out / "results.json").read_text())["declared"]["toy"]
@@ -150,13 +157,13 @@ def _complete_results() -> dict:
     adapter method on a 4-rate grid over 30x at 2 seeds, 5 final seeds, a Holm p, 3 PEFT peers."""
     grid, chosen = [2e-4, 6e-4, 2e-3, 6e-3], 6e-4
     methods = ["lora", "inilora:svd", "peft:olora", "peft:gaussian", "peft:lora_ga"]
-    tasks, runs = {}, []
+    tasks, runs, curve = {}, [], {"val_curve": [[step, 1.0, None] for step in range(1, 9)], "metrics": {"steps": 12}}
     for name, model in [("reviews", "minilm"), ("a", "minilm"), ("b", "minilm"), ("c", "minilm"),
                         ("chain_sum", "smollm2"), ("gsm_symbolic", "smollm2")]:
         entries = {}
         for method in methods:
-            runs += [{"task": name, "method": method, "lr": lr, "seed": s} for lr in grid for s in (0, 1)]
-            runs += [{"task": name, "method": method, "lr": chosen, "seed": s} for s in (2, 3, 4)]
+            runs += [{"task": name, "method": method, "lr": lr, "seed": s, **curve} for lr in grid for s in (0, 1)]
+            runs += [{"task": name, "method": method, "lr": chosen, "seed": s, **curve} for s in (2, 3, 4)]
             p = None if method == "lora" else 0.5
             entries[method] = {"lr_grid": grid, "chosen_lr": chosen, "val_by_lr": {},
                                "test": {"seeds": [0, 1, 2, 3, 4], "p_holm": p}}
@@ -182,7 +189,9 @@ def test_the_must_show_check_lists_exactly_what_is_missing(tmp_path):
     del results["summary"]["tasks"]["gsm_symbolic"]
     results["summary"]["tasks"]["c"]["methods"]["lora"]["lr_grid"] = [2e-4, 6e-4, 2e-3, 5.9e-3]
     (tmp_path / PLOTS[0]).unlink()
+    results["runs"][0]["val_curve"] = results["runs"][0]["val_curve"][1::2]  # 4 evaluations in 12 steps
     assert unmet(results, tmp_path, readme) == [
+        "reviews: 1 run(s) log the validation loss < 8 times",
         "task gsm_symbolic has no runs yet",
         "a / peft:olora: 1 rate(s) with < 2 tuning seeds (0.0002)", "a: 2 complete PEFT peer(s), needs >= 3",
         "b / inilora:svd: 4 of 5 final seeds",

@@ -91,9 +91,18 @@ class Ledger:
 
     def add(self, suite: Suite, record: dict) -> None:
         spec = self.spec(suite, record["method"], record["lr"], record["seed"])
-        if record.get("spec") == spec.key() and record.get("val"):
+        if record.get("spec") == spec.key() and record.get("val") and _curve_complete(record):
             self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
             self.records[suite.name, record["method"]].append(record)
+
+
+def _curve_complete(record: dict) -> bool:
+    """Whether a run's validation curve has as many points as the protocol asks (``VAL_EVALUATIONS``, or every
+    step of a shorter run). Runs made before the evaluation interval was fixed (Trainer's ratio gave 6 points
+    on a 12-step run) have fewer, and are redone."""
+    from ..train.trainer import VAL_EVALUATIONS
+
+    return len(record.get("val_curve") or ()) >= min(VAL_EVALUATIONS, record["metrics"]["steps"])
 
 
 def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapter: Protocol, full: Protocol,

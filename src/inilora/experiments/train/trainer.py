@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 
 import inilora
 
@@ -119,6 +121,27 @@ def _training_args(cfg: TrainConfig, output_dir: str, kind: str, evaluations: in
     )
 
 
+def evaluation_interval(max_steps: int, evaluations: int) -> int:
+    """The step interval at which a run of ``max_steps`` steps evaluates at least ``evaluations`` times (Trainer
+    evaluates at every multiple of it and at the last step): Trainer's own for the ratio ``eval_steps=1/n``
+    (rounded up), narrowed where that falls short (12 steps: every 2nd, 6 evaluations; now every step). A run
+    shorter than ``evaluations`` steps evaluates at every step."""
+    interval = max(1, math.ceil(max_steps / evaluations))
+    while interval > 1 and math.ceil(max_steps / interval) < evaluations:
+        interval -= 1
+    return interval
+
+
+class EvaluateAtLeast(TrainerCallback):
+    """Sets the evaluation interval once the run's length is known: :func:`evaluation_interval`."""
+
+    def __init__(self, evaluations: int):
+        self.evaluations = evaluations
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.eval_steps = evaluation_interval(state.max_steps, self.evaluations)
+
+
 def _loss_history(trainer) -> list[tuple[int, float]]:
     return [(int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry]
 
@@ -134,7 +157,7 @@ def _accuracy(prediction) -> dict:
     return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
 
 
-VAL_EVALUATIONS = 8  # how often a run with a validation split evaluates on it during training
+VAL_EVALUATIONS = 8  # a run with a validation split evaluates on it at least this often during training
 
 
 def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
@@ -173,6 +196,8 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
             model=model, args=args, train_dataset=train_features(encoded_train),
             eval_dataset=train_features(encoded_val) if tracks else None, data_collator=collator(tokenizer, task.kind),
             processing_class=tokenizer, compute_metrics=_accuracy if tracks and task.kind == "classification" else None)
+        if tracks:
+            trainer.add_callback(EvaluateAtLeast(VAL_EVALUATIONS))
         if not cfg.progress:
             quiet_trainer(trainer)
         history: list[tuple[int, float]] = []
