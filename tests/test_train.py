@@ -9,7 +9,7 @@ from peft import PeftModel
 import tiny
 from inilora.experiments import models, tasks
 from inilora.experiments.train import TrainConfig, encode, evaluate, finetune
-from inilora.experiments.train.trainer import evaluation_interval
+from inilora.experiments.train.trainer import evaluation_steps
 
 BERT_ALL = ["query", "key", "value", "dense"]
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -130,14 +130,15 @@ def test_bad_config(kw, message):
         TrainConfig(**kw)
 
 
-# evaluated at least 8 times, evenly: every 2nd of 16 steps; every one of 12 (Trainer's 1/8 ratio gave every 2nd: 6)
-@pytest.mark.parametrize("kind,method,max_steps,every", [("cls", "lora", 16, 2), ("gen", "peft:gaussian", 12, 1)])
-def test_validation_curve_and_per_example_predictions(folders, kind, method, max_steps, every):
+# evaluated 8 times, evenly: every 2nd of 16 steps; 8 of 12 (Trainer's ratio 1/8 gave every 2nd of 12: 6)
+@pytest.mark.parametrize("kind,method,max_steps,expected", [("cls", "lora", 16, [2, 4, 6, 8, 10, 12, 14, 16]),
+                                                            ("gen", "peft:gaussian", 12, [2, 3, 5, 6, 8, 9, 11, 12])])
+def test_validation_curve_and_per_example_predictions(folders, kind, method, max_steps, expected):
     task, validation = tasks.carve_validation(folders[kind], fraction=0.25)
     model = folders["bert" if kind == "cls" else "llama"]
     result = finetune(model, task, config(method, max_steps=max_steps, epochs=1), validation=validation)
     steps = [step for step, _, _ in result.val_curve]
-    assert steps == list(range(every, max_steps + 1, every))
+    assert steps == expected
     assert len(result.predictions) == len(task.eval)
     assert result.validation["n"] == len(validation) and result.validation["loss"] > 0
     assert abs(result.validation["loss"] - result.val_curve[-1][1]) < 1e-4  # the last evaluation is the end state
@@ -157,15 +158,19 @@ def test_a_saved_config_from_before_the_solver_was_refused_still_loads():
     assert TrainConfig.from_saved({**older, "method": "inilora"}).solver == "adam"
 
 
-def test_the_evaluation_interval_gives_at_least_the_evaluations_asked_for():
+def test_the_evaluation_steps_are_at_least_those_asked_for_and_trainers_own_where_it_gives_enough():
     for evaluations in (3, 8):
         for max_steps in range(1, 500):
-            interval = evaluation_interval(max_steps, evaluations)
-            count = -(-max_steps // interval)  # every multiple of the interval, and the last step
-            assert count >= min(evaluations, max_steps)
-            # Trainer's own interval (the ratio, rounded up) wherever that gives enough, else narrowed just enough
-            trainers = -(-max_steps // evaluations)
-            if -(-max_steps // trainers) >= min(evaluations, max_steps):
-                assert interval == trainers
-            else:
-                assert interval < trainers and -(-max_steps // (interval + 1)) < evaluations
+            steps = evaluation_steps(max_steps, evaluations)
+            assert steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == max_steps
+            assert len(steps) >= min(evaluations, max_steps)
+            interval = -(-max_steps // evaluations)  # Trainer's for eval_steps=1/n: the ratio, rounded up
+            trainers = sorted(set(range(interval, max_steps + 1, interval)) | {max_steps})
+            if len(trainers) >= min(evaluations, max_steps):
+                assert steps == trainers
+            else:  # spread evenly: no gap wider than the ratio, rounded up
+                assert len(steps) == evaluations and max(b - a for a, b in zip([0, *steps], steps)) <= interval
+    # the cadence of the committed tuned runs: 375 steps (MiniLM tasks), 354 (winowhy), 32 (chain_sum)
+    assert evaluation_steps(375, 8) == [47, 94, 141, 188, 235, 282, 329, 375]
+    assert evaluation_steps(354, 8) == [45, 90, 135, 180, 225, 270, 315, 354]
+    assert evaluation_steps(32, 8) == [4, 8, 12, 16, 20, 24, 28, 32]

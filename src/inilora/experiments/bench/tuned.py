@@ -97,12 +97,13 @@ class Ledger:
 
 
 def _curve_complete(record: dict) -> bool:
-    """Whether a run's validation curve has as many points as the protocol asks (``VAL_EVALUATIONS``, or every
-    step of a shorter run). Runs made before the evaluation interval was fixed (Trainer's ratio gave 6 points
-    on a 12-step run) have fewer, and are redone."""
-    from ..train.trainer import VAL_EVALUATIONS
+    """Whether a run was validated at the steps the protocol asks for (``evaluation_steps``: at least
+    ``VAL_EVALUATIONS`` times). Runs made before that was fixed (Trainer's ratio gave 6 evaluations on a 12-step
+    run) are redone."""
+    from ..train.trainer import VAL_EVALUATIONS, evaluation_steps
 
-    return len(record.get("val_curve") or ()) >= min(VAL_EVALUATIONS, record["metrics"]["steps"])
+    steps = [point[0] for point in record.get("val_curve") or ()]
+    return steps == evaluation_steps(record["metrics"]["steps"], VAL_EVALUATIONS)
 
 
 def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapter: Protocol, full: Protocol,

@@ -121,25 +121,34 @@ def _training_args(cfg: TrainConfig, output_dir: str, kind: str, evaluations: in
     )
 
 
-def evaluation_interval(max_steps: int, evaluations: int) -> int:
-    """The step interval at which a run of ``max_steps`` steps evaluates at least ``evaluations`` times (Trainer
-    evaluates at every multiple of it and at the last step): Trainer's own for the ratio ``eval_steps=1/n``
-    (rounded up), narrowed where that falls short (12 steps: every 2nd, 6 evaluations; now every step). A run
-    shorter than ``evaluations`` steps evaluates at every step."""
+def evaluation_steps(max_steps: int, evaluations: int) -> list[int]:
+    """The steps at which a run of ``max_steps`` steps evaluates: Trainer's own for the ratio ``eval_steps=1/n``
+    (every multiple of ``ceil(max_steps / n)``, and the last step) where that gives at least n, else n steps
+    spread evenly (``ceil(k · max_steps / n)``). The ratio falls short when ``max_steps`` is not a multiple of
+    n: 12 steps give every 2nd, 6 evaluations; spread, 2, 3, 5, 6, 8, 9, 11, 12. A run shorter than n steps
+    evaluates at every step."""
     interval = max(1, math.ceil(max_steps / evaluations))
-    while interval > 1 and math.ceil(max_steps / interval) < evaluations:
-        interval -= 1
-    return interval
+    steps = list(range(interval, max_steps + 1, interval))
+    if steps[-1:] != [max_steps]:
+        steps.append(max_steps)
+    if len(steps) >= min(evaluations, max_steps):
+        return steps
+    return sorted({math.ceil(k * max_steps / evaluations) for k in range(1, evaluations + 1)})
 
 
-class EvaluateAtLeast(TrainerCallback):
-    """Sets the evaluation interval once the run's length is known: :func:`evaluation_interval`."""
+class EvaluateAtSteps(TrainerCallback):
+    """Evaluates at :func:`evaluation_steps` once the run's length is known, instead of Trainer's interval."""
 
     def __init__(self, evaluations: int):
-        self.evaluations = evaluations
+        self.evaluations, self.steps = evaluations, set()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        state.eval_steps = evaluation_interval(state.max_steps, self.evaluations)
+        self.steps = set(evaluation_steps(state.max_steps, self.evaluations))
+        state.eval_steps = state.max_steps + 1  # Trainer's own: only the last step, which is one of ours
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_evaluate = True
 
 
 def _loss_history(trainer) -> list[tuple[int, float]]:
@@ -197,7 +206,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
             eval_dataset=train_features(encoded_val) if tracks else None, data_collator=collator(tokenizer, task.kind),
             processing_class=tokenizer, compute_metrics=_accuracy if tracks and task.kind == "classification" else None)
         if tracks:
-            trainer.add_callback(EvaluateAtLeast(VAL_EVALUATIONS))
+            trainer.add_callback(EvaluateAtSteps(VAL_EVALUATIONS))
         if not cfg.progress:
             quiet_trainer(trainer)
         history: list[tuple[int, float]] = []
