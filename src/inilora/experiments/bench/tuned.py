@@ -175,13 +175,15 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     ledger = Ledger(out, suites, methods, digests)
     every_suite, suites = suites, [suite for suite in suites if suite.name not in unavailable]
     todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
-    done_before = sum(len(v) for v in ledger.scores.values())
+    # the progress bar counts the tasks that can run here; a task without its data keeps its runs but adds none
+    done_before = sum(len(ledger.scores[suite.name, method]) for suite, method in _rows(suites, methods))
     left, hours = cpu_hours_left(ledger, suites, methods, adapter, full)
     estimate = "" if hours is None else f" (about {hours:g} CPU hours at the finished runs' cost)"
     stop = out / STOP_FILE
     stop.unlink(missing_ok=True)  # a request left from an earlier sitting does not stop this one
-    log(f"tuned benchmark: about {total} runs, {done_before} already done, {left} to go{estimate}; {jobs} "
-        f"process(es) x {threads} thread(s); results in {out} (to stop after the runs in flight: touch {stop})")
+    log(f"tuned benchmark: about {total} runs on {len(suites)} task(s), {done_before} already done, {left} to go"
+        f"{estimate}; {jobs} process(es) x {threads} thread(s); results in {out} (to stop after the runs in "
+        f"flight: touch {stop})")
     for model in sorted({s.model for s in suites}):
         models.resolve(model)  # convert/fetch once before the workers race for it
     started, failures, in_flight, attempted = time.time(), [], {}, set()
