@@ -160,6 +160,21 @@ BAD = [
     ("quantized", quantized_model, lambda: config("llama"), {}, "quantized"),
     ("tied", tied_model, lambda: LoraConfig(r=4, target_modules=["lm_head"]), {"method": "pissa"}, "tied"),
     ("bad steps", lambda: tiny_model("llama"), lambda: config("llama"), {"steps": 0}, "Option steps must be a positive integer"),
+    # PEFT's own checks come later (r = 0: a ZeroDivisionError, r = -2: a RuntimeError, r = 2.5: a TypeError)
+    ("zero rank", lambda: tiny_model("llama"), lambda: config("llama", r=0), {"method": "lora"}, "r must be a positive int, got 0"),
+    ("negative rank", lambda: tiny_model("llama"), lambda: config("llama", r=-2), {}, "r must be a positive int, got -2"),
+    ("float rank", lambda: tiny_model("llama"), lambda: config("llama", r=2.5), {"method": "pissa"}, "r must be a positive int, got 2.5"),
+    ("zero rank in pattern", lambda: tiny_model("llama"), lambda: config("llama", rank_pattern={"v_proj": 0}), {},
+     r"rank_pattern\['v_proj'\] must be a positive int"),
+    # a NaN scaling, or s = 0 under a residual method, gives a model of NaNs without an error
+    ("nan alpha", lambda: tiny_model("llama"), lambda: config("llama", alpha=float("nan")), {"method": "lora"},
+     "lora_alpha must be a finite number"),
+    ("inf alpha in pattern", lambda: tiny_model("llama"), lambda: config("llama", alpha_pattern={"q_proj": float("inf")}),
+     {"method": "pissa"}, r"alpha_pattern\['q_proj'\] must be a finite number"),
+    ("zero alpha, residual", lambda: tiny_model("llama"), lambda: config("llama", alpha=0), {"solver": "svd"},
+     "lora_alpha must be positive for a residual method"),
+    ("negative alpha, residual", lambda: tiny_model("llama"), lambda: config("llama", alpha=-8), {"method": "pissa"},
+     "lora_alpha must be positive for a residual method"),
 ]
 
 
@@ -170,7 +185,7 @@ def test_bad_input_raises_clearly_and_leaves_model_untouched(case):
     before = model_digest(model)
     kwargs = dict(kwargs)
     method = kwargs.pop("method", "inilora")
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(inilora.InitError, match=message):
         inilora.get_peft_model(model, make_config(), method=method, progress=False, **kwargs)
     assert model_digest(model) == before
     assert not hasattr(model, "peft_config")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -74,10 +75,23 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Mod
     return found
 
 
-def rank_and_scaling(config: LoraConfig, name: str) -> tuple[int, float]:
-    """``r`` and ``s`` for one layer, by PEFT's rule (rank/alpha patterns, rsLoRA)."""
-    r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
-    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), name), config.lora_alpha)
+def rank_and_scaling(config: LoraConfig, name: str, residual: bool = False) -> tuple[int, float]:
+    """``r`` and ``s`` for one layer, by PEFT's rule (rank/alpha patterns, rsLoRA). Raises
+    :class:`InitError` for a rank that is not a positive int or an alpha that is not finite — and, for a
+    ``residual`` method, not positive: its factors are split by √s, and s = 0 would make the fit divide by zero."""
+    rank_key = get_pattern_key(config.rank_pattern.keys(), name)
+    r = config.rank_pattern.get(rank_key, config.r)
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        field = f"rank_pattern[{rank_key!r}]" if rank_key in config.rank_pattern else "r"
+        raise InitError(f"LoraConfig {field} must be a positive int, got {r!r} (layer {name!r}).")
+    alpha_key = get_pattern_key(config.alpha_pattern.keys(), name)
+    alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
+    field = f"alpha_pattern[{alpha_key!r}]" if alpha_key in config.alpha_pattern else "lora_alpha"
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+        raise InitError(f"LoraConfig {field} must be a finite number, got {alpha!r} (layer {name!r}).")
+    if residual and alpha <= 0:
+        raise InitError(f"LoraConfig {field} must be positive for a residual method, got {alpha!r} (layer "
+                        f"{name!r}): the initial factors are split by the square root of the scaling alpha/r.")
     return r, alpha / math.sqrt(r) if config.use_rslora else alpha / r
 
 
@@ -143,7 +157,7 @@ def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: st
         raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
                         f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
                         "floating-point dtype to initialize it.")
-    r, scaling = rank_and_scaling(config, name)
+    r, scaling = rank_and_scaling(config, name, residual=get_method(method).residual)
     view = weight if four_bit else weight_view(module)
     if rank_limited and r > min(view.shape):
         raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
