@@ -134,3 +134,46 @@ def test_rank_and_alpha_patterns_survive_reload_export_and_merge(rslora, tmp_pat
     plain = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "plain"))
     assert (outputs(plain, input_ids) - expected).abs().max() <= 1e-5
     assert (outputs(inilora.merge_and_unload(peft_model), input_ids) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch,extra", [("llama", {"trainable_token_indices": [3, 5]}),
+                                        ("llama", {"modules_to_save": ["lm_head"]}),
+                                        ("bert", {"lora_bias": True})])  # BERT's query/value have biases
+def test_peft_extras_are_trained_and_survive_reload_export_and_merge(arch, extra, tmp_path, input_ids):
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[arch], **extra)
+    peft_model = inilora.get_peft_model(tiny_model(arch), cfg, method="pissa", progress=False)
+    train_steps(peft_model, input_ids)
+    expected = outputs(peft_model, input_ids)
+    # the extra part trained and matters: without it the model computes something else
+    extras = {n: p for n, p in peft_model.named_parameters()
+              if p.requires_grad and not n.endswith(("lora_A.default.weight", "lora_B.default.weight"))}
+    assert extras
+    inilora.save_pretrained(peft_model, tmp_path / "a")
+    reloaded = inilora.from_pretrained(tiny_model(arch), tmp_path / "a")
+    assert (outputs(reloaded, input_ids) - expected).abs().max() <= 1e-6
+    inilora.export_lora(peft_model, tmp_path / "plain")
+    plain = PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "plain"))
+    assert (outputs(plain, input_ids) - expected).abs().max() <= 1e-5
+    with torch.no_grad():
+        saved = {n: p.clone() for n, p in extras.items()}
+        for p in extras.values():
+            p.zero_()
+        assert (outputs(peft_model, input_ids) - expected).abs().max() > 1e-3
+        for n, p in extras.items():
+            p.copy_(saved[n])
+    # the merge keeps them (trainable tokens were dropped by the unload before)
+    assert (outputs(inilora.merge_and_unload(peft_model), input_ids) - expected).abs().max() <= 1e-5
+
+
+def test_merging_a_lora_bias_into_a_layer_without_bias_is_refused_before_anything_changes(tmp_path, input_ids):
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS["llama"], lora_bias=True)
+    with pytest.warns(UserWarning, match="lora_bias"):  # PEFT's own: merging won't be possible
+        peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, method="inilora", solver="svd", progress=False)
+    train_steps(peft_model, input_ids)
+    expected = outputs(peft_model, input_ids)
+    with pytest.raises(inilora.InitError, match="has no bias of its own.*export_lora"):
+        inilora.merge_and_unload(peft_model)  # it dropped the trained bias before
+    assert torch.equal(outputs(peft_model, input_ids), expected)
+    inilora.export_lora(peft_model, tmp_path / "plain")  # the exact route keeps the bias
+    plain = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "plain"))
+    assert (outputs(plain, input_ids) - expected).abs().max() <= 1e-5

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
@@ -79,12 +81,20 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
 
 def merge_and_unload(peft_model: PeftModel) -> nn.Module:
     """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
-    stored in the base model's dtype; other PEFT wrappers (``modules_to_save``) are unloaded by PEFT."""
+    stored in the base model's dtype; PEFT merges and unloads its other trained parts (``modules_to_save``,
+    ``trainable_token_indices``). A LoRA bias on a layer without a bias cannot be merged: it raises
+    :class:`InitError` before anything changes (``export_lora`` keeps it)."""
     state = state_of(peft_model)
     warn_inexact(state.report, "Merging")
     adapter = state.adapter_name
+    layers = lora_layers(peft_model, list(state.layers))
+    for name, layer in layers.items():  # checked before any layer is merged
+        if layer.lora_bias.get(adapter) and layer.get_base_layer().bias is None:
+            raise InitError(f"Layer {name!r} trains a LoRA bias (lora_bias=True) but has no bias of its own, so no "
+                            "plain layer of the model's architecture can hold the merged result (PEFT's merge "
+                            "refuses it too). export_lora writes an exact plain PEFT adapter that keeps the bias.")
     with torch.no_grad():
-        for name, layer in lora_layers(peft_model, list(state.layers)).items():
+        for name, layer in layers.items():
             base = layer.get_base_layer()
             A = layer.lora_A[adapter].weight.float()
             B = layer.lora_B[adapter].weight.float()
@@ -94,9 +104,12 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
                 layer.base_layer = base = dense_linear(base, merged)
             else:
                 restore_plain_layer(base, merged)
-            if layer.lora_bias.get(adapter) and base.bias is not None:
+            if layer.lora_bias.get(adapter):
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
-    model = peft_model.unload()
+        for module in peft_model.modules():  # PEFT's other trained parts (trainable_token_indices): PEFT merges them
+            if isinstance(module, BaseTunerLayer) and not isinstance(module, LoraLayer):
+                module.merge(adapter_names=[adapter])
+    model = peft_model.unload()  # the merged LoRA layers' bases, and modules_to_save's trained copies
     clear_flag_if_dense(model)
     del peft_model.inilora, peft_model.save_pretrained
     return model
