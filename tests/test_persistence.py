@@ -136,7 +136,12 @@ def test_rank_and_alpha_patterns_survive_reload_export_and_merge(rslora, tmp_pat
     assert (outputs(inilora.merge_and_unload(peft_model), input_ids) - expected).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("arch,extra", [("llama", {"trainable_token_indices": [3, 5]}),
+NEEDS_TRAINABLE_TOKENS = pytest.mark.skipif("trainable_token_indices" not in LoraConfig.__dataclass_fields__,
+                                            reason="PEFT < 0.15 has no trainable_token_indices")
+
+
+@pytest.mark.parametrize("arch,extra", [pytest.param("llama", {"trainable_token_indices": [3, 5]},
+                                                     marks=NEEDS_TRAINABLE_TOKENS),
                                         ("llama", {"modules_to_save": ["lm_head"]}),
                                         ("bert", {"lora_bias": True})])  # BERT's query/value have biases
 def test_peft_extras_are_trained_and_survive_reload_export_and_merge(arch, extra, tmp_path, input_ids):
@@ -177,3 +182,23 @@ def test_merging_a_lora_bias_into_a_layer_without_bias_is_refused_before_anythin
     inilora.export_lora(peft_model, tmp_path / "plain")  # the exact route keeps the bias
     plain = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "plain"))
     assert (outputs(plain, input_ids) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", inilora.METHODS)
+def test_disabling_or_unloading_the_adapter_gives_the_original_base(method, tmp_path, input_ids):
+    """PEFT's base of a residual model is ``W − s·B0·A0``: ``disable_adapter()`` (TRL's DPO reference) and
+    ``unload()`` computed that residual model (0.46 off the base logits) before."""
+    peft_model = trained("llama", method, tmp_path, input_ids=input_ids)
+    base = outputs(tiny_model("llama"), input_ids)
+    expected = outputs(peft_model, input_ids)
+    assert (expected - base).abs().max() > 0.1  # training moved the model
+    for model in (peft_model, inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")):
+        with model.disable_adapter():
+            assert (outputs(model, input_ids) - base).abs().max() <= 1e-5
+        assert torch.equal(outputs(model, input_ids), expected)
+    unloaded = peft_model.unload()
+    assert not any("lora" in n for n, _ in unloaded.named_modules()) and not hasattr(peft_model, "inilora")
+    original = dict(tiny_model("llama").named_parameters())
+    for name, p in unloaded.named_parameters():  # up to the init drift (IniLoRA-α's: ~4e-7 in fp32)
+        assert torch.linalg.vector_norm(p - original[name]) <= 2e-6 * torch.linalg.vector_norm(original[name]), name
+    assert (outputs(unloaded, input_ids) - base).abs().max() <= 1e-5

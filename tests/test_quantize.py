@@ -192,3 +192,15 @@ def test_4bit_layers_inilora_builds_stay_in_the_standard_layout(input_ids, monke
     assert layers and all(not m.support_avx512bf16_for_cpu for m in layers)
     assert all(torch.equal(m.weight.data, data) and torch.equal(m.weight.quant_state.absmax, absmax)
                for m, (data, absmax) in zip(layers, before))
+
+
+def test_a_4bit_residual_disabled_computes_its_init_and_refuses_unload(input_ids):
+    peft_model = quantized(config=QV, solver="svd")
+    at_init = outputs(peft_model, input_ids)
+    train_steps(peft_model, input_ids)
+    expected = outputs(peft_model, input_ids)
+    with peft_model.disable_adapter():  # deq(Q(W − s·B0A0)) + s·B0A0: the init model, not the bare residual
+        assert (outputs(peft_model, input_ids) - at_init).abs().max() <= 1e-5
+    with pytest.raises(InitError, match="4-bit residual"):
+        peft_model.unload()  # its 4-bit rounding is not the original base's
+    assert torch.equal(outputs(peft_model, input_ids), expected)

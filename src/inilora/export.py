@@ -109,7 +109,8 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
         for module in peft_model.modules():  # PEFT's other trained parts (trainable_token_indices): PEFT merges them
             if isinstance(module, BaseTunerLayer) and not isinstance(module, LoraLayer):
                 module.merge(adapter_names=[adapter])
-    model = peft_model.unload()  # the merged LoRA layers' bases, and modules_to_save's trained copies
+    model = peft_model.base_model.unload()  # PEFT's own (inilora's would restore W): the merged bases
     clear_flag_if_dense(model)
     del peft_model.inilora, peft_model.save_pretrained
+    peft_model.__dict__.pop("unload", None)  # inilora's (:mod:`.original_base`), for a residual method
     return model

@@ -45,6 +45,7 @@ from .init import install_layer, new_report, warn_on_drift
 from .methods import Factors, get_method
 from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
+from .original_base import keep_the_original_base
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
 from .state import InitState, LayerState
@@ -78,9 +79,11 @@ def state_of(peft_model: PeftModel) -> InitState:
 
 def attach(peft_model: PeftModel, state: InitState) -> None:
     """Record what an initialization left behind on the model, and make the model's own
-    ``save_pretrained`` (PEFT's, called by ``Trainer`` and ``push_to_hub``) :func:`save_pretrained`."""
+    ``save_pretrained`` (PEFT's, called by ``Trainer`` and ``push_to_hub``) :func:`save_pretrained`; a residual
+    model's ``disable_adapter()`` and ``unload()`` give the original base (:mod:`.original_base`)."""
     peft_model.inilora = state
     peft_model.save_pretrained = types.MethodType(save_pretrained, peft_model)
+    keep_the_original_base(peft_model, state)
 
 
 def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:

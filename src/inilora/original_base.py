@@ -1,0 +1,83 @@
+"""The original base model behind a residual adapter, where PEFT would give the residual instead.
+
+A residual method stores ``W_res = W − s·B0·A0`` in the base layer, so PEFT's "the base model" is no longer
+the pretrained one: ``with peft_model.disable_adapter():`` (TRL's DPO reference model, a base-vs-tuned
+comparison) would compute ``W_res·x``, and ``peft_model.unload()`` would hand back ``W_res``. This module keeps
+both meaning what they mean for plain LoRA: with the adapter disabled each layer adds its initial product
+``s·B0·A0·x`` back (the model computes what it computed at initialization: the base, up to the init drift), and
+``unload`` writes ``W_res + s·B0·A0`` back into the weights."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+
+from .errors import InitError
+from .peft_glue import lora_layers, restore_plain_layer, weight_view
+from .quantize import is_4bit
+from .state import InitState, LayerState
+
+HOOK = "_inilora_disabled_hook"
+
+
+def _initial_product_when_disabled(state: LayerState, adapter_name: str):
+    cached: dict = {}
+
+    def hook(layer: nn.Module, args, output):
+        if not layer.disable_adapters:
+            return None
+        x = args[0]
+        lora_A = layer.lora_A[adapter_name].weight  # PEFT's own LoRA path: x in the adapter's dtype and device
+        key = (lora_A.device, lora_A.dtype)
+        if key not in cached:
+            cached.clear()
+            cached[key] = (state.A0.to(device=lora_A.device, dtype=lora_A.dtype),
+                           state.B0.to(device=lora_A.device, dtype=lora_A.dtype))
+        A0, B0 = cached[key]
+        return output + (F.linear(F.linear(x.to(A0.dtype), A0), B0) * state.scaling).to(output.dtype)
+
+    return hook
+
+
+def keep_the_original_base(peft_model: PeftModel, state: InitState) -> None:
+    """Make ``unload()`` return the original base (:func:`unload`) and, for a residual method,
+    ``disable_adapter()`` compute it."""
+    peft_model.unload = types.MethodType(unload, peft_model)
+    if not state.is_residual:
+        return
+    for name, layer in lora_layers(peft_model, list(state.layers)).items():
+        if getattr(layer, HOOK, None) is not None:
+            getattr(layer, HOOK).remove()
+        # prepended: it adds in the base layer's output dtype, before an fp32 residual's sum is cast back
+        setattr(layer, HOOK, layer.register_forward_hook(
+            _initial_product_when_disabled(state.layers[name], state.adapter_name), prepend=True))
+
+
+def unload(peft_model: PeftModel) -> nn.Module:
+    """PEFT's ``unload`` (the base model without the adapter, nothing merged), with each residual weight given
+    back as ``W_res + s·B0·A0`` (computed in fp32, stored in the model's dtype): the original weight up to the
+    init drift. A 4-bit residual cannot give back the base it came from (its 4-bit rounding is not the
+    original's): it raises :class:`InitError` before anything changes; reload the base model instead."""
+    state: InitState = peft_model.inilora
+    layers = lora_layers(peft_model, list(state.layers)) if state.is_residual else {}
+    four_bit = [name for name, layer in layers.items() if is_4bit(layer.get_base_layer())]
+    if four_bit:
+        raise InitError(f"unload cannot give back the original base of a 4-bit residual (layer {four_bit[0]!r}): "
+                        "W − s·B0·A0 was re-quantized. Load the base model again, or use inilora.merge_and_unload "
+                        "for the trained model.")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            base, layer_state = layer.get_base_layer(), state.layers[name]
+            if layer.merged:
+                layer.unmerge()
+            weight = weight_view(base)
+            A0, B0 = (t.to(device=weight.device, dtype=torch.float32) for t in (layer_state.A0, layer_state.B0))
+            restore_plain_layer(base, weight.float() + layer_state.scaling * (B0 @ A0))
+            getattr(layer, HOOK).remove()
+    model = peft_model.base_model.unload()
+    del peft_model.inilora, peft_model.save_pretrained, peft_model.unload
+    return model
