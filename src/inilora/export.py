@@ -111,6 +111,5 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
                 module.merge(adapter_names=[adapter])
     model = peft_model.base_model.unload()  # PEFT's own (inilora's would restore W): the merged bases
     clear_flag_if_dense(model)
-    del peft_model.inilora, peft_model.save_pretrained
-    peft_model.__dict__.pop("unload", None)  # inilora's (:mod:`.original_base`), for a residual method
+    del peft_model.inilora, peft_model.save_pretrained, peft_model.unload  # what persistence.attach bound
     return model

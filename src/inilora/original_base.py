@@ -21,9 +21,6 @@ from .peft_glue import lora_layers, restore_plain_layer, weight_view
 from .quantize import is_4bit
 from .state import InitState, LayerState
 
-HOOK = "_inilora_disabled_hook"
-
-
 def _initial_product_when_disabled(state: LayerState, adapter_name: str):
     cached: dict = {}
 
@@ -50,11 +47,9 @@ def keep_the_original_base(peft_model: PeftModel, state: InitState) -> None:
     if not state.is_residual:
         return
     for name, layer in lora_layers(peft_model, list(state.layers)).items():
-        if getattr(layer, HOOK, None) is not None:
-            getattr(layer, HOOK).remove()
         # prepended: it adds in the base layer's output dtype, before an fp32 residual's sum is cast back
-        setattr(layer, HOOK, layer.register_forward_hook(
-            _initial_product_when_disabled(state.layers[name], state.adapter_name), prepend=True))
+        layer.register_forward_hook(_initial_product_when_disabled(state.layers[name], state.adapter_name),
+                                    prepend=True)
 
 
 def unload(peft_model: PeftModel) -> nn.Module:
@@ -77,7 +72,6 @@ def unload(peft_model: PeftModel) -> nn.Module:
             weight = weight_view(base)
             A0, B0 = (t.to(device=weight.device, dtype=torch.float32) for t in (layer_state.A0, layer_state.B0))
             restore_plain_layer(base, weight.float() + layer_state.scaling * (B0 @ A0))
-            getattr(layer, HOOK).remove()
     model = peft_model.base_model.unload()
     del peft_model.inilora, peft_model.save_pretrained, peft_model.unload
     return model
