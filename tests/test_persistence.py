@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 import inilora
 from conftest import ARCHS, TARGETS, fit_options, outputs, tiny_model, train_steps
@@ -202,3 +202,29 @@ def test_disabling_or_unloading_the_adapter_gives_the_original_base(method, tmp_
     for name, p in unloaded.named_parameters():  # up to the init drift (IniLoRA-α's: ~4e-7 in fp32)
         assert torch.linalg.vector_norm(p - original[name]) <= 2e-6 * torch.linalg.vector_norm(original[name]), name
     assert (outputs(unloaded, input_ids) - base).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["inilora", "inilora-beta"])
+def test_another_adapter_and_the_mixed_batch_base_sit_on_the_original_base(method, tmp_path, input_ids):
+    """A second adapter (``set_adapter``) and PEFT's mixed-batch "__base__" rows computed on ``W − s·B0·A0``
+    before: the other adapter's model off by ~0.5, the base rows too, with no error."""
+    peft_model = trained("llama", method, tmp_path, input_ids=input_ids)
+    input_ids = input_ids[[0, 1, 0]]  # a row for each of the mixed batch's three
+    trained_out, base = outputs(peft_model, input_ids), outputs(tiny_model("llama"), input_ids)
+    other_cfg = LoraConfig(r=2, target_modules=TARGETS["llama"], init_lora_weights=False)  # a non-zero delta
+    peft_model.add_adapter("other", other_cfg)
+    peft_model.set_adapter("other")
+    plain = get_peft_model(tiny_model("llama"), other_cfg)  # the same adapter on the original base
+    set_peft_model_state_dict(plain, get_peft_model_state_dict(peft_model, adapter_name="other"))
+    expected_other = outputs(plain, input_ids)
+    assert (expected_other - base).abs().max() > 0.05  # the other adapter changes the model
+    assert (outputs(peft_model, input_ids) - expected_other).abs().max() <= 1e-5
+    peft_model.set_adapter("default")
+    assert torch.equal(outputs(peft_model, input_ids), trained_out)
+
+    names = ["__base__", "default", "other"]
+    with torch.no_grad():
+        mixed = peft_model(input_ids=input_ids, adapter_names=names).logits
+    for row, name in enumerate(names):
+        want = {"__base__": base, "default": trained_out, "other": expected_other}[name]
+        assert (mixed[row] - want[row]).abs().max() <= 1e-5, name
