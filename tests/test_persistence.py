@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -172,7 +173,8 @@ def test_peft_extras_are_trained_and_survive_reload_export_and_merge(arch, extra
 
 def test_merging_a_lora_bias_into_a_layer_without_bias_is_refused_before_anything_changes(tmp_path, input_ids):
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS["llama"], lora_bias=True)
-    with pytest.warns(UserWarning, match="lora_bias"):  # PEFT's own: merging won't be possible
+    with warnings.catch_warnings():  # PEFT >= 0.15 warns that merging won't be possible; 0.14 says nothing
+        warnings.simplefilter("ignore", UserWarning)
         peft_model = inilora.get_peft_model(tiny_model("llama"), cfg, method="inilora", solver="svd", progress=False)
     train_steps(peft_model, input_ids)
     expected = outputs(peft_model, input_ids)
