@@ -22,6 +22,7 @@ from .peft_glue import lora_layers, restore_plain_layer, weight_view
 from .quantize import is_4bit
 from .state import InitState, LayerState
 
+
 def _rows_without(layer: nn.Module, adapter_name: str, adapter_names) -> torch.Tensor | bool:
     """Which rows of this call's batch the adapter takes no part in (True: all, False: none, else a mask), the
     way PEFT's LoRA forward decides: disabled, another adapter active, a merged other adapter, or PEFT's mixed
@@ -42,7 +43,9 @@ def _initial_product_where_inactive(state: LayerState, adapter_name: str):
         rows = _rows_without(layer, adapter_name, kwargs.get("adapter_names"))
         if rows is False or (rows is not True and not rows.any()):
             return None
-        x = args[0] if rows is True else args[0][rows.to(args[0].device)]
+        if rows is not True:
+            rows = rows.to(output.device)
+        x = args[0] if rows is True else args[0][rows]
         lora_A = layer.lora_A[adapter_name].weight  # PEFT's own LoRA path: x in the adapter's dtype and device
         key = (lora_A.device, lora_A.dtype)
         if key not in cached:
@@ -54,7 +57,7 @@ def _initial_product_where_inactive(state: LayerState, adapter_name: str):
         if rows is True:
             return output + initial
         output = output.clone()
-        output[rows.to(output.device)] += initial
+        output[rows] += initial
         return output
 
     return hook
