@@ -206,6 +206,25 @@ def test_disabling_or_unloading_the_adapter_gives_the_original_base(method, tmp_
     assert (outputs(unloaded, input_ids) - base).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("method", inilora.METHODS)
+def test_merge_and_unload_and_unload_after_peft_merge_adapter(method, tmp_path, input_ids):
+    """After PEFT's ``merge_adapter()``, ``merge_and_unload`` merged ``s·B·A`` a second time (off by 0.14 for
+    inilora, 0.18 for lora) and a non-residual ``unload()`` kept the merged weights (0.52 off the base)."""
+    peft_model = trained("llama", method, tmp_path, input_ids=input_ids)
+    expected, base = outputs(peft_model, input_ids), outputs(tiny_model("llama"), input_ids)
+    assert (expected - base).abs().max() > 0.1  # training moved the model
+    peft_model.merge_adapter()
+    assert (outputs(peft_model, input_ids) - expected).abs().max() <= 1e-5
+    merged = inilora.merge_and_unload(peft_model)
+    assert (outputs(merged, input_ids) - expected).abs().max() <= 1e-5
+
+    reloaded = inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+    reloaded.merge_adapter()
+    assert (outputs(reloaded, input_ids) - expected).abs().max() <= 1e-5
+    unloaded = reloaded.unload()
+    assert (outputs(unloaded, input_ids) - base).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("method", ["inilora", "inilora-beta"])
 def test_another_adapter_and_the_mixed_batch_base_sit_on_the_original_base(method, tmp_path, input_ids):
     """A second adapter (``set_adapter``) and PEFT's mixed-batch "__base__" rows computed on ``W − s·B0·A0``

@@ -82,8 +82,10 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
 def merge_and_unload(peft_model: PeftModel) -> nn.Module:
     """A plain model with ``W_res + s·B·A = W + s(BA − B0A0)`` in every target, computed in fp32 and
     stored in the base model's dtype; PEFT merges and unloads its other trained parts (``modules_to_save``,
-    ``trainable_token_indices``). A LoRA bias on a layer without a bias cannot be merged: it raises
-    :class:`InitError` before anything changes (``export_lora`` keeps it)."""
+    ``trainable_token_indices``). A layer PEFT has already merged (``merge_adapter()``) holds ``s·B·A`` in its
+    weight and keeps it; other adapters merged there stay merged, as with PEFT's ``merge_and_unload``. A LoRA
+    bias on a layer without a bias cannot be merged: it raises :class:`InitError` before anything changes
+    (``export_lora`` keeps it)."""
     state = state_of(peft_model)
     warn_inexact(state.report, "Merging")
     adapter = state.adapter_name
@@ -96,15 +98,17 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
     with torch.no_grad():
         for name, layer in layers.items():
             base = layer.get_base_layer()
-            A = layer.lora_A[adapter].weight.float()
-            B = layer.lora_B[adapter].weight.float()
             four_bit = is_4bit(base)  # merged into a dense layer: deq(Q(W_res)) + s·B·A, what the model computed
-            merged = (dequantize(base.weight) if four_bit else weight_view(base).float()) + layer.scaling[adapter] * (B @ A)
+            merged = dequantize(base.weight) if four_bit else weight_view(base).float()
+            already = adapter in layer.merged_adapters  # PEFT's merge_adapter() put s·B·A (and its bias) there
+            if not already:
+                A, B = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
+                merged += layer.scaling[adapter] * (B @ A)
             if four_bit:
                 layer.base_layer = base = dense_linear(base, merged)
             else:
                 restore_plain_layer(base, merged)
-            if layer.lora_bias.get(adapter):
+            if layer.lora_bias.get(adapter) and not already:
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
         for module in peft_model.modules():  # PEFT's other trained parts (trainable_token_indices): PEFT merges them
             if isinstance(module, BaseTunerLayer) and not isinstance(module, LoraLayer):

@@ -15,6 +15,7 @@ import types
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .errors import InitError
@@ -77,10 +78,11 @@ def keep_the_original_base(peft_model: PeftModel, state: InitState) -> None:
 
 
 def unload(peft_model: PeftModel) -> nn.Module:
-    """PEFT's ``unload`` (the base model without the adapter, nothing merged), with each residual weight given
-    back as ``W_res + s·B0·A0`` (computed in fp32, stored in the model's dtype): the original weight up to the
-    init drift. A 4-bit residual cannot give back the base it came from (its 4-bit rounding is not the
-    original's): it raises :class:`InitError` before anything changes; reload the base model instead."""
+    """PEFT's ``unload`` (the base model without the adapter), with what ``merge_adapter()`` merged unmerged
+    first (PEFT's own leaves it in the weights) and each residual weight given back as ``W_res + s·B0·A0``
+    (computed in fp32, stored in the model's dtype): the original weight up to the init drift. A 4-bit residual
+    cannot give back the base it came from (its 4-bit rounding is not the original's): it raises
+    :class:`InitError` before anything changes; reload the base model instead."""
     state: InitState = peft_model.inilora
     layers = lora_layers(peft_model, list(state.layers)) if state.is_residual else {}
     four_bit = [name for name, layer in layers.items() if is_4bit(layer.get_base_layer())]
@@ -89,10 +91,11 @@ def unload(peft_model: PeftModel) -> nn.Module:
                         "W − s·B0·A0 was re-quantized. Load the base model again, or use inilora.merge_and_unload "
                         "for the trained model.")
     with torch.no_grad():
+        for module in peft_model.modules():  # PEFT's unload keeps what merge_adapter() merged, for any method
+            if isinstance(module, BaseTunerLayer) and module.merged:
+                module.unmerge()
         for name, layer in layers.items():
             base, layer_state = layer.get_base_layer(), state.layers[name]
-            if layer.merged:
-                layer.unmerge()
             weight = weight_view(base)
             A0, B0 = (t.to(device=weight.device, dtype=torch.float32) for t in (layer_state.A0, layer_state.B0))
             restore_plain_layer(base, weight.float() + layer_state.scaling * (B0 @ A0))
