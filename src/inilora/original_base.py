@@ -91,9 +91,8 @@ def unload(peft_model: PeftModel) -> nn.Module:
                         "W − s·B0·A0 was re-quantized. Load the base model again, or use inilora.merge_and_unload "
                         "for the trained model.")
     with torch.no_grad():
-        for module in peft_model.modules():  # PEFT's unload keeps what merge_adapter() merged, for any method
-            if isinstance(module, BaseTunerLayer) and module.merged:
-                module.unmerge()
+        if any(isinstance(m, BaseTunerLayer) and m.merged for m in peft_model.modules()):
+            peft_model.base_model.unmerge_adapter()  # PEFT's unload keeps what merge_adapter() merged
         for name, layer in layers.items():
             base, layer_state = layer.get_base_layer(), state.layers[name]
             weight = weight_view(base)
