@@ -175,6 +175,16 @@ BAD = [
      "lora_alpha must be positive for a residual method"),
     ("negative alpha, residual", lambda: tiny_model("llama"), lambda: config("llama", alpha=-8), {"method": "pissa"},
      "lora_alpha must be positive for a residual method"),
+    # torch raises its own ValueError for p > 1 (after the fit); PEFT turns p < 0 or NaN into no dropout
+    ("dropout above 1", lambda: tiny_model("llama"), lambda: config("llama", lora_dropout=1.5), {},
+     r"lora_dropout must be a number in \[0, 1\), got 1.5"),
+    ("negative dropout", lambda: tiny_model("llama"), lambda: config("llama", lora_dropout=-0.1), {"method": "lora"},
+     "lora_dropout must be a number in"),
+    ("nan dropout", lambda: tiny_model("llama"), lambda: config("llama", lora_dropout=float("nan")), {"method": "pissa"},
+     "lora_dropout must be a number in"),
+    # every step would train on the residual alone
+    ("dropout of 1", lambda: tiny_model("llama"), lambda: config("llama", lora_dropout=1.0), {"solver": "svd"},
+     "lora_dropout must be a number in"),
 ]
 
 

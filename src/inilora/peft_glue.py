@@ -41,6 +41,11 @@ def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
         raise InitError(f"LoraConfig(init_lora_weights={lora_config.init_lora_weights!r}) would be overwritten by "
                         "inilora's initialization; leave init_lora_weights at its default (True) and choose the "
                         "initialization with get_peft_model(..., method=...).")
+    dropout = lora_config.lora_dropout
+    # checked here, before any fit: torch refuses p > 1 only after the fit, and PEFT silently turns a
+    # negative or NaN p into no dropout; p = 1 would train on the residual alone
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise InitError(f"LoraConfig lora_dropout must be a number in [0, 1), got {dropout!r}.")
     config = copy.deepcopy(lora_config)
     if config.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
