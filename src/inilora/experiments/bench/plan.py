@@ -20,6 +20,7 @@ from inilora.methods import REGISTRY, get_method
 
 from ..peft_peers import PEERS
 from ..provenance import versions
+from ..train.config import BASE, FULL
 
 PRESETS = ("full", "quick", "tuned")
 CLOSED_FORM = "svd"  # the solver a benchmark row named by its bare method meant before rows named their solver
@@ -116,7 +117,7 @@ class RunSpec:
     def config(self) -> dict:
         """The TrainConfig fields this run overrides (the suite's, full fine-tuning's, its learning rate)."""
         config = {**self.suite.config, **self.suite.per_method.get(self.method, {}),
-                  **((self.suite.full or {}) if self.method == "full" else {})}
+                  **((self.suite.full or {}) if self.method == FULL else {})}
         return dict(sorted({**config, **({"lr": self.lr} if self.lr is not None else {})}.items()))
 
     def key(self) -> dict:
@@ -152,10 +153,10 @@ def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> lis
             for method in methods:
                 specs.append(RunSpec(suite, method, seed))
             if suite.full is not None:
-                specs.append(RunSpec(suite, "full", seed))
+                specs.append(RunSpec(suite, FULL, seed))
     for suite in suites:
         if suite.base:
-            specs.append(RunSpec(suite, "base", seeds[0]))
+            specs.append(RunSpec(suite, BASE, seeds[0]))
     for seed in seeds:
         for suite in suites:
             specs.extend(RunSpec(suite, variant, seed) for variant in suite.extra)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import inilora
 
-from ..train.config import REFERENCES
+from ..train.config import BASE, REFERENCES
 from .plan import CLOSED_FORM, row_name
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
@@ -81,7 +81,7 @@ def summarize(runs: list[dict]) -> dict:
                 values = {r["seed"]: r["metrics"][metric] for r in method_runs if metric in r["metrics"]}
                 row[metric] = _mean_std(list(values.values()))
                 row.setdefault("values", {})[metric] = values
-                if method not in (BASELINE, "base"):  # the untrained model is not compared
+                if method not in (BASELINE, BASE):  # the untrained model is not compared
                     base_values = {r["seed"]: r["metrics"][metric] for r in baseline if metric in r["metrics"]}
                     row[f"{metric}_vs_lora"] = paired_test(values, base_values, higher_is_better=metric != "eval_loss")
             rows[method] = row

@@ -14,12 +14,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from ..._io import write_json_atomic
+from ..train.config import FULL
 from .execute import _summary_line, _worker, _worker_init
 from .plan import RunSpec, Suite, _read_preset_file
 from .schedule import Protocol, stage
 from .tuning import ValScore, val_score
-
-FULL = "full"
 
 
 def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:

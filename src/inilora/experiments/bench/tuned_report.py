@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..tasks import example_hits
+from ..train.config import FULL
 from .schedule import Protocol
 from .tuning import higher_is_better, mean_curve
 from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, mean_val_curve, summarize_task
@@ -60,7 +61,7 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
     unchanged, and are missing otherwise."""
     from ...errors import DataError
     from . import answers
-    from .tuned import FULL, rows_of
+    from .tuned import rows_of
 
     tasks, declared, cpu_seconds = {}, {}, 0.0
     for suite in suites:

@@ -13,7 +13,8 @@ from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
 from ..peft_peers import PEERS
 
-REFERENCES = ("full", "base")  # full fine-tuning; the base model evaluated as it is (no training)
+FULL, BASE = "full", "base"  # full fine-tuning; the base model evaluated as it is (no training)
+REFERENCES = (FULL, BASE)
 FIT_SETTINGS = ("solver", "fit_steps")  # what only a method with a fit (inilora) reads
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
@@ -65,7 +66,7 @@ class TrainConfig:
 
     method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter; peft:NAME: PEFT's "
                           "own initialization NAME, saved by PEFT)", choices=(*METHODS, *REFERENCES, *PEERS),
-                          cli_choices=(*METHODS, "full"))
+                          cli_choices=(*METHODS, FULL))
     r: int = setting(8, "LoRA rank", check=POSITIVE_INT)
     alpha: float = setting(8.0, "lora_alpha", check=POSITIVE)
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)

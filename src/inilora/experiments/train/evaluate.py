@@ -15,7 +15,7 @@ import inilora
 
 from .. import models
 from ..tasks import Task, example_hits
-from .config import TRAIN_INFO, TrainConfig
+from .config import FULL, TRAIN_INFO, TrainConfig
 from .encode import collator, encode, train_features, trainer_class
 
 
@@ -124,7 +124,7 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
                               dtype=dtype or saved.dtype)
     tokenizer = models.load_tokenizer(model_name, revision)
     num_labels = len(task.labels or []) or 2
-    if saved.method == "full":
+    if saved.method == FULL:
         model = models.load_model(run_dir / "model", task.kind, num_labels=num_labels, dtype=cfg.dtype)
     else:
         base = models.load_model(model_name, task.kind, num_labels=num_labels, seed=saved.seed, revision=revision,

@@ -25,7 +25,7 @@ from ..._io import hash_tensors
 from .. import models
 from ..peft_peers import PEERS, get_peer_model
 from ..tasks import Task
-from .config import REFERENCES, TRAIN_INFO, RunResult, TrainConfig
+from .config import BASE, FULL, REFERENCES, TRAIN_INFO, RunResult, TrainConfig
 from .encode import collator, encode, train_features, trainer_class
 from .evaluate import held_out_metrics, quiet_trainer
 
@@ -55,7 +55,7 @@ def prepare_model(model_name: str | os.PathLike, task: Task, cfg: TrainConfig, t
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.method in REFERENCES:
         for p in model.parameters():
-            p.requires_grad_(cfg.method == "full")
+            p.requires_grad_(cfg.method == FULL)
         return model, {}
     if cfg.method in PEERS:
         return _peer(model, cfg, models.PEFT_TASK_TYPES[task.kind], tokenizer, task.kind, encoded_train or [])
@@ -199,7 +199,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     model, init = prepare_model(model_name, task, cfg, tokenizer, encoded_train)
     with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
         work = Path(output_dir) / "checkpoints" if output_dir and cfg.save_steps > 0 else Path(scratch)
-        tracks = bool(encoded_val) and cfg.method != "base"
+        tracks = bool(encoded_val) and cfg.method != BASE
         args = _training_args(cfg, str(work), task.kind, VAL_EVALUATIONS if tracks else 0)
         trainer = trainer_class(task.kind)(
             model=model, args=args, train_dataset=train_features(encoded_train),
@@ -212,7 +212,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         history: list[tuple[int, float]] = []
         curve: list = []
         train_seconds = 0.0
-        if cfg.method != "base":
+        if cfg.method != BASE:
             checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
             trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
             train_seconds = float(trained.metrics.get("train_runtime", 0.0))
@@ -235,7 +235,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model), val,
                        curve, predictions)
-    if output_dir is not None and cfg.method != "base":
+    if output_dir is not None and cfg.method != BASE:
         save(model, tokenizer, task, cfg, model_name, result, Path(output_dir),
              is_main_process=trainer.args.should_save)
     return result
@@ -243,7 +243,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
 
 def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: RunResult, out: Path,
          is_main_process: bool = True) -> None:
-    if cfg.method == "full":
+    if cfg.method == FULL:
         if is_main_process:
             model.save_pretrained(str(out / "model"))
             tokenizer.save_pretrained(str(out / "model"))
