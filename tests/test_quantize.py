@@ -118,8 +118,10 @@ def test_a_4bit_model_is_dequantized_fitted_and_requantized(tmp_path, input_ids)
     rebuilt = bnb_f.dequantize_4bit(wrapped.get_base_layer().weight.data, wrapped.get_base_layer().weight.quant_state)
     drift = float(torch.linalg.matrix_norm(rebuilt + product - W_deq) / torch.linalg.matrix_norm(W_deq))
     assert report.layers[0].drift == pytest.approx(drift, rel=1e-4) and 0 < drift < 0.15
-    assert (outputs(peft_model, input_ids) - expected).abs().max().item() < 0.1 * expected.abs().max().item()
-    del fp
+    # re-quantizing the residual moves the output less than quantizing the weights did in the first place
+    # (measured: 0.056 vs 0.092 on one machine); a fixed share of the output's size depended on the CPU's SVD
+    first_rounding = (outputs(fp, input_ids) - expected).abs().max().item()
+    assert (outputs(peft_model, input_ids) - expected).abs().max().item() < first_rounding
 
 
 def test_8bit_and_conv1d_layers_are_refused_and_the_model_left_untouched(input_ids):
