@@ -97,6 +97,7 @@ REPORT_ROWS = 8  # layers shown without --verbose: all up to this many, else the
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments.bench.plan import PRESETS  # cheap once TrainConfig's import has loaded torch
     from .experiments.train import TrainConfig
 
     parser = Parser(
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "solver: inilora:svd (closed form) and inilora:adam (the published Adam fit).")
     p.add_argument("--quick", action="store_true", help="the small preset: MiniLM x 1,000 reviews, lora vs "
                    "inilora:svd vs pissa, each at its own learning rate, 3 seeds, about 7 minutes on 2 cores")
-    p.add_argument("--preset", choices=["full", "quick", "tuned"], help="a predefined benchmark (default: full). "
+    p.add_argument("--preset", choices=PRESETS, help="a predefined benchmark (default: full). "
                    "tuned: every method at its own learning rate, chosen on a validation split carved from the "
                    "training data (a grid at 2 seeds, then 5 final seeds; --seeds and --lr do not apply); "
                    "CPU-hours, resumable")
