@@ -59,6 +59,25 @@ def test_unpack_copies_only_task_json(root):
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".unpack-")]  # no staging left
 
 
+def test_a_git_checkout_fills_the_cache_as_the_archive_does(root, tmp_path):
+    tasks = tmp_path / "BIG-bench" / "bigbench" / "benchmark_tasks"
+    for folder, data in {"sports_understanding": fixed_task(), "social_iqa": inline_task()}.items():
+        (tasks / folder).mkdir(parents=True)
+        (tasks / folder / "task.json").write_text(json.dumps(data))
+        (tasks / folder / "README.md").write_text("not copied")
+    (tasks / "programmatic").mkdir()
+    (tasks / "programmatic" / "task.py").write_text("")
+    imported = bigbench.import_checkout(tmp_path / "BIG-bench", tmp_path / "from-git")
+    assert sorted(p.relative_to(imported).as_posix() for p in imported.rglob("*") if p.is_file()) == [
+        "social_iqa/task.json", "sports_understanding/task.json"]
+    for name in ("bb:sports_understanding", "bb:social_iqa"):
+        a, b = bigbench.load_bigbench(name, root), bigbench.load_bigbench(name, imported)
+        assert (a.train, a.eval, a.labels) == (b.train, b.eval, b.labels) and len(a.eval) > 0
+    with pytest.raises(DataError, match="not a BIG-bench checkout"):
+        bigbench.import_checkout(tmp_path / "BIG-bench" / "bigbench", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 def test_fixed_choices_are_the_classes_and_splits_are_disjoint(root):
     task = bigbench.load_bigbench("bb:sports_understanding", root)
     assert task.kind == "classification" and task.labels == ["implausible", "plausible"]
@@ -138,7 +157,7 @@ def test_bad_inputs_name_the_problem(root, tmp_path, monkeypatch):
     assert not (tmp_path / "never").exists()
     # a failed download says so, and leaves no cache folder
     monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
-    with pytest.raises(DataError, match="Could not download bigbench-1.0.0.tar.gz"):
+    with pytest.raises(DataError, match="Could not download bigbench-1.0.0.tar.gz.*import_checkout"):
         bigbench.task_json("winowhy", tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
 

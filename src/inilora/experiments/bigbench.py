@@ -3,7 +3,9 @@
 The PyPI source archive ``bigbench==1.0.0`` (358 MB) holds every task's ``task.json``. It is downloaded once
 from the package index (never installed: its dependencies are heavy), every ``task.json`` is copied out of it into
 ``<cache>/bigbench/1.0.0/`` (``$INILORA_CACHE`` or ``~/.cache/inilora``) in one atomic step, and the archive
-is dropped. A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.data.Task`:
+is dropped. The index no longer lists 1.0.0 (only 0.0.1, checked 2026-12-06): an archive downloaded by hand
+(:func:`unpack_archive`) or a git checkout of google/BIG-bench (:func:`import_checkout`) fills the same cache.
+A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.data.Task`:
 
 - each example's ``input`` is the text, and the choice whose ``target_scores`` value is highest is the label;
 - ``choices="fixed"``: every example offers the same few answers (e.g. ``same``/``different``): they are
@@ -95,29 +97,46 @@ def download_archive(directory: Path) -> Path:
                 out.write(chunk)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"Could not download {ARCHIVE} from {index} ({exc}). Download it by hand and call "
-                        "inilora.experiments.bigbench.unpack_archive(<the .tar.gz>).") from exc
+                        "inilora.experiments.bigbench.unpack_archive(<the .tar.gz>), or clone "
+                        "https://github.com/google/BIG-bench and call "
+                        "inilora.experiments.bigbench.import_checkout(<the clone>).") from exc
     if digest.hexdigest() != ARCHIVE_SHA256:
         raise DataError(f"{ARCHIVE} from {index} has sha256 {digest.hexdigest()}, expected {ARCHIVE_SHA256}.")
     return target
 
 
 def unpack_archive(archive: str | os.PathLike, root: Path | None = None) -> Path:
-    """Copy every ``task.json`` out of the archive into ``root`` (default :func:`cache_root`), atomically:
-    they are written to a temporary folder beside it that is renamed into place at the end."""
+    """Copy every ``task.json`` out of the archive into ``root`` (default :func:`cache_root`), atomically."""
+    with tarfile.open(archive, "r:gz") as tar:
+        files = ((member.name[len(MEMBER_PREFIX):], tar.extractfile(member).read) for member in tar
+                 if member.isfile() and member.name.startswith(MEMBER_PREFIX) and member.name.endswith("/task.json"))
+        return _install(files, root, f"{archive} holds no {MEMBER_PREFIX}*/task.json: not the bigbench {VERSION} archive.")
+
+
+def import_checkout(checkout: str | os.PathLike, root: Path | None = None) -> Path:
+    """Copy every ``task.json`` of a BIG-bench git checkout (``git clone https://github.com/google/BIG-bench``)
+    into ``root`` (default :func:`cache_root`), atomically: the way in once the index no longer serves the
+    archive. A checkout's files may differ from the archive's; a benchmark run records its data's digest, so
+    runs made from other files are redone, never mixed with them."""
+    tasks = Path(checkout) / "bigbench" / "benchmark_tasks"
+    files = ((path.relative_to(tasks).as_posix(), path.read_bytes) for path in sorted(tasks.rglob("task.json")))
+    return _install(files, root, f"{checkout} holds no bigbench/benchmark_tasks/*/task.json: not a BIG-bench checkout.")
+
+
+def _install(files, root: Path | None, empty_message: str) -> Path:
+    """Write ``(relative path, read)`` pairs into a temporary folder beside ``root``, renamed into place at the end."""
     root = root or cache_root()
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root.parent))
     try:
         count = 0
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                if member.isfile() and member.name.startswith(MEMBER_PREFIX) and member.name.endswith("/task.json"):
-                    target = staging / member.name[len(MEMBER_PREFIX):]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(tar.extractfile(member).read())
-                    count += 1
+        for relative, read in files:
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(read())
+            count += 1
         if not count:
-            raise DataError(f"{archive} holds no {MEMBER_PREFIX}*/task.json: not the bigbench {VERSION} archive.")
+            raise DataError(empty_message)
         try:
             staging.rename(root)
         except OSError:  # another process finished first: keep its copy
