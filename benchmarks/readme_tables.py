@@ -45,10 +45,10 @@ def _tuned(results: dict) -> str:
 
 
 BLOCKS = {
-    "try-it": Block(("results/scale_7b.json", "results/fit_benchmark.json", "results/full/results.json"),
+    "try-it": Block(("results/scale_7b.json", "results/fit_benchmark.json", "results/tuned/results.json"),
                     choosing_readme.try_it),
     "init-drift": Block(("results/init_drift.json",), init_drift.readme_block),
-    "choosing": Block(("results/fit_benchmark.json", "results/scale_7b.json", "results/full/results.json",
+    "choosing": Block(("results/fit_benchmark.json", "results/scale_7b.json", "results/tuned/results.json",
                        "results/quant_error.json"), choosing_readme.choosing),
     "tuned-results": Block(("results/tuned/results.json",), _tuned),
     "untuned-results": Block(("results/full/results.json",), untuned_readme.table),

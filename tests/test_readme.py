@@ -110,9 +110,9 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
                     "Two processes fit SmolLM2-135M's q/v 1.92× faster than one"),
     "init-drift": (lambda drift: drift["rows"][1].update(max_layer_drift=3.3e-8),
                    "| pissa | 3.3e-8 | 3.8e-6 / 1.3e-4 |"),
-    "try-it": (lambda scale, fit, full: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
+    "try-it": (lambda scale, fit, tuned: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
                "412 s for SmolLM2-135M's 60 on one CPU thread"),
-    "choosing": (lambda fit, scale, full, quant: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=0.46),
+    "choosing": (lambda fit, scale, tuned, quant: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=0.46),
                  "takes 0.35–0.50× the closed form's time (0.23 s vs 0.46 s at 4096²"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
                   "installing included: 8 min 20 s, of which"),
@@ -148,6 +148,11 @@ def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
         tables.regenerated(readme, "untuned-reading", [full, fit])
 
 
+def _shift_finals(tuned, task, method, by):
+    test = tuned["summary"]["tasks"][task]["methods"][method]["test"]
+    test["values"] = [v + by for v in test["values"]]
+
+
 def _tuned_lora(tuned):
     return tuned["summary"]["tasks"]["reviews"]["methods"]["lora"]
 
@@ -159,8 +164,10 @@ REFUSALS = {  # block -> (a change to its loaded sources that makes its words fa
                    "outside bf16's noise"),
     "quant-reading": (lambda quant: quant["rows"][4]["summary"]["mean"].__setitem__(0, 0.9), "IniLoRA-α/β add error"),
     "quant-finetune": (lambda data: data["runs"][0].update(accuracy=0.7), "every run stays at the majority class"),
-    "choosing": (lambda fit, scale, full, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
+    "choosing": (lambda fit, scale, tuned, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
                  "on small layers svd_randomized gains less"),
+    "try-it": (lambda scale, fit, tuned: _shift_finals(tuned, "chain_sum", "inilora:adam", 0.3),
+               "the two fits trained alike after Holm's correction"),
     "sharded-fit": (lambda sharded: sharded["runs"]["2"][0].update(fitted_by_rank=[0]),
                     "both processes fitted a share"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: _tuned_lora(tuned).update(chosen_lr=0.002),
@@ -178,3 +185,17 @@ def test_a_block_refuses_figures_that_no_longer_fit_its_words(name):
     change(*sources)
     with pytest.raises(ValueError, match=claim):
         tables.regenerated((ROOT / "README.md").read_text(), name, sources)
+
+
+def test_the_choosing_advice_refuses_a_tuned_verdict_that_favours_an_inilora_variant():
+    tables = _tables()
+    readme = (ROOT / "README.md").read_text()
+    fit, scale, tuned, quant = tables.load_sources("choosing")
+    for task in tuned["summary"]["tasks"].values():
+        task["metric"] = "accuracy"
+    for rows in tuned["declared"].values():  # inilora:svd now better than lora on every task
+        for row in rows:
+            if row["comparison"] == "inilora:svd vs lora":
+                row.update(p_holm=0.001, diff_mean=0.05)
+    with pytest.raises(ValueError, match="no IniLoRA variant reliably beats plain lora"):
+        tables.regenerated(readme, "choosing", [fit, scale, tuned, quant])
