@@ -100,8 +100,8 @@ def measure(fn, *args, **kwargs):
 def provenance() -> dict:
     """What made a result: the commit and dirty flag, package versions, and the init version of every
     method and solver (so a result is redone when any of them changes)."""
-    from inilora.experiments.provenance import git_state, versions
+    from inilora.experiments.provenance import git_state, machine, versions
     from inilora.methods import REGISTRY
 
     init_versions = {m.name: {s: m.init_version(s) or 1 for s in m.solvers} or 1 for m in REGISTRY.values()}
-    return {**git_state(), "versions": versions(), "init_versions": init_versions}
+    return {**git_state(), "versions": versions(), "init_versions": init_versions, "machine": machine()}

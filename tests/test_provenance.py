@@ -2,7 +2,7 @@
 
 import subprocess
 
-from inilora.experiments.provenance import git_state, versions
+from inilora.experiments.provenance import git_state, machine, versions
 
 
 def _git(repo, *args):
@@ -40,3 +40,13 @@ def test_versions_name_the_installed_packages():
     found = versions()
     assert found["torch"] == torch.__version__.split("+")[0] or found["torch"] == torch.__version__
     assert found["peft"] == peft.__version__
+
+
+def test_machine_names_the_processor_and_core_count():
+    import os
+
+    found = machine()
+    assert found["cpus"] == os.cpu_count() and found["cpu"] and isinstance(found["cpu"], str)
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        assert not names or found["cpu"] == names[0]

@@ -2,6 +2,7 @@
 adds the final seeds at the rate chosen on validation, resumes, and writes summary.json in its fixed shape."""
 
 import json
+import os
 
 import pytest
 
@@ -75,6 +76,7 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
         record = json.loads(runs[0].read_text())
         assert len(record["val_curve"]) == 8 and len(record["predictions"]) == 30
         assert record["provenance"]["versions"]["torch"] and "commit" in record["provenance"]
+        assert record["provenance"]["machine"]["cpus"] == os.cpu_count()
     assert task["methods"]["lora"]["test"]["p_vs_lora"] is None
     assert task["methods"]["inilora:svd"]["test"]["win_rate_vs_lora"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert (out / "tuning_curves.png").stat().st_size > 1000 and "inilora:svd" in (out / "results.md").read_text()

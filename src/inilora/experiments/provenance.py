@@ -1,8 +1,10 @@
-"""What a benchmark run records about the code and packages that made it, and what decides that a
-finished run is stale: its configuration, data, package versions or init versions — not the commit."""
+"""What a benchmark run records about the code, packages and machine that made it, and what decides that a
+finished run is stale: its configuration, data, package versions or init versions — not the commit, nor the
+machine (recorded because the last bits of a BLAS or LAPACK result differ between CPUs)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import cache
@@ -38,4 +40,22 @@ def versions() -> dict:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = None
+    return found
+
+
+@cache
+def machine() -> dict:
+    """The processor's model name (Linux: ``/proc/cpuinfo``; elsewhere what :mod:`platform` says), the logical
+    CPU count, the OS, and the GPU's name when torch sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    found = {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform()}
+    import torch
+
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
     return found

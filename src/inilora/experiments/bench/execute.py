@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from ..._io import write_json_atomic
-from ..provenance import git_state, versions
+from ..provenance import git_state, machine, versions
 from ..tasks import majority_rate
 from .plan import RunSpec, Suite, init_version, method_and_solver, plan
 from .report import aggregate
@@ -49,7 +49,8 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
         "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
         **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
         "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        "provenance": {**git_state(), "versions": versions(), "init_version": init_version(spec.method)},
+        "provenance": {**git_state(), "versions": versions(), "init_version": init_version(spec.method),
+                       "machine": machine()},
     }
     write_json_atomic(spec.path(out), record)
     return record
