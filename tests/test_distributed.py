@@ -1,5 +1,5 @@
-"""A 2-process CPU run (torchrun, gloo) through Trainer: both ranks start from the same factors —
-the random methods included — and train the same adapter."""
+"""A 2-process CPU run (torchrun, gloo) through Trainer: DDP, not two lone trainings; the fit split over the
+ranks; both ranks start from the same factors — the random methods included — and train the same adapter."""
 
 import json
 import os
@@ -25,7 +25,7 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
     eval_file = tiny.write_jsonl(tmp_path / "eval.jsonl", tiny.sentiment_rows(8, seed=1))
     src = str(Path(__import__("inilora").__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(HERE)]), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
+           "CUDA_VISIBLE_DEVICES": "", "INILORA_CACHE": str(tmp_path / "cache")}  # a cold cache: the fit runs
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(HERE / "distributed_worker.py"),
                            str(model), str(train_file), str(eval_file), str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -35,6 +35,7 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
     for method in ("lora", "inilora-alpha", "inilora-beta", "inilora"):
         a, b = ranks[0][method], ranks[1][method]
         assert a["world_size"] == b["world_size"] == 2 and "gloo" in a["backend"]
+        assert a["processes"] == b["processes"] == 2, method  # Trainer ran DDP, not two lone trainings
         assert a["init_digest"] == b["init_digest"], method  # same initial factors on both ranks
         assert a["trained_digest"] == b["trained_digest"], method  # DDP kept them in step
         assert a["steps"] == 4 and [s for s, _ in a["loss_history"]] == [1, 2, 3, 4]
@@ -42,6 +43,9 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
         # the adapter was saved once, by the main process, and it reloads
         assert (tmp_path / "out" / method / "adapter" / "inilora_init.safetensors").is_file()
     assert len(digests) == 4  # and the methods really start from different factors
+    # the fit was split: each rank fitted some of the 4 matrices (made before Trainer, the process group existed)
+    assert ranks[0]["inilora"]["fitted_by_rank"] == ranks[1]["inilora"]["fitted_by_rank"]
+    assert sorted(set(ranks[0]["inilora"]["fitted_by_rank"])) == [0, 1]
 
 
 def run_fit_worker(tmp_path, nproc):

@@ -106,6 +106,16 @@ def test_same_seed_same_run_and_full_finetuning(folders, tmp_path):
     assert evaluate(tmp_path, folders["cls"])["accuracy"] == pytest.approx(full.metrics["accuracy"])
 
 
+def test_bf16_mixed_precision_trains_on_a_cpu(folders):
+    # with no accelerator Trainer gets use_cpu=True; without it transformers refuses bf16 ("doesn't support bf16/gpu")
+    fp32 = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4))
+    bf16 = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4, bf16=True))
+    assert bf16.metrics["steps"] == 4 and bf16.metrics["processes"] == 1
+    assert bf16.init["digest"] == fp32.init["digest"]  # the same start, trained in another precision
+    assert bf16.trained_digest != fp32.trained_digest
+    assert all(abs(a - b) < 0.05 for (_, a), (_, b) in zip(bf16.loss_history, fp32.loss_history))
+
+
 def test_checkpoints_resume(folders, tmp_path):
     first = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4, save_steps=2,
                                                                    logging_steps=1), output_dir=tmp_path)

@@ -100,14 +100,23 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     report = peft_model.inilora.report
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
+            "fitted_by_rank": [layer.fitted_by_rank for layer in report.layers],
             "solver": report.solver if method.has_fit else None, "quantize": cfg.quantize}
     return peft_model, init
+
+
+def no_accelerator() -> bool:
+    """Whether torch sees no accelerator. Trainer then needs ``use_cpu=True`` to train over several processes:
+    accelerate sets up DDP on CPUs (gloo) only when told to use the CPU; otherwise every process trains alone on
+    all the data and each one saves as the main process."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return not (accelerator.is_available() if accelerator is not None else torch.cuda.is_available())
 
 
 def _training_args(cfg: TrainConfig, output_dir: str, kind: str, evaluations: int = 0):
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return TrainingArguments(use_cpu=no_accelerator(),
         output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
@@ -196,11 +205,13 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     encoded_train = encode(tokenizer, task, cfg, task.train)
     encoded_eval = encode(tokenizer, task, cfg, task.eval)
     encoded_val = encode(tokenizer, task, cfg, validation) if validation else None
-    model, init = prepare_model(model_name, task, cfg, tokenizer, encoded_train)
     with tempfile.TemporaryDirectory(prefix="inilora-") as scratch:
         work = Path(output_dir) / "checkpoints" if output_dir and cfg.save_steps > 0 else Path(scratch)
         tracks = bool(encoded_val) and cfg.method != BASE
+        # made before the model: under torchrun it sets up the process group, so the IniLoRA fit is split over
+        # the processes instead of repeated by each
         args = _training_args(cfg, str(work), task.kind, VAL_EVALUATIONS if tracks else 0)
+        model, init = prepare_model(model_name, task, cfg, tokenizer, encoded_train)
         trainer = trainer_class(task.kind)(
             model=model, args=args, train_dataset=train_features(encoded_train),
             eval_dataset=train_features(encoded_val) if tracks else None, data_collator=collator(tokenizer, task.kind),
@@ -231,6 +242,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
             val["n"] = len(encoded_val)
     metrics["n_train"] = len(encoded_train)
     metrics["steps"] = int(trainer.state.global_step)
+    metrics["processes"] = trainer.args.world_size  # DDP's, as Trainer runs it
     metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = RunResult(metrics, history, train_seconds, trainable, init, parameters_digest(model), val,
