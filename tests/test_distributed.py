@@ -2,6 +2,7 @@
 ranks; both ranks start from the same factors — the random methods included — and train the same adapter."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
         assert a["init_digest"] == b["init_digest"], method  # same initial factors on both ranks
         assert a["trained_digest"] == b["trained_digest"], method  # DDP kept them in step
         assert a["steps"] == 4 and [s for s, _ in a["loss_history"]] == [1, 2, 3, 4]
+        assert abs(a["loss_history"][0][1] - math.log(2)) < 0.2, method  # 2 classes: not 2 ln 2, the loss × 2 ranks
         digests.add(a["init_digest"])
         # the adapter was saved once, by the main process, and it reloads
         assert (tmp_path / "out" / method / "adapter" / "inilora_init.safetensors").is_file()

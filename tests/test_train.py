@@ -1,6 +1,7 @@
 """Trainer-based fine-tuning and evaluation on tiny models built from configs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -114,6 +115,15 @@ def test_bf16_mixed_precision_trains_on_a_cpu(folders):
     assert bf16.init["digest"] == fp32.init["digest"]  # the same start, trained in another precision
     assert bf16.trained_digest != fp32.trained_digest
     assert all(abs(a - b) < 0.05 for (_, a), (_, b) in zip(bf16.loss_history, fp32.loss_history))
+
+
+def test_a_classifiers_loss_is_its_mean_under_gradient_accumulation(folders):
+    # 2 classes, an untrained head: the first logged loss is near ln 2. Trainer took the classifier's mean loss for
+    # one normalized over the accumulation steps and logged the sum of both micro-batches (about 2 ln 2).
+    for grad_accum in (1, 2):
+        result = finetune(folders["bert"], folders["cls"], config("lora", max_steps=1, batch_size=4,
+                                                                  grad_accum=grad_accum, logging_steps=1))
+        assert abs(result.loss_history[0][1] - math.log(2)) < 0.2, grad_accum
 
 
 def test_checkpoints_resume(folders, tmp_path):

@@ -94,10 +94,21 @@ class InOrderEval:
         return torch.utils.data.SequentialSampler(eval_dataset) if eval_dataset is not None else None
 
 
+class MeanLossTrainer:
+    """Mixed into ``Trainer`` for classification: the model's loss is a mean over its batch. A sequence
+    classifier's ``forward`` takes ``**kwargs``, so Trainer would take that loss for one normalized by the tokens
+    of every process and accumulation step: it would multiply it by the number of processes (under DDP the
+    loss and gradients of 2 processes came out doubled) and skip the division by the accumulation steps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+
 def trainer_class(kind: str):
     from transformers import Trainer
 
-    mixins = (AnswerLossTrainer,) if kind == "generation" else ()
+    mixins = (AnswerLossTrainer,) if kind == "generation" else (MeanLossTrainer,)
     return type("TaskTrainer", (*mixins, InOrderEval, Trainer), {})
 
 
