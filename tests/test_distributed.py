@@ -92,3 +92,26 @@ def test_owners_are_balanced_by_cost():
     owners = assign_owners([6.0, 3.0, 3.0, 1.0, 1.0], 2)
     loads = [sum(c for c, o in zip([6.0, 3.0, 3.0, 1.0, 1.0], owners) if o == r) for r in (0, 1)]
     assert sorted(loads) == [7.0, 7.0] and owners[0] != owners[1]
+
+
+def test_launched_processes_without_a_process_group_are_warned_that_each_fits_everything(monkeypatch):
+    import warnings
+
+    from conftest import tiny_model
+
+    import inilora
+    from peft import LoraConfig
+
+    def init(**options):
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+        return inilora.get_peft_model(tiny_model("llama"), config, method="inilora", solver="svd", cache=False,
+                                      **options)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; no process group here
+    with pytest.warns(inilora.UnshardedFitWarning, match="WORLD_SIZE=2.*each process fits every matrix"):
+        init()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inilora.UnshardedFitWarning)
+        init(shard_fit=False)  # asked not to shard: nothing to warn about
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        init()

@@ -13,6 +13,7 @@ Public API::
     print(peft_model.inilora.report)                     # one line; .table(): per-layer fit error, drift
 """
 
+from .distributed import UnshardedFitWarning
 from .errors import AdapterLoadError, InitError
 from .export import export_lora, merge_and_unload
 from .init import InitDriftWarning, get_peft_model
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS", "AdamSchedule", "AdapterLoadError", "ExportTruncationWarning", "InitDriftWarning", "InitError",
-    "InitOptions", "InitReport", "LayerReport", "QuantizedExportWarning", "RandomizedSVD", "export_lora",
+    "InitOptions", "InitReport", "LayerReport", "QuantizedExportWarning", "RandomizedSVD", "UnshardedFitWarning",
+    "export_lora",
     "from_pretrained", "get_method", "get_peft_model", "merge_and_unload", "save_pretrained", "save_residual_model",
 ]

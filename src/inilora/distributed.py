@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -27,12 +29,29 @@ WRAP_AFTER_HINT = ("Initialize the whole, unwrapped model with inilora.get_peft_
 FSDP1_WRAPPER = "_fsdp_wrapped_module"  # the attribute FullyShardedDataParallel holds the wrapped module in
 
 
+class UnshardedFitWarning(UserWarning):
+    """Several processes were launched, but with no process group yet each one fits every matrix itself."""
+
+
 def sharding_world(enabled: bool) -> tuple[int, int] | None:
     """``(rank, world_size)`` when the fit should be sharded: enabled, and a process group of ≥ 2."""
     if not enabled or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return None
     world_size = torch.distributed.get_world_size()
     return (torch.distributed.get_rank(), world_size) if world_size > 1 else None
+
+
+def warn_if_launched_without_group(enabled: bool) -> None:
+    """An :class:`UnshardedFitWarning` when a launcher started several processes (``WORLD_SIZE`` > 1) but no
+    process group exists yet: the fit that follows runs whole on every process."""
+    launched = os.environ.get("WORLD_SIZE", "1")  # set by torchrun and accelerate launch
+    if (enabled and launched.isdigit() and int(launched) > 1 and torch.distributed.is_available()
+            and not torch.distributed.is_initialized()):
+        warnings.warn(f"{launched} processes were launched (WORLD_SIZE={launched}), but torch.distributed has no "
+                      "process group yet, so each process fits every matrix itself. Create the training arguments "
+                      "first (TrainingArguments or SFTConfig; use_cpu=True without a GPU) or call "
+                      "torch.distributed.init_process_group() before inilora.get_peft_model to split the fit.",
+                      UnshardedFitWarning, stacklevel=3)
 
 
 def chunk_cost(chunk: Sequence) -> float:
@@ -95,6 +114,8 @@ def fit_chunks(chunk_list: list[list], fit: Callable[[list], list[Factors]],
     at a time. Sharded: this rank fits its share first, failures are shared, then factors are broadcast."""
     world = sharding_world(enabled)
     if world is None:
+        if chunk_list:
+            warn_if_launched_without_group(enabled)
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         for chunk in chunk_list:
             factors = fit(chunk)
