@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import torch
 from peft import LoraConfig
+from torch.distributed.elastic.multiprocessing.errors import record
 
 import inilora
 from conftest import tiny_model
@@ -77,6 +78,7 @@ def wrapped_first() -> dict[str, str]:
     return raised
 
 
+@record  # a failing rank's traceback goes into torchrun's summary, which the test prints
 def main(out: str) -> None:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -11,6 +11,7 @@ import sys
 
 import torch
 from peft import LoraConfig
+from torch.distributed.elastic.multiprocessing.errors import record
 
 import inilora
 from conftest import tiny_model
@@ -64,6 +65,7 @@ class Recorder:
         self.zero.GatheredParameters = self.original
 
 
+@record  # a failing rank's traceback goes into torchrun's summary, which the test prints
 def main(out: str) -> None:
     import deepspeed.ops  # here, not at the top: the test imports this module's constants without deepspeed
 
