@@ -116,8 +116,8 @@ def no_accelerator() -> bool:
 def _training_args(cfg: TrainConfig, output_dir: str, kind: str, evaluations: int = 0):
     from transformers import TrainingArguments
 
-    return TrainingArguments(use_cpu=no_accelerator(),
-        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
+    return TrainingArguments(
+        output_dir=output_dir, use_cpu=no_accelerator(), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
