@@ -126,6 +126,15 @@ def test_a_classifiers_loss_is_its_mean_under_gradient_accumulation(folders):
         assert abs(result.loss_history[0][1] - math.log(2)) < 0.2, grad_accum
 
 
+def test_eval_of_a_built_in_task_run_uses_the_subsets_it_was_trained_on(folders, tmp_path):
+    task = tasks.load_task("reviews", n_train=24, n_eval=12)
+    trained = finetune(folders["bert"], task, config("lora", max_steps=2), output_dir=tmp_path)
+    again = evaluate(tmp_path)  # rebuilt from the run's record: the 12 held-out reviews, not the default 1,000
+    assert again["n_eval"] == trained.metrics["n_eval"] == 12
+    assert again["accuracy"] == pytest.approx(trained.metrics["accuracy"])
+    assert again["eval_loss"] == pytest.approx(trained.metrics["eval_loss"], abs=1e-5)
+
+
 def test_checkpoints_resume(folders, tmp_path):
     first = finetune(folders["bert"], folders["cls"], config("inilora", max_steps=4, save_steps=2,
                                                                    logging_steps=1), output_dir=tmp_path)

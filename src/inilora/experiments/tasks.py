@@ -55,6 +55,7 @@ class Task:
     labels: list[str] | None = None  # classification: the class names, index = label
     source: str = ""
     files: dict = field(default_factory=dict)  # a task from the user's files: how to rebuild it (file_task's arguments)
+    sizes: dict = field(default_factory=dict)  # a built-in task's subsets: how to rebuild it (load_task's n_train, n_eval)
     metric: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -191,17 +192,19 @@ def load_task(name: str, n_train: int | None = None, n_eval: int | None = None) 
     """A built-in task with fixed splits; ``n_train``/``n_eval`` take fixed subsets."""
     _check_sizes(n_train, n_eval)
     if name == "reviews":
-        return reviews(n_train, n_eval)
-    if name in REASONING_GYM or name.startswith("rg:"):
-        return reasoning_gym_task(name, n_train, n_eval)
-    if name.startswith("bb:"):
+        task = reviews(n_train, n_eval)
+    elif name in REASONING_GYM or name.startswith("rg:"):
+        task = reasoning_gym_task(name, n_train, n_eval)
+    elif name.startswith("bb:"):
         from .bigbench import load_bigbench
 
         task = load_bigbench(name)
         task.train, task.eval = _subset(task.train, n_train, 0), _subset(task.eval, n_eval, 1)
-        return task
-    raise DataError(f"Unknown task {name!r}; choose one of {', '.join(TASKS)}, rg:<reasoning-gym dataset>, "
-                    "bb:<BIG-bench task>, or give your own data file.")
+    else:
+        raise DataError(f"Unknown task {name!r}; choose one of {', '.join(TASKS)}, rg:<reasoning-gym dataset>, "
+                        "bb:<BIG-bench task>, or give your own data file.")
+    task.sizes = {key: n for key, n in (("n_train", n_train), ("n_eval", n_eval)) if n is not None}
+    return task
 
 
 # --- the user's own files ---------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def _held_out_task(info: dict, run_dir: Path, eval_file: str | os.PathLike | Non
     if str(info.get("source", "")).startswith("file "):
         raise ValueError(f"{run_dir} was trained on files its {TRAIN_INFO} does not name (an older run); give "
                          "the data again: --train-file (and --eval-file) or --eval-file alone.")
-    return load_task(info["task"])
+    return load_task(info["task"], **info.get("sizes", {}))  # the subsets it was trained and held out on
 
 
 def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: str | os.PathLike | None = None,
@@ -95,7 +95,7 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
              dtype: str | None = None) -> dict:
     """Evaluate a run directory written by :func:`finetune` on ``task``, or on the examples of
     ``eval_file``, or by default on the held-out set it was trained with (a built-in task rebuilt from its
-    name; the user's files, recorded with absolute paths, split again the same way). The adapter is
+    name and subset sizes; the user's files, recorded with absolute paths, split again the same way). The adapter is
     reloaded with :func:`inilora.from_pretrained` onto a freshly loaded base (``model_name``, default: the
     one it was trained from, at its ``revision`` and ``dtype`` unless given)."""
     from transformers import TrainingArguments

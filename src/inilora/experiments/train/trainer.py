@@ -269,7 +269,7 @@ def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: Run
     if not is_main_process:
         return
     info = {"model": str(model_name), "task": task.name, "kind": task.kind, "labels": task.labels,
-            "source": task.source, "files": task.files, "config": cfg.to_dict()}
+            "source": task.source, "files": task.files, "sizes": task.sizes, "config": cfg.to_dict()}
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=2))
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
 
