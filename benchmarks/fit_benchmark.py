@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -317,11 +316,11 @@ def main() -> None:
 def write(args, previous: dict, runs: list) -> dict:
     import torch
 
+    from inilora.experiments.provenance import machine as this_machine
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if args.device.startswith("cuda"):
-        machine["gpu"] = torch.cuda.get_device_name()
+    # the CPU's model name, cores, platform and GPU (platform.processor() is empty on Linux), torch, threads
+    machine = {**this_machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     command = "python benchmarks/fit_benchmark.py " + " ".join(sys.argv[1:])
     commands = previous.get("commands", [previous["command"]] if "command" in previous else []) + [command]
     data = {"machine": previous.get("machine", machine), "commands": commands, "runs": runs}
