@@ -8,8 +8,9 @@ from _common import bound, claim_check, span
 from fit_benchmark import by_column
 from quant_error import removed_share
 
-from inilora.experiments.bench.tuned_report import SIGNIFICANCE, reading_of
-from inilora.experiments.bench.tuning import higher_is_better, holm
+from inilora.experiments.bench.tuned import protocols
+from inilora.experiments.bench.tuned_report import SIGNIFICANCE, declared_readings
+from inilora.experiments.bench.tuning import holm
 from inilora.experiments.bench.verdict import paired_p
 
 TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix on one CPU thread ([`results/scale_7b.md`](results/scale_7b.md)).
@@ -36,7 +37,7 @@ CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fi
 - **Which initialization, and the learning rate**: residual methods start with both factors non-zero and move
   faster per step than LoRA (B = 0), so compare methods only at their own tuned learning rates (`inilora bench
   --preset tuned`). At those rates no IniLoRA variant reliably beats plain `lora`
-  ([the tuned comparison](#the-tuned-comparison-the-one-that-answers-the-papers-question), 5 seeds, Holm's
+  ([the tuned comparison](#the-tuned-comparison-the-one-that-answers-the-papers-question), {final_seeds} seeds, Holm's
   correction within the declared comparisons); tune the learning rate of whichever you pick. Against `lora`:
 {versus_lora}"""
 
@@ -56,6 +57,7 @@ def _at_4096(scale: dict) -> dict:
 
 METRIC_WORDS = {"accuracy": "accuracy", "exact_match": "exact match", "eval_loss": "answer loss"}
 FITS = ("inilora:adam", "inilora:svd")  # published fit, closed form
+FINAL_SEEDS = len(protocols("tuned")[0].final_seeds)  # a comparison is read once both methods have them all
 
 
 def fits_compared(tuned: dict) -> list[dict]:
@@ -65,7 +67,7 @@ def fits_compared(tuned: dict) -> list[dict]:
     rows = []
     for task, entry in tuned["summary"]["tasks"].items():
         tests = [entry["methods"].get(name, {}).get("test") for name in FITS]
-        if all(t and len(t["values"]) >= 5 for t in tests):
+        if all(t and len(t["values"]) >= FINAL_SEEDS for t in tests):
             adam, svd = (dict(zip(t["seeds"], t["values"])) for t in tests)
             seeds = sorted(set(adam) & set(svd))
             rows.append({"task": task, "metric": entry["metric"], "p": paired_p(adam, svd),
@@ -80,20 +82,21 @@ def fits_compared(tuned: dict) -> list[dict]:
 def versus_lora(tuned: dict) -> str:
     """Per declared comparison with ``lora``: on how many tasks (of those with all final seeds) it reads better
     and worse after Holm's correction, naming them."""
+    metrics = {task: entry["metric"] for task, entry in tuned["summary"]["tasks"].items()}
     parts = []
-    for comparison in dict.fromkeys(row["comparison"] for rows in tuned["declared"].values() for row in rows):
+    for comparison, kinds in declared_readings(tuned["declared"], metrics, FINAL_SEEDS).items():
         if not comparison.endswith(" vs lora"):
             continue
-        readings = {task: reading_of(row, higher_is_better(tuned["summary"]["tasks"][task]["metric"]))
-                    for task, rows in tuned["declared"].items() for row in rows
-                    if row["comparison"] == comparison and row["n"] >= 5}
-        better = [t for t, r in readings.items() if r == "better"]
-        worse = [t for t, r in readings.items() if r == "worse"]
-        _holds(2 * len(better) <= len(readings), "no IniLoRA variant reliably beats plain lora")
-        named = lambda tasks: f" ({', '.join(tasks)})" if tasks else ""
-        parts.append(f"  - `{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {len(readings)} "
-                     f"tasks{named(better)}, worse on {len(worse)}{named(worse)}")
+        better, worse = ([task for task, _ in kinds.get(kind, [])] for kind in ("better", "worse"))
+        read = sum(len(tasks) for kind, tasks in kinds.items() if kind != "waiting")
+        _holds(2 * len(better) <= read, "no IniLoRA variant reliably beats plain lora")
+        parts.append(f"  - `{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
+                     f"tasks{_named(better)}, worse on {len(worse)}{_named(worse)}")
     return ";\n".join(parts) + "."
+
+
+def _named(tasks: list[str]) -> str:
+    return f" ({', '.join(tasks)})" if tasks else ""
 
 
 def try_it(scale: dict, fit: dict, tuned: dict) -> str:
@@ -128,7 +131,7 @@ def choosing(fit: dict, scale: dict, tuned: dict, quant: dict) -> str:
     _holds(min(small) > max(at_7b), "on small layers svd_randomized gains less")
     at_4096 = _at_4096(scale)
     return CHOOSING.format(
-        **_fits_fields(tuned), versus_lora=versus_lora(tuned), randomized_7b=span(at_7b, ".2f"),
+        **_fits_fields(tuned), versus_lora=versus_lora(tuned), final_seeds=FINAL_SEEDS, randomized_7b=span(at_7b, ".2f"),
         randomized_4096=at_4096["svd_randomized"]["seconds_median"], svd_4096=at_4096["svd"]["seconds_median"],
         randomized_error=bound(max(cells["svd-randomized"]["max_ratio"] - 1 for (model, _), cells in columns.items()
                                    if model == "smollm2")),

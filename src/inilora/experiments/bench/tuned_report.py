@@ -150,16 +150,25 @@ def reading_of(row: dict, higher: bool) -> str:
     return "better" if (row["diff_mean"] > 0) == higher else "worse"
 
 
+def declared_readings(declared: dict[str, list[dict]], metrics: dict[str, str],
+                      seeds: int) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """Per declared comparison, per reading (:func:`reading_of`, or "waiting" for final seeds), the tasks read
+    so, each with its mean paired difference, in the order of ``declared``."""
+    readings: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    for task, rows in declared.items():
+        for row in rows:
+            kind = "waiting" if row["n"] < seeds else reading_of(row, higher_is_better(metrics[task]))
+            readings.setdefault(row["comparison"], {}).setdefault(kind, []).append((task, row["diff_mean"]))
+    return readings
+
+
 def overview_lines(declared: dict[str, list[dict]], metrics: dict[str, str], seeds: int) -> list[str]:
     """The verdict across tasks: per declared comparison, the tasks where it reads better, no different or
     worse (with the mean paired difference), and those still waiting for final seeds."""
     columns = ("better", "no difference after correction", "worse")
-    cells: dict[str, dict[str, list[str]]] = {}
-    for task, rows in declared.items():
-        for row in rows:
-            kind = "waiting" if row["n"] < seeds else reading_of(row, higher_is_better(metrics[task]))
-            shown = task if kind in ("waiting", columns[1]) else f"{task} ({row['diff_mean']:+.3f})"
-            cells.setdefault(row["comparison"], {}).setdefault(kind, []).append(shown)
+    cells = {comparison: {kind: [task if kind in ("waiting", columns[1]) else f"{task} ({diff:+.3f})"
+                                 for task, diff in tasks] for kind, tasks in kinds.items()}
+             for comparison, kinds in declared_readings(declared, metrics, seeds).items()}
     if not cells:
         return []
     order = [f"{m} vs {r}" for m, r in DECLARED]
