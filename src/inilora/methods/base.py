@@ -3,7 +3,7 @@ helpers the methods and solvers build on — pure tensor math, no PEFT.
 
 Each method maps one weight ``W`` (``out × in``, fp32) to ``(A0, B0)`` with ``A0: r × in`` and
 ``B0: out × r``. Residual methods subtract ``scaling · B0 @ A0`` from ``W``; plain LoRA subtracts
-nothing (``B0 = 0``). See SPEC.md for the definitions.
+nothing (``B0 = 0``). See docs/methods.md for the definitions.
 """
 
 from __future__ import annotations
