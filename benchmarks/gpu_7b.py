@@ -108,7 +108,7 @@ def run_cell(cell: tuple, args, batch, reference) -> dict:
 
 
 def table(data: dict) -> str:
-    """One row per cell (also the README's, benchmarks/gpu_readme.py)."""
+    """One row per cell (also the README's, benchmarks/render/gpu.py)."""
     lines = ["| cell | targets | matrices | init seconds | peak GPU memory over the model (GiB) | logit change | "
              "training step (s, 4 × 512 tokens) |", "|---|---|---|---|---|---|---|"]
     for c in data["cells"]:

@@ -4,16 +4,16 @@ reading it, whose figures are computed from the runs and whose words are checked
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, claim_check
 from fit_benchmark import by_column
 
 from inilora.experiments.bench.plan import row_name
 from inilora.experiments.bench.report import _fmt
 from inilora.experiments.bench.stats import method_order, paired_test
 
+from .formatting import METRIC_NAMES, MODEL_NAMES, claim_check
+
 COLUMNS = (("reviews", "accuracy"), ("chain_sum", "exact_match"), ("chain_sum", "eval_loss"),
            ("gsm_symbolic", "eval_loss"))  # gsm_symbolic's exact match is 0 throughout: said in the reading instead
-METRIC_NAMES = {"accuracy": "accuracy", "exact_match": "exact match", "eval_loss": "held-out loss"}
 ROW_NAMES = {"inilora:svd": "inilora (closed form)", "inilora:adam": "inilora:adam (published fit)",
              "full": "full fine-tuning", "base": "untrained"}
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 import re
 
-from _common import MODEL_NAMES, bound, claim_check, span
 from fit_benchmark import by_column, speedup, vs_pissa
 from gpu_7b import table
+
+from .formatting import MODEL_NAMES, bound, claim_check, span
 
 SOURCE = "results/gpu"
 FIT_ROWS = (("published loop, 20k steps (s; timed on 2 matrices, scaled)", "published-loop"),

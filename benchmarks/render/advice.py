@@ -4,14 +4,15 @@ tuned benchmark and the 4-bit error ratios, and the words comparing them checked
 
 from __future__ import annotations
 
-from _common import bound, claim_check, span
 from fit_benchmark import by_column
-from quant_error import removed_share
 
 from inilora.experiments.bench.tuned import protocols
 from inilora.experiments.bench.tuned_report import SIGNIFICANCE, declared_readings
 from inilora.experiments.bench.tuning import holm
 from inilora.experiments.bench.verdict import paired_p
+
+from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, span
+from .quant import removed_share
 
 TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix on one CPU thread ([`results/scale_7b.md`](results/scale_7b.md)).
 `solver="adam"`, the default, is the published 20,000-step Adam fit: {adam_minilm:.0f} s for MiniLM's {minilm_matrices} q/v matrices and
@@ -31,13 +32,13 @@ CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fi
   fit's mixed basis); MiLoRA uses the smallest singular triplets instead. Plain `lora` is the baseline every
   comparison is made against.
 - **IniLoRA-α/β in bf16**: α's product is ~20× larger than `W`, so keep its residual in fp32
-  (`residual_fp32=True`); the report's drift says when it matters ([Precision](#precision)).
+  (`residual_fp32=True`); the report's drift says when it matters ([Precision](docs/api.md#precision)).
 - **4-bit bases**: `pissa` and `inilora` remove {quant_removed} of the 4-bit error of the frozen weight; α/β *add* error
   ([`results/quant_error.md`](results/quant_error.md)) — avoid them with `quantize=`.
 - **Which initialization, and the learning rate**: residual methods start with both factors non-zero and move
   faster per step than LoRA (B = 0), so compare methods only at their own tuned learning rates (`inilora bench
   --preset tuned`). At those rates no IniLoRA variant reliably beats plain `lora`
-  ([the tuned comparison](#the-tuned-comparison-the-one-that-answers-the-papers-question), {final_seeds} seeds, Holm's
+  ([the tuned comparison](docs/benchmark.md#the-tuned-comparison-the-one-that-answers-the-papers-question), {final_seeds} seeds, Holm's
   correction within the declared comparisons); tune the learning rate of whichever you pick. Against `lora`:
 {versus_lora}"""
 
@@ -55,7 +56,6 @@ def _at_4096(scale: dict) -> dict:
     return next(row for key, row in scale["matrices"].items() if key.endswith(" 4096x4096"))
 
 
-METRIC_WORDS = {"accuracy": "accuracy", "exact_match": "exact match", "eval_loss": "answer loss"}
 FITS = ("inilora:adam", "inilora:svd")  # published fit, closed form
 FINAL_SEEDS = len(protocols("tuned")[0].final_seeds)  # a comparison is read once both methods have them all
 
@@ -79,7 +79,7 @@ def fits_compared(tuned: dict) -> list[dict]:
     return rows
 
 
-def versus_lora(tuned: dict) -> str:
+def _against_lora(tuned: dict) -> list[str]:
     """Per declared comparison with ``lora``: on how many tasks (of those with all final seeds) it reads better
     and worse after Holm's correction, naming them."""
     metrics = {task: entry["metric"] for task, entry in tuned["summary"]["tasks"].items()}
@@ -90,9 +90,29 @@ def versus_lora(tuned: dict) -> str:
         better, worse = ([task for task, _ in kinds.get(kind, [])] for kind in ("better", "worse"))
         read = sum(len(tasks) for kind, tasks in kinds.items() if kind != "waiting")
         _holds(2 * len(better) <= read, "no IniLoRA variant reliably beats plain lora")
-        parts.append(f"  - `{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
+        parts.append(f"`{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
                      f"tasks{_named(better)}, worse on {len(worse)}{_named(worse)}")
-    return ";\n".join(parts) + "."
+    return parts
+
+
+def versus_lora(tuned: dict) -> str:
+    return ";\n".join(f"  - {part}" for part in _against_lora(tuned)) + "."
+
+
+VERDICT = """Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
+validation split, then trains {final_seeds} seeds per task on {tasks} tasks ({models}) and reads the comparisons
+declared before the runs after Holm's correction. Against plain `lora`:
+{versus_lora}.
+Every table, the plots and the untuned runs: [the benchmark](docs/benchmark.md)."""
+
+
+def verdict(tuned: dict) -> str:
+    """The README's one-paragraph verdict (``tuned``: results/tuned/results.json): each declared comparison with
+    ``lora``, counted over the tasks with all final seeds."""
+    tasks = tuned["summary"]["tasks"]
+    models = sorted({task["model"] for task in tasks.values()}, key=list(MODEL_NAMES).index)
+    return VERDICT.format(final_seeds=FINAL_SEEDS, tasks=len(tasks), versus_lora=";\n".join(_against_lora(tuned)),
+                          models=" and ".join(MODEL_NAMES[model] for model in models))
 
 
 def _named(tasks: list[str]) -> str:
@@ -111,7 +131,7 @@ def try_it(scale: dict, fit: dict, tuned: dict) -> str:
 
 def _fits_fields(tuned: dict) -> dict:
     rows = fits_compared(tuned)
-    diffs = [f"{row['task']} {row['diff']:+.3f} {METRIC_WORDS.get(row['metric'], row['metric'])} (p {row['p']:.2f})"
+    diffs = [f"{row['task']} {row['diff']:+.3f} {METRIC_NAMES.get(row['metric'], row['metric'])} (p {row['p']:.2f})"
              for row in rows]
     return {"fits_tasks": len(rows), "fits_holm": min(row["p_holm"] for row in rows),
             "fits_holm_span": span([row["p_holm"] for row in rows], ".2g"), "fits_diffs": ", ".join(diffs)}

@@ -4,10 +4,10 @@ beside it. Figures come from the runs; the words that say what they mean are che
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, claim_check
-from timings import min_s
-
 from inilora.experiments.bench.report import _fmt
+
+from .formatting import MODEL_NAMES, claim_check
+from .timings import min_s
 
 TEXT = """One command, on a fresh machine (creates `.venv`, installs what it needs, runs LoRA vs IniLoRA (closed form)
 vs PiSSA on {model} × {n_train:,} reviews, each at its own learning rate, over {seeds} seeds, and prints the table with a

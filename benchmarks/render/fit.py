@@ -3,8 +3,9 @@ dtype, and the bullets reading it, whose figures come from the file and whose wo
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, bound, claim_check, span
 from fit_benchmark import PUBLISHED_STEPS, by_column, speedup, vs_pissa
+
+from .formatting import MODEL_NAMES, bound, claim_check, span
 
 
 def _seconds(seconds: float) -> str:
@@ -46,7 +47,7 @@ def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str
 
 
 READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (ratio {svd_ratio:.7f} in fp64) in {svd_vs_pissa}×
-  PEFT's `pissa` init time on these small layers (seconds per model; {svd_vs_pissa_7b}× at 7B shapes, above).
+  PEFT's `pissa` init time on these small layers (seconds per model; {svd_vs_pissa_7b}× at 7B shapes: [large models](docs/large-models.md)).
   `svd_randomized` stays within {randomized_error} of the optimum; PEFT's `pissa_niter_4` is {niter_error}% off and, on
   layers this small, {niter_faster}× faster than `svd_randomized` (at 7B shapes it is the other way round).
 - **Batched Adam computes what the published loop computes** — the same errors to {gap} ({worst_gap} at
@@ -54,7 +55,7 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
   issue targets. At r = 32 both are near the CPU's arithmetic floor: the published loop spends about
   {published_ms:.1f} ms per MiniLM matrix-step, the batched fit {batched_ms:.1f} ms, which is what its two `W`-sized products per step cost
   at this core's GEMM rate; only removing work (early stop) or a GPU, where the published loop's
-  per-step launches and host sync dominate, can give more ([On one GPU](#on-one-gpu)). (At r = 8 the batched
+  per-step launches and host sync dominate, can give more ([On one GPU](docs/large-models.md#on-one-gpu)). (At r = 8 the batched
   fit keeps its factors transposed, which makes the same products 2.6–4× faster on CPU.) The factors of
   the two differ by up to {factor_diff} after {steps:,} steps (an r×r rotation inside the optimum's subspace: float
   summation order differs, and the loss is flat along rotations); on small matrices over 2,000 steps
