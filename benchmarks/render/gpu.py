@@ -1,4 +1,4 @@
-"""The README's GPU section, from the accelerator run's files (benchmarks/gpu_check.sh, results/gpu/): the 7B
+"""The GPU section of docs/large-models.md, from the accelerator run's files (benchmarks/gpu_check.sh, results/gpu/): the 7B
 initialization table, the fit benchmark's cells on CUDA beside the CPU's, and the sentences reading them,
 whose words are checked against the files."""
 
@@ -98,7 +98,7 @@ def readme_block(gpu: dict, fit: dict, cpu_fit: dict) -> str:
     commit = re.sub(r"\s.*", "", gpu.get("commit", ""))[:7]
     head = (f"The prepared accelerator run (`benchmarks/gpu_check.sh`) on one {gpu['device_name']} (torch {gpu['torch']}, "
             f"transformers {gpu['transformers']}, peft {gpu['peft']}{', code at ' + commit if commit else ''}; "
-            f"[`results/gpu/`](results/gpu/)). A Llama-2-7B-shaped model in bf16 (random weights, fixed seed), "
+            f"[`results/gpu/`](results/gpu/gpu_7b.md)). A Llama-2-7B-shaped model in bf16 (random weights, fixed seed), "
             f"r = {gpu['r']}, each cell on a fresh model; times synchronized, one run each:")
     return "\n".join(["", head, "", table(gpu), "", reading, "", "The fit benchmark's cells on the same GPU:", "",
                       _fit_table(fit), ""]) + "\n"
