@@ -51,3 +51,12 @@ def on_files(files: Files, config) -> Files:
                 copy.abs_src_path = str(source)
                 files.append(copy)
     return files
+
+
+SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):(<code>)~?")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """The docstrings cross-reference in Sphinx's style (``:class:`~inilora.InitReport```), which the API reference
+    would print as it is: keep the name, drop the role."""
+    return SPHINX_ROLE.sub(r"\1", html)
