@@ -3,8 +3,9 @@
 #  1. benchmarks/gpu_7b.py: a Llama-2-7B-shaped model in bf16 on the GPU, inilora's initializations end to end
 #     (time, peak GPU memory, logit change, one training step) beside PEFT's own PiSSA;
 #  2. benchmarks/fit_benchmark.py on CUDA (fp32, r = 8): the fit benchmark's cells on MiniLM's and SmolLM2's
-#     real q/v matrices, for the README's GPU column next to the CPU one.
-# Everything it writes lands in $OUT (gpu_7b.json/.md, fit_benchmark_cuda.json/.md, log.txt).
+#     real q/v matrices, for the GPU column next to the CPU one (docs/large-models.md).
+# Everything it writes lands in $OUT (gpu_7b.json, fit_benchmark_cuda.json, log.txt); back here, copied into
+# results/gpu/, `python benchmarks/render` writes their Markdown and the blocks that show them.
 #
 # The device image has torch, transformers and safetensors; peft travels as the wheel constraints.txt pins (the
 # image's own peft is whatever its recipe took). The models' packages are too large to travel (the tool carries

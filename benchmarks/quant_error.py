@@ -38,22 +38,6 @@ def summarize(report) -> dict:
             "min": [min(r) for r in per_iter], "max": [max(r) for r in per_iter]}
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# 4-bit quantization error ratio per method ({result['quant']}, r = {result['r']}, alpha = {result['r']})",
-             "", f"Command: `{result['command']}`  ", f"Versions: {result['versions']}  ",
-             "Ratio per target: ‖deq(Q(W − s·B0A0)) + s·B0A0 − W‖_F / ‖deq(Q(W)) − W‖_F (plain QLoRA = 1.0). "
-             "Mean over targets (min–max); for inilora the refits column is LoftQ-style refinement.", "",
-             "| model | targets | method | ratio (mean, min–max) | after refits (mean) | seconds |",
-             "|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        s = row["summary"]
-        refits = " → ".join(f"{m:.4f}" for m in s["mean"][1:]) or "-"
-        blocks = f", first {row['blocks']} blocks" if row.get("blocks") else ""
-        lines.append(f"| {row['model']} | {row['targets']} ({s['targets']}{blocks}) | {row['method']} | {s['mean'][0]:.4f} "
-                     f"({s['min'][0]:.4f}–{s['max'][0]:.4f}) | {refits} | {row['seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"])
@@ -108,7 +92,8 @@ def write(args, rows: list[dict], versions: str) -> None:
               "quant": args.quant, "r": args.r, "versions": versions, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {args.out}; python benchmarks/render rewrites {args.out.with_suffix('.md').name} and the blocks that "
+          "show it")
 
 
 if __name__ == "__main__":

@@ -173,8 +173,7 @@ def summarize(cells: dict, args, load: list) -> None:
                       "(the share of the full fit's time early stop took on SmolLM2-135M at this rank)"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
-    Path(args.out + ".md").write_text(markdown(result, args.methods))
-    print(markdown(result, args.methods))
+    print(f"wrote {args.out}.json; python benchmarks/render rewrites its Markdown and the blocks that show it")
 
 
 def ratios(table: dict) -> dict:
@@ -182,33 +181,6 @@ def ratios(table: dict) -> dict:
     pairs = {"svd / pissa": ("svd", "pissa"), "svd_randomized / pissa_niter_4": ("svd_randomized", "pissa_niter_4")}
     return {key: {name: row[a]["seconds_median"] / row[b]["seconds_median"] for name, (a, b) in pairs.items()
                   if a in row and b in row} for key, row in table.items()}
-
-
-def markdown(result: dict, methods: list[str]) -> str:
-    lines = [f"# 7B-scale initialization cost (r = {result['r']}, 1 thread, CPU)", "",
-             f"Command: `{result['command']}`. Load averages (1/5/15 min) before and after each repeat: "
-             f"{[tuple(round(x, 1) for x in l) for l in result['loadavg_1_5_15_per_repeat']]} on "
-             f"{result['cpu_count']} cores (shared machine: times are medians of interleaved repeats).", "",
-             "## Per matrix (measured)", "", "| matrix | " + " | ".join(methods) + " |",
-             "|---|" + "---|" * len(methods)]
-    for key, row in result["matrices"].items():
-        cells = [f"{row[m]['seconds_median']:.2f} s / {row[m]['peak_bytes_median'] / row[m]['weight_bytes']:.2f}×W"
-                 if m in row else "-" for m in methods]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios of median times: " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.3f}" for n, v in r.items())
-                                                    for k, r in result["ratios_vs_peft"].items())]
-    lines += ["", "Cells: median seconds / peak memory rise over the fp32 weight, as a multiple of the weight. "
-              "`adam`: measured per-step time × 20,000 steps." + (
-                  f" `adam early stop` rows: that × {result['early_stop_fraction']:.2f}, the share of the full fit's "
-                  "time early stop (`early_stop_tol=1e-7`) took on SmolLM2-135M at this rank "
-                  "(results/fit_benchmark.json) — an extrapolation on top of an extrapolation."
-                  if result.get("early_stop_fraction") else ""), "",
-              "## Full 7B model (EXTRAPOLATED: 32 layers, ideal split over ranks)", "",
-              "| scope, method | " + " | ".join(next(iter(result["extrapolated_7b_model"].values()), {}).keys())
-              + " |", "|---|" + "---|" * len(next(iter(result["extrapolated_7b_model"].values()), {}))]
-    for name, hours in result["extrapolated_7b_model"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{h:.3g} h" for h in hours.values()) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

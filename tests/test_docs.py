@@ -2,6 +2,7 @@
 out of docs/ to a file the repository lacks, or an API reference that no longer resolves fails it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,3 +18,11 @@ def test_the_site_builds_strictly(tmp_path):
     site = tmp_path / "site"
     assert (site / "reference" / "index.html").read_text().count("get_peft_model") > 1  # the API reference rendered
     assert (site / "repository" / "results" / "tuned" / "test_metrics.png").is_file()  # a plot the pages show
+
+
+def test_the_readme_is_short_and_links_only_into_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024  # the rest lives under docs/
+    for target in re.findall(r"\]\(([^)\s]+)\)", readme):
+        if not re.match(r"[a-z]+:", target):
+            assert (ROOT / target.partition("#")[0]).exists(), target

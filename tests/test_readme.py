@@ -215,3 +215,11 @@ def test_the_choosing_advice_refuses_a_tuned_verdict_that_favours_an_inilora_var
                 row.update(p_holm=0.001, diff_mean=0.05)
     with pytest.raises(ValueError, match="no IniLoRA variant reliably beats plain lora"):
         tables.regenerated(readme, "choosing", [fit, scale, tuned, quant])
+
+
+def test_a_results_markdown_is_rendered_from_its_json():
+    tables = _tables()
+    sources = tables.load_sources("fit-benchmark-md")
+    _fit_cell(sources[0], "minilm", 8, "adam-batched").update(seconds=90.9)
+    fresh = tables.regenerated(_page("fit-benchmark-md"), "fit-benchmark-md", sources)
+    assert "| minilm | 8 | adam-batched | 90.90 |" in fresh and fresh != _page("fit-benchmark-md")

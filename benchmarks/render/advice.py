@@ -4,13 +4,12 @@ tuned benchmark and the 4-bit error ratios, and the words comparing them checked
 
 from __future__ import annotations
 
-from fit_benchmark import by_column
-
 from inilora.experiments.bench.tuned import protocols
 from inilora.experiments.bench.tuned_report import SIGNIFICANCE, declared_readings
 from inilora.experiments.bench.tuning import holm
 from inilora.experiments.bench.verdict import paired_p
 
+from .fit import by_column
 from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, span
 from .quant import removed_share
 

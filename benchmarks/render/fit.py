@@ -3,7 +3,7 @@ dtype, and the bullets reading it, whose figures come from the file and whose wo
 
 from __future__ import annotations
 
-from fit_benchmark import PUBLISHED_STEPS, by_column, speedup, vs_pissa
+from fit_benchmark import CELLS, PUBLISHED_STEPS
 
 from .formatting import MODEL_NAMES, bound, claim_check, span
 
@@ -111,3 +111,47 @@ def readme_reading(data: dict, scale: dict) -> str:
         stop_short_smollm2_8=_small(columns["smollm2", 8]["adam-early-stop"]["max_ratio"] - 1),
         stop_smollm2_32=stop["smollm2", 32], solver_memory=solver_memory,
         pissa_memory=span([run["peak_rise_fraction"] for run in every("peft-pissa")], ".2f"))
+
+
+def by_column(runs: list) -> dict:
+    """``{(model, rank): {cell: run}}``, sorted by model and rank."""
+    columns: dict = {}
+    for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
+        columns.setdefault((run["model"], run["rank"]), {})[run["cell"]] = run
+    return columns
+
+
+def speedup(cells: dict, cell: str) -> float | None:
+    """How many times faster ``cell`` is than the published loop on the same model and rank."""
+    return cells["published-loop"]["seconds"] / cells[cell]["seconds"] if "published-loop" in cells else None
+
+
+def vs_pissa(cells: dict, cell: str) -> float | None:
+    """``cell``'s time over PEFT's own ``pissa`` init of the same layers."""
+    return cells[cell]["seconds"] / cells["peft-pissa"]["seconds"] if "peft-pissa" in cells else None
+
+
+def results_markdown(data: dict) -> str:
+    """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
+    lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
+    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + [""]
+    groups: dict = {}
+    for run in data["runs"]:
+        groups.setdefault((run["device"], run["dtype"]), []).append(run)
+    for (device, dtype), runs in groups.items():
+        lines += [f"### {device}, {dtype}", "",
+                  "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
+                  "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
+        for cells in by_column(runs).values():
+            for cell, run in cells.items():
+                up, pissa = speedup(cells, cell), vs_pissa(cells, cell)
+                gap = run.get("max_error_gap_vs_batched")
+                gap = "-" if gap is None else f"{gap:.1e}"
+                if "max_abs_factor_diff_vs_batched" in run:
+                    gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
+                wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
+                lines.append(f"| {run['model']} | {run['rank']} | {cell} | {wall} | "
+                             f"{'-' if up is None else f'{up:.2f}×'} | {'-' if pissa is None else f'{pissa:.2f}'} | "
+                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -61,3 +61,31 @@ def readme_block(result: dict, fit: dict) -> str:
         qv_adam_8=hours["q/v adam"]["hours_on_8_ranks"], qv_stop=hours["q/v adam early stop"]["hours_on_1_ranks"],
         qv_stop_8=hours["q/v adam early stop"]["hours_on_8_ranks"], all_svd=hours["all-linear svd"]["hours_on_1_ranks"],
         all_adam=hours["all-linear adam"]["hours_on_1_ranks"], all_adam_8=hours["all-linear adam"]["hours_on_8_ranks"])
+
+
+def results_markdown(result: dict) -> str:
+    methods = [m for m in METHODS if any(m in row for row in result["matrices"].values())]
+    lines = [f"# 7B-scale initialization cost (r = {result['r']}, 1 thread, CPU)", "",
+             f"Command: `{result['command']}`. Load averages (1/5/15 min) before and after each repeat: "
+             f"{[tuple(round(x, 1) for x in l) for l in result['loadavg_1_5_15_per_repeat']]} on "
+             f"{result['cpu_count']} cores (shared machine: times are medians of interleaved repeats).", "",
+             "## Per matrix (measured)", "", "| matrix | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for key, row in result["matrices"].items():
+        cells = [f"{row[m]['seconds_median']:.2f} s / {row[m]['peak_bytes_median'] / row[m]['weight_bytes']:.2f}×W"
+                 if m in row else "-" for m in methods]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios of median times: " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.3f}" for n, v in r.items())
+                                                    for k, r in result["ratios_vs_peft"].items())]
+    lines += ["", "Cells: median seconds / peak memory rise over the fp32 weight, as a multiple of the weight. "
+              "`adam`: measured per-step time × 20,000 steps." + (
+                  f" `adam early stop` rows: that × {result['early_stop_fraction']:.2f}, the share of the full fit's "
+                  "time early stop (`early_stop_tol=1e-7`) took on SmolLM2-135M at this rank "
+                  "(results/fit_benchmark.json) — an extrapolation on top of an extrapolation."
+                  if result.get("early_stop_fraction") else ""), "",
+              "## Full 7B model (EXTRAPOLATED: 32 layers, ideal split over ranks)", "",
+              "| scope, method | " + " | ".join(next(iter(result["extrapolated_7b_model"].values()), {}).keys())
+              + " |", "|---|" + "---|" * len(next(iter(result["extrapolated_7b_model"].values()), {}))]
+    for name, hours in result["extrapolated_7b_model"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{h:.3g} h" for h in hours.values()) + " |")
+    return "\n".join(lines) + "\n"

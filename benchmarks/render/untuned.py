@@ -4,12 +4,11 @@ reading it, whose figures are computed from the runs and whose words are checked
 
 from __future__ import annotations
 
-from fit_benchmark import by_column
-
 from inilora.experiments.bench.plan import row_name
 from inilora.experiments.bench.report import _fmt
 from inilora.experiments.bench.stats import method_order, paired_test
 
+from .fit import by_column
 from .formatting import METRIC_NAMES, MODEL_NAMES, claim_check
 
 COLUMNS = (("reviews", "accuracy"), ("chain_sum", "exact_match"), ("chain_sum", "eval_loss"),
