@@ -1,4 +1,4 @@
-"""The README's advice on which method and solver to use — the lines under "Try it" and the list under "Choosing
+"""The page's advice on which method and solver to use — the lines under "Try it" and the list under "Choosing
 a method and solver" — with the costs and errors it quotes read from the fit benchmark, the 7B-shape timings, the
 tuned benchmark and the 4-bit error ratios, and the words comparing them checked against those figures."""
 
@@ -106,7 +106,7 @@ Every table, the plots and the untuned runs: [the benchmark](docs/benchmark.md).
 
 
 def verdict(tuned: dict) -> str:
-    """The README's one-paragraph verdict (``tuned``: results/tuned/results.json): each declared comparison with
+    """The page's one-paragraph verdict (``tuned``: results/tuned/results.json): each declared comparison with
     ``lora``, counted over the tasks with all final seeds."""
     tasks = tuned["summary"]["tasks"]
     models = sorted({task["model"] for task in tasks.values()}, key=list(MODEL_NAMES).index)

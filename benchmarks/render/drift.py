@@ -12,7 +12,7 @@ drift `‖W_res + s·B0A0 − W‖/‖W‖`, and the largest output difference f
 
 For scale: the bf16 base model itself differs from the fp32 base by {minilm_floor} (MiniLM) and {smollm2_floor} (SmolLM2
 logits), so in bf16 every method but α without the fp32 residual stays inside bf16's own noise."""
-MODELS = ("minilm", "smollm2")  # the README's column order
+MODELS = ("minilm", "smollm2")  # the table's column order
 
 
 def _figure(x: float) -> str:
@@ -28,14 +28,14 @@ def _bf16_step(scale: float) -> float:
 
 
 def readme_block(data: dict) -> str:
-    """The README's drift table (``data``: results/init_drift.json): per method the worst drift over the models, the
+    """The page's drift table (``data``: results/init_drift.json): per method the worst drift over the models, the
     output differences per model, in fp32 and bf16 (with the residual in bf16 and in fp32). "Inside bf16's own noise"
     is checked as: no larger than the bf16 base's own difference plus one bf16 step at the output's scale."""
     rows = {(row["model"], row["dtype"], row["method"], row["residual_fp32"]): row for row in data["rows"]}
     methods = list(dict.fromkeys(row["method"] for row in data["rows"] if row["method"] != "lora"))
     floors = data["bf16_vs_fp32_base_output_diff"]
     if set(floors) != set(MODELS):
-        raise ValueError(f"results/init_drift.json covers {sorted(floors)}, the README {MODELS}: reword README_TEXT in {__file__}")
+        raise ValueError(f"results/init_drift.json covers {sorted(floors)}, the page {MODELS}: reword README_TEXT in {__file__}")
     worst = lambda method, dtype, fp32: max(rows[m, dtype, method, fp32]["max_layer_drift"] for m in MODELS)
     diffs = lambda method, dtype, fp32: " / ".join(_figure(rows[m, dtype, method, fp32]["max_output_diff"])
                                                    for m in MODELS)
@@ -51,7 +51,7 @@ def readme_block(data: dict) -> str:
     noisy = {(method, fp32) for (model, dtype, method, fp32), row in rows.items() if dtype == "bfloat16"
              and row["max_output_diff"] > floors[model] + _bf16_step(row["output_scale"])}
     if noisy != {("inilora-alpha", False)}:
-        raise ValueError(f"results/init_drift.json no longer supports the README's words (outside bf16's noise: "
+        raise ValueError(f"results/init_drift.json no longer supports the words of its block (outside bf16's noise: "
                          f"{sorted(noisy)}, not α without the fp32 residual alone): reword README_TEXT in {__file__}")
     scale = {model: rows[model, "float32", "lora", False]["output_scale"] for model in MODELS}
     return README_TEXT.format(r=data["r"], minilm_scale=scale["minilm"], smollm2_scale=scale["smollm2"],

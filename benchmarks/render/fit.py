@@ -1,4 +1,4 @@
-"""The README's view of the fit benchmark (``results/fit_benchmark.json``): the summary table of one device and
+"""The page's view of the fit benchmark (``results/fit_benchmark.json``): the summary table of one device and
 dtype, and the bullets reading it, whose figures come from the file and whose words are checked against it."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _small(x: float) -> str:
 
 
 def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str:
-    """The README's summary of one (device, dtype): a column per model and rank, a row per way of fitting."""
+    """The page's summary of one (device, dtype): a column per model and rank, a row per way of fitting."""
     columns = by_column([run for run in data["runs"] if run["device"] == device and run["dtype"] == dtype])
     sampled = "–".join(str(n) for n in sorted({cells["published-loop"]["sampled"] for cells in columns.values()}))
     timed = lambda cells, cell: f"{_seconds(cells[cell]['seconds'])} — {speedup(cells, cell):.2g}×"
@@ -68,7 +68,7 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
 
 
 def readme_reading(data: dict, scale: dict) -> str:
-    """The bullets under the README's table: its figures from the same runs (CPU, fp32), the 7B ratios from
+    """The bullets under the page's table: its figures from the same runs (CPU, fp32), the 7B ratios from
     ``scale`` (results/scale_7b.json); words that a changed file would make false stop the rewrite."""
     columns = by_column([run for run in data["runs"] if (run["device"], run["dtype"]) == ("cpu", "float32")])
     every = lambda cell: [cells[cell] for cells in columns.values()]

@@ -15,19 +15,19 @@ def claim_check(source: str, template: str, where: str):
     of printing a sentence the data contradicts."""
     def holds(condition: bool, claim: str) -> None:
         if not condition:
-            raise ValueError(f"{source} no longer supports the README's words ({claim}): reword {template} in {where}")
+            raise ValueError(f"{source} no longer supports the words of its block ({claim}): reword {template} in {where}")
 
     return holds
 
 
 def span(values, fmt: str) -> str:
-    """A range as the README writes it: ``0.11–0.18``, or one value when both ends print the same."""
+    """A range as the pages write it: ``0.11–0.18``, or one value when both ends print the same."""
     low, high = format(min(values), fmt), format(max(values), fmt)
     return low if low == high else f"{low}–{high}"
 
 
 def bound(x: float) -> str:
-    """``x`` rounded *up* to two significant figures, for a README's "within x" (1.14e-05 -> 1.2e-5)."""
+    """``x`` rounded *up* to two significant figures, for a page's "within x" (1.14e-05 -> 1.2e-5)."""
     scale = 10 ** (math.floor(math.log10(x)) - 1)
     return f"{math.ceil(round(x / scale, 9)) * scale:.1e}".replace("e-0", "e-")
 

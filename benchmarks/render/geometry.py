@@ -38,7 +38,7 @@ _holds = claim_check("results/factor_geometry.json", "READING", __file__)
 
 
 def readme_reading(data: dict) -> str:
-    """The README's account of how the published fit factors the optimum: its figures from the per-matrix rows,
+    """The page's account of how the published fit factors the optimum: its figures from the per-matrix rows,
     the random-rotation reference from ``random_rotation_mixing``; words a changed file would make false stop it."""
     groups = {(model, target): [row for name, row in entry["per_matrix"].items() if name.endswith(target)]
               for model, entry in data["models"].items() for target in entry["targets"]}

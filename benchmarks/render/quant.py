@@ -15,7 +15,7 @@ README_DIGITS = {"inilora-alpha": 2, "inilora-beta": 2}  # ratios of 2-20: more 
 
 
 def readme_table(result: dict) -> str:
-    """The README's view: a row per model and targets, a column per method, the mean ratio over targets (and for
+    """The page's view: a row per model and targets, a column per method, the mean ratio over targets (and for
     the refitted method, after each refit). A row whose methods covered different layers says which covered what."""
     methods = [m for m, _ in RUNS]
     refits = max(row["quant_iters"] for row in result["rows"])
@@ -50,7 +50,7 @@ _holds = claim_check("results/quant_error.json", "READING or removed_share", __f
 
 
 def removed_share(result: dict) -> str:
-    """How much of the 4-bit error ``pissa`` and ``inilora`` remove, as the README says it ("7–9%": 1 − ratio over
+    """How much of the 4-bit error ``pissa`` and ``inilora`` remove, as the page says it ("7–9%": 1 − ratio over
     every model, widened to whole percents); the words around it are checked: they remove error, α/β add it."""
     import math
 
@@ -69,7 +69,7 @@ rebuild byte-identical packed weights from the original full-precision base. `ex
 
 
 def readme_reading(result: dict) -> str:
-    """The paragraph under the README's table: what the residual methods remove, from the same rows."""
+    """The paragraph under the page's table: what the residual methods remove, from the same rows."""
     removed = removed_share(result)
     refits = [row["summary"]["mean"] for row in result["rows"] if row["method"] == REFIT]
     _holds(all(len(means) > 1 and all(a > b for a, b in zip(means, means[1:])) for means in refits),
@@ -89,7 +89,7 @@ held-out loss separates them — QLoRA {lora}, 4-bit IniLoRA {inilora}, 4-bit Pi
 
 
 def finetune_reading(data: dict) -> str:
-    """The README's paragraph on 4-bit fine-tuning (``data``: results/quant_finetune.json): the nf4 rows' held-out
+    """The page's paragraph on 4-bit fine-tuning (``data``: results/quant_finetune.json): the nf4 rows' held-out
     loss, and paired t-tests over seeds against QLoRA; its words are checked against the runs."""
     import math
 

@@ -1,4 +1,4 @@
-"""The README's view of ``make quick`` (``inilora bench --quick``, committed as results/quick/): what it runs, how
+"""The page's view of ``make quick`` (``inilora bench --quick``, committed as results/quick/): what it runs, how
 long it took from a fresh clone, and what it found, with lora at the tuned benchmark's rate on the same budget
 beside it. Figures come from the runs; the words that say what they mean are checked against them."""
 
@@ -30,7 +30,7 @@ METHODS = ("lora", "inilora:svd", "pissa")
 
 
 def _rate(lr: float) -> str:
-    """``0.002`` -> ``2e-3``, as the README writes learning rates."""
+    """``0.002`` -> ``2e-3``, as the pages write learning rates."""
     mantissa, exponent = f"{lr:e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
 

@@ -32,7 +32,7 @@ def _readme_seconds(seconds: float) -> str:
 
 
 def readme_block(result: dict, fit: dict) -> str:
-    """The README's 7B section: per-matrix medians, the ratios to PEFT's inits, the extrapolated full model, and
+    """The page's 7B section: per-matrix medians, the ratios to PEFT's inits, the extrapolated full model, and
     the closed forms' errors on real weights from the fit benchmark (``fit``: results/fit_benchmark.json)."""
     methods = [m for m in METHODS if all(m in row for row in result["matrices"].values())]
     table = ["| per matrix | " + " | ".join(README_NAMES[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]

@@ -15,7 +15,7 @@ with the error). The report's `fitted_by_rank` says who fitted what; `shard_fit=
 
 
 def readme_paragraph(result: dict) -> str:
-    """The README's paragraph on the sharded fit (``result``: results/sharded_fit.json): the speed-up of the
+    """The page's paragraph on the sharded fit (``result``: results/sharded_fit.json): the speed-up of the
     medians, recomputed from the runs; its words are checked against them."""
     claims = ((set(result["runs"]) == {"1", "2"}, "two processes against one"),
               (result["model"].startswith("SmolLM2-135M q/v"), "SmolLM2-135M's q/v"),

@@ -1,4 +1,4 @@
-"""The README's view of the untuned benchmark (``inilora bench --preset full``, committed as
+"""The page's view of the untuned benchmark (``inilora bench --preset full``, committed as
 ``results/full/results.json``): one table over the tasks, rendered from the file's summary, and the paragraph
 reading it, whose figures are computed from the runs and whose words are checked against them."""
 
