@@ -100,7 +100,7 @@ def versus_lora(tuned: dict) -> str:
 
 VERDICT = """Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
 validation split, then trains {final_seeds} seeds per task on {tasks} tasks ({models}) and reads the comparisons
-declared before the runs after Holm's correction. Against plain `lora`:
+declared before any tuned run was read, after Holm's correction. Against plain `lora`:
 {versus_lora}.
 Every table, the plots and the untuned runs: [the benchmark](docs/benchmark.md)."""
 
