@@ -95,7 +95,8 @@ def _against_lora(tuned: dict) -> list[str]:
 
 
 def versus_lora(tuned: dict) -> str:
-    return ";\n".join(f"  - {part}" for part in _against_lora(tuned)) + "."
+    # a sub-list: indented by 4 spaces, which GitHub and Python-Markdown (the site) both read as nested
+    return ";\n".join(f"    - {part}" for part in _against_lora(tuned)) + "."
 
 
 VERDICT = """Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
