@@ -198,7 +198,7 @@ def reading_of_row(row: dict, seeds: int, higher: bool) -> tuple[str, str | None
 
 def _same_comparison(earlier: dict | None, row: dict) -> bool:
     """Whether an earlier report's row compared the same final values: same paired seeds, mean difference
-    and p."""
-    if earlier is None or earlier.get("n") != row["n"] or row["p"] is None or earlier.get("p") != row["p"]:
+    and p (None where undefined)."""
+    if earlier is None or earlier.get("n") != row["n"] or earlier.get("p") != row["p"]:
         return False
     return earlier.get("delta") == row["delta"]
