@@ -338,3 +338,29 @@ def test_the_budget_line_shows_loras_mean_validation_curve_at_its_chosen_rate():
                                             "steps 10, 20: 0.520, 0.520.")
     task["methods"]["lora"]["chosen_lr"] = None  # still tuning: nothing to show yet
     assert budget_line("t", task, runs) is None
+
+
+def test_a_task_with_example_families_gives_them_to_the_two_level_interval():
+    """The answer key keeps each test row's family (``group``, e.g. winowhy's sentence with its candidate
+    reasons); the declared comparison resamples whole families, so shared answers widen its interval."""
+    from types import SimpleNamespace
+
+    from inilora.experiments.bench.answers import AnswerKey
+
+    rows = [{"text": f"s{i // 8} r{i % 8}", "label": i % 2, "group": f"s{i // 8}"} for i in range(400)]
+    key = AnswerKey.of_task(SimpleNamespace(kind="classification", eval=rows), "d")
+    assert key.families == [f"s{i // 8}" for i in range(400)] and key.eval[0] == {"label": 0, "group": "s0"}
+    alone = AnswerKey.of_task(SimpleNamespace(kind="classification", eval=[{"label": 1}, {"label": 0}]), "d")
+    assert alone.families is None and alone.eval == [{"label": 1}, {"label": 0}]
+
+    lora = [0.70, 0.72, 0.71, 0.69, 0.73]
+    methods = _methods({"lora": lora, "inilora:svd": [v + d for v, d in zip(lora, (0.01, 0.0, 0.02, 0.01, 0.0))]})
+    # svd right where lora is wrong on every example of families 0-9, wrong where lora is right on 40-44: the
+    # per-example differences come in blocks of 8
+    per_family = [1.0] * 10 + [0.0] * 30 + [-1.0] * 5 + [0.0] * 5
+    differences = [per_family[i // 8] for i in range(400)]
+    per_example = {"lora": {s: [0.0] * 400 for s in range(5)}, "inilora:svd": {s: differences for s in range(5)}}
+    flat, = declared_verdict(methods, per_example, seeds=5, margin=0.01)
+    clustered, = declared_verdict(methods, per_example, families=key.families, seeds=5, margin=0.01)
+    width = lambda row: row["ci95_two_level"][1] - row["ci95_two_level"][0]  # noqa: E731
+    assert width(clustered) / width(flat) == pytest.approx(8 ** 0.5, rel=0.15)
