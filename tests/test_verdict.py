@@ -364,3 +364,17 @@ def test_a_task_with_example_families_gives_them_to_the_two_level_interval():
     clustered, = declared_verdict(methods, per_example, families=key.families, seeds=5, margin=0.01)
     width = lambda row: row["ci95_two_level"][1] - row["ci95_two_level"][0]  # noqa: E731
     assert width(clustered) / width(flat) == pytest.approx(8 ** 0.5, rel=0.15)
+
+
+def test_results_md_says_why_a_comparison_with_no_spread_has_no_p():
+    """Exact match 0 on every seed for lora and 0.1 on every seed for pissa: the t-test is undefined, shown as
+    such with the reason, never as p = 0."""
+    from inilora.experiments.bench.tuned_report import declared_table
+
+    methods = _methods({"lora": [0.0, 0.0, 0.0, 0.0, 0.0], "inilora:svd": [0.1] * 5, "pissa": [0.1] * 5})
+    rows = declared_verdict(methods, seeds=5, margin=0.02)
+    lines = declared_table(rows, "exact_match")
+    row = next(line for line in lines if line.startswith("| inilora:svd vs lora"))
+    assert row == "| inilora:svd vs lora | 5 | +0.100 | +0.100 to +0.100 | – | ±0.02 | undefined | – | inconclusive |"
+    assert any("undefined: every seed gives the same difference" in line for line in lines)
+    assert not any("0.000 |" in line.split("±0.02")[-1] for line in lines if line.startswith("| inilora"))
