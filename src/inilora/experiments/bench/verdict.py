@@ -14,7 +14,7 @@ import math
 import statistics
 
 from .schedule import Protocol, stage
-from .stats import (SIGNIFICANCE, TOST_LEVEL, UNDEFINED, paired_t_p, paired_values, percentile_interval,
+from .stats import (TOST_LEVEL, UNDEFINED, paired_t_p, paired_values, percentile_interval,
                     read_comparison, t_interval, two_level_bootstrap)
 from .tuning import curve_auc, higher_is_better, holm, mean_curve, score_of, steps_to_reach, val_score, win_rate
 
