@@ -36,8 +36,8 @@ def method_gaps(entry: dict, seeds_by_lr: dict[str, set], baseline: bool) -> lis
         gaps.append("no chosen rate yet")
     elif len(entry["test"]["seeds"]) < FINAL_SEEDS:
         gaps.append(f"{len(entry['test']['seeds'])} of {FINAL_SEEDS} final seeds")
-    elif not baseline and entry["test"]["p_holm"] is None:
-        gaps.append("no Holm-corrected p vs lora")
+    elif not baseline and entry["test"]["p_adjusted_all_methods"] is None:
+        gaps.append("no adjusted p vs lora")
     return gaps
 
 

@@ -12,7 +12,8 @@ from inilora.experiments.bench import tuned
 from inilora.experiments.bench.schedule import Protocol
 
 SHAPE_METHOD = {"lr_grid", "chosen_lr", "val_by_lr", "test", "steps_to_lora_final", "val_loss_auc"}
-SHAPE_TEST = {"mean", "std", "seeds", "values", "p_vs_lora", "p_holm", "win_rate_vs_lora"}
+SHAPE_TEST = {"mean", "std", "seeds", "values", "p_vs_lora", "p_adjusted_all_methods", "win_rate_vs_lora"}
+SHAPE_DECLARED = {"comparison", "delta", "ci95", "ci95_two_level", "margin", "p", "p_holm", "reading"}
 
 
 def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
@@ -78,6 +79,9 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
         assert record["provenance"]["versions"]["torch"] and "commit" in record["provenance"]
         assert record["provenance"]["machine"]["cpus"] == os.cpu_count()
     assert task["methods"]["lora"]["test"]["p_vs_lora"] is None
+    (declared,) = task["declared"]
+    assert SHAPE_DECLARED <= set(declared) and declared["comparison"] == "inilora:svd vs lora"
+    assert declared["margin"] == 0.01 and declared["reading"] in ("better", "worse", "equivalent", "inconclusive")
     assert task["methods"]["inilora:svd"]["test"]["win_rate_vs_lora"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert (out / "tuning_curves.png").stat().st_size > 1000 and "inilora:svd" in (out / "results.md").read_text()
     # resuming runs nothing more; a changed budget redoes the runs
@@ -101,9 +105,9 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     assert lines[0].startswith("toy: data unavailable here") and "does not exist" in lines[0]
     # its runs still count, but not in the progress count of this sitting, which adds none to it
     assert "about 0 runs on 0 task(s), 0 already done, 0 to go" in lines[1] and gone["tasks"] == summary["tasks"] and not gone["failures"]
-    # the item-level test needs the test answers: saved beside the runs by every report that loaded the data
+    # the two-level interval needs the test answers: saved beside the runs by every report that loaded the data
     (row,) = gone["declared"]["toy"]
-    assert row == declared_before and row["p_items"] is not None and "p_items_carried" not in row
+    assert row == declared_before and row["ci95_two_level"] is not None and "two_level_carried" not in row
     key = json.loads((out / "answers" / "toy.json").read_text())
     assert key["data"] == digests["toy"]
     assert [r["label"] for r in key["test"]] == [["neg", "pos"].index(r["label"]) for r in tiny_test]
@@ -111,7 +115,7 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     key["data"] = "0" * 16
     (out / "answers" / "toy.json").write_text(json.dumps(key))
     (row,) = tuned.report([suite], methods, out, adapter, adapter, make_plots=False, log=lines.append)["declared"]["toy"]
-    assert row["p_items_carried"] and row["p_items"] == declared_before["p_items"]
+    assert row["two_level_carried"] and row["ci95_two_level"] == declared_before["ci95_two_level"]
     assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == run_files
     first = sorted(out.glob("runs/toy/lora/lr*/seed*.json"))[0]
     record = json.loads(first.read_text())
@@ -169,7 +173,7 @@ def _complete_results() -> dict:
             runs += [{"task": name, "method": method, "lr": chosen, "seed": s, **curve} for s in (2, 3, 4)]
             p = None if method == "lora" else 0.5
             entries[method] = {"lr_grid": grid, "chosen_lr": chosen, "val_by_lr": {},
-                               "test": {"seeds": [0, 1, 2, 3, 4], "p_holm": p}}
+                               "test": {"seeds": [0, 1, 2, 3, 4], "p_adjusted_all_methods": p}}
         tasks[name] = {"model": model, "methods": entries}
     return {"summary": {"command": "inilora bench --preset tuned", "cpu_hours": 1.0, "tasks": tasks}, "runs": runs}
 
