@@ -115,15 +115,17 @@ def neighbour_audit(train: list[dict], held: list[dict]) -> dict:
         return frozenset(re.findall(r"\w+", text.lower()))
 
     pool = [(words(row["text"]), row["label"]) for row in train]
-    near = right = 0
+    near = right = near_right = 0
     for row in held:
         mine = words(row["text"])
         similarity, label = max(((len(mine & theirs) / max(1, len(mine | theirs)), label) for theirs, label in pool),
                                 key=lambda pair: pair[0])
         near += similarity >= NEAR
         right += label == row["label"]
+        near_right += similarity >= NEAR and label == row["label"]
     return {"n_held": len(held), "n_train": len(train), "near": NEAR, "near_share": round(near / len(held), 4),
-            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4)}
+            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4),
+            "near_neighbour_accuracy": round(near_right / near, 4) if near else None}
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -133,11 +135,14 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{' (dirty)' if report['provenance']['dirty'] else ''}; packages "
              + ", ".join(f"{k} {v}" for k, v in report["provenance"]["packages"].items()) + ".  ",
              f"Setup: {report['setup']}", "",
-             "| task | train part | test part | classes | val majority | best val acc | best lr | lrs tried | CPU s | verdict | why |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | train part | test part | classes | max_len | val majority | best val acc | best lr | lrs tried | CPU s "
+             "| verdict | why |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in report["tasks"].values():
         lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in entry["runs"].items())
+        max_len = ", ".join(sorted({str(r["config"]["max_len"]) for r in entry["runs"].values()})) or "–"
         lines.append(f"| {entry['task']} | {entry['n_train_part']} | {entry['n_test_part']} | {len(entry['classes'])} "
+                     f"| {max_len} "
                      f"| {entry['majority_val']:.3f} | {entry.get('best_val_accuracy', float('nan')):.3f} "
                      f"| {entry.get('best_lr', float('nan')):g} | {lrs} | {entry.get('cpu_seconds', 0):.0f} "
                      f"| {entry.get('status', 'not run')} | {entry.get('why', 'not run')} |")
@@ -166,10 +171,16 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["", f"Near-duplicates (`--neighbours`; no training): for each validation example, the training example "
                       f"sharing the most words (Jaccard); near = at least {NEAR:g}. A neighbour accuracy at or below the "
                       f"majority class means the near-duplicates carry no label a model could remember.", "",
-                  "| task | validation | training | near-duplicate share | neighbour's label right | majority |",
-                  "|---|---|---|---|---|---|"]
+                  "| task | validation | training | near-duplicate share | neighbour's label right | ... where near "
+                  "| majority |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {e['task']} | {a['n_held']} | {a['n_train']} | {a['near_share']:.3f} | "
-                  f"{a['neighbour_accuracy']:.3f} | {a['majority']:.3f} |" for e in audited for a in [e["neighbours"]]]
+                  f"{a['neighbour_accuracy']:.3f} | "
+                  f"{'–' if a.get('near_neighbour_accuracy') is None else format(a['near_neighbour_accuracy'], '.3f')} | "
+                  f"{a['majority']:.3f} |" for e in audited for a in [e["neighbours"]]]
+        lines += ["", "Where few validation examples have a near neighbour, the neighbour's label is a word-overlap "
+                      "nearest-neighbour classifier: lexical cues a model can learn, not copies it could remember."]
+    lines += [line for note in report.get("notes", []) for line in ("", note)]  # decisions beyond the verdicts
     lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
               f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
     path.write_text("\n".join(lines) + "\n")
@@ -188,6 +199,9 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
     parser.add_argument("--neighbours", action="store_true", help="audit the splits for near-duplicates, train nothing")
     parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
+    parser.add_argument("--merge", type=Path, help="take the tasks screened into another --out file (a sitting run "
+                        "beside this one) into this report, with its commands; trains nothing itself")
+    parser.add_argument("--note", help="a decision to record below the tables (kept in the JSON's notes)")
     args = parser.parse_args()
 
     import sys
@@ -204,6 +218,14 @@ def main() -> None:
                         f"validation = {VAL_FRACTION:.0%} (at most {MAX_VAL}) of the training part, seed {VAL_SEED}; "
                         f"kept when best validation accuracy >= majority + {args.margin:g}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        other = json.loads(args.merge.read_text())
+        commands[-1:-1] = [c for c in other.get("commands", [other.get("command")]) if c and c not in commands]
+        for name, entry in other["tasks"].items():
+            if len(entry.get("runs", {})) >= len(report["tasks"].get(name, {}).get("runs", {})):
+                report["tasks"][name] = entry
+    if args.note and args.note not in report.setdefault("notes", []):
+        report["notes"].append(args.note)
 
     def save() -> None:
         report["cpu_seconds_total"] = round(sum(e.get("cpu_seconds", 0) for e in report["tasks"].values()), 1)
