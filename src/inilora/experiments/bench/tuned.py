@@ -30,8 +30,8 @@ def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:
 
 
 def first_methods(name: str = "tuned") -> tuple[str, ...]:
-    """The methods a preset runs on every task before any other method starts (``[tuning] first``): the
-    ones its declared verdict needs, so a benchmark stopped midway has the verdict's rows on every task."""
+    """The methods a preset runs on every task before any other method starts (``[tuning] first``): in the
+    tuned preset, every declared method, so a benchmark stopped midway has the same rows on every task."""
     return tuple(_read_preset_file(name)["tuning"].get("first", ()))
 
 
