@@ -78,6 +78,13 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
         assert record["provenance"]["versions"]["torch"] and "commit" in record["provenance"]
         assert record["provenance"]["machine"]["cpus"] == os.cpu_count()
     assert task["methods"]["lora"]["test"]["p_vs_lora"] is None
+    # today's factors for a run's spec, made without training, are the ones its run recorded (what a resume checks)
+    from inilora.experiments.bench.execute import init_digest
+
+    for method in methods:
+        record = json.loads(sorted(out.glob(f"runs/toy/{method.removesuffix(':svd')}/lr*/seed1.json"))[0].read_text())
+        spec = bench.RunSpec(suite, method, 1, lr=record["lr"])
+        assert init_digest(spec) == record["init"]["digest"] != init_digest(bench.RunSpec(suite, method, 0))
     assert task["methods"]["inilora:svd"]["test"]["win_rate_vs_lora"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert (out / "tuning_curves.png").stat().st_size > 1000 and "inilora:svd" in (out / "results.md").read_text()
     # resuming runs nothing more; a changed budget redoes the runs
@@ -227,4 +234,65 @@ def test_a_generation_suite_compared_on_its_loss_end_to_end(tmp_path):
     assert entry["val_by_lr"] == pytest.approx({f"{lr:.3g}": loss for lr, loss in val_loss.items()})
     chosen = next(r for r in runs if r["lr"] == entry["chosen_lr"])
     assert entry["test"]["values"] == pytest.approx([chosen["test"]["loss"]])
+
+
+
+def test_every_method_and_solver_has_an_init_version_and_older_records_read_as_the_first():
+    from inilora.experiments.bench.plan import FIRST_INIT_VERSION, init_version
+    from inilora.methods import REGISTRY
+
+    _, methods = bench.preset("tuned")
+    rows = {*methods, *(f"{name}:{solver}" for name, m in REGISTRY.items() for solver in m.solvers)}
+    versions = {row: init_version(row) for row in rows}
+    assert all(isinstance(versions[row], int) for row in rows if not row.startswith("peft:")), versions
+    assert versions["inilora:adam"] is not None and versions["peft:olora"] is None
+    suite = bench.Suite("toy", "minilm", task="reviews", validation=True)
+    for method in ("lora", "inilora:adam", "inilora:svd"):
+        spec = bench.RunSpec(suite, method, 0, lr=1e-3)
+        recorded = {k: v for k, v in spec.key().items() if k != "init_version"}
+        # a spec recorded before every method had a version counts while the method is at its first one
+        assert spec.matches(recorded) == (init_version(method) == FIRST_INIT_VERSION)
+        assert spec.matches(spec.key()) and not spec.matches({**spec.key(), "init_version": init_version(method) + 1})
+
+
+def _record(ledger, suite, method, lr, seed, digest) -> dict:
+    from inilora.experiments.train.trainer import VAL_EVALUATIONS, evaluation_steps
+
+    return {"task": suite.name, "method": method, "lr": lr, "seed": seed, "spec": ledger.spec(suite, method, lr, seed).key(),
+            "val": {"metric": 0.5, "loss": 1.0}, "metrics": {"steps": 16}, "init": {"digest": digest},
+            "val_curve": [[step, 1.0, 0.5] for step in evaluation_steps(16, VAL_EVALUATIONS)]}
+
+
+def test_runs_made_from_other_initial_factors_than_todays_are_redone(tmp_path):
+    suite = bench.Suite("toy", "minilm", task="reviews", validation=True)
+    adapter = Protocol((1e-4, 1e-3), tune_seeds=(0,), final_seeds=(0, 1), max_extensions=0)
+    empty = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"})
+    # seed 0's two grid runs recorded different factors (made on different machines, say): today's decide
+    for lr, digest in ((1e-4, "old"), (1e-3, "new")):
+        path = empty.spec(suite, "lora", lr, 0).path(tmp_path)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_record(empty, suite, "lora", lr, 0, digest)))
+    asked = []
+
+    def today(spec):
+        asked.append((spec.method, spec.seed))
+        return "new"
+
+    ledger = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"}, init_digest=today)
+    assert asked == [("lora", 0)] and list(ledger.scores["toy", "lora"]) == [(1e-3, 0)]
+    assert [r["lr"] for r in ledger.dropped] == [1e-4]
+    todo, _ = tuned.pending(ledger, [suite], ("lora",), adapter, adapter, set())
+    assert [(spec.lr, spec.seed) for spec in todo] == [(1e-4, 0)]  # redone
+    # once redone, the runs agree and need no check; a run made now sets today's factors for its seed
+    redone = empty.spec(suite, "lora", 1e-4, 0).path(tmp_path)
+    redone.write_text(json.dumps(_record(empty, suite, "lora", 1e-4, 0, "new")))
+    agreed = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"}, init_digest=lambda spec: pytest.fail())
+    assert len(agreed.scores["toy", "lora"]) == 2 and not agreed.dropped
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-3, 1, "newer"), made_now=True)  # seed 1: its own factors
+    assert len(agreed.scores["toy", "lora"]) == 3 and not agreed.dropped
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-2, 0, "newer"), made_now=True)  # a grown grid's rate
+    assert sorted(agreed.scores["toy", "lora"]) == [(1e-3, 1), (1e-2, 0)]
+    assert sorted(r["lr"] for r in agreed.dropped) == [1e-4, 1e-3]
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-3, 0, "new"))  # a stale one read later does not count
+    assert len(agreed.scores["toy", "lora"]) == 2
 

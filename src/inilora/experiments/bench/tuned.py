@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..train.config import FULL
-from .execute import _summary_line, _worker, _worker_init
+from .execute import _summary_line, _worker, _worker_init, init_digest
 from .plan import RunSpec, Suite, _read_preset_file
 from .schedule import Protocol, stage
 from .tuning import ValScore, val_score
@@ -67,13 +67,21 @@ def data_digests(suites: list[Suite], out: Path, log=print) -> tuple[dict[str, s
 
 
 class Ledger:
-    """The finished runs of a tuned benchmark that still count (matching spec, data and versions), read
-    once from disk and kept up to date as runs finish."""
+    """The finished runs of a tuned benchmark that still count (matching spec, data and versions, and made with
+    the initial factors today's code makes), read once from disk and kept up to date as runs finish.
 
-    def __init__(self, out: Path, suites: list[Suite], methods: tuple[str, ...], digests: dict[str, str]):
+    The runs of one (task, method, seed) start from the same factors whatever their learning rate. Where
+    their recorded factor digests (``init.digest``) disagree, ``init_digest`` (a :class:`RunSpec` -> today's
+    digest, :func:`.execute.init_digest`) computes today's, and the runs that differ from it do not count
+    (they are redone); a run that finishes now sets today's digest of its (task, method, seed) the same way."""
+
+    def __init__(self, out: Path, suites: list[Suite], methods: tuple[str, ...], digests: dict[str, str],
+                 init_digest=None):
         self.out, self.digests = out, digests
         self.scores: dict[tuple[str, str], dict[tuple[float, int], ValScore]] = {}
         self.records: dict[tuple[str, str], list[dict]] = {}
+        self.today: dict[tuple[str, str, int], str] = {}  # (task, method, seed) -> today's factor digest
+        self.dropped: list[dict] = []  # counted runs found to start from other factors than today's
         for suite in suites:
             for method in rows_of(suite, methods):
                 self.scores[suite.name, method], self.records[suite.name, method] = {}, []
@@ -84,15 +92,52 @@ class Ledger:
                     except json.JSONDecodeError:
                         continue  # being written
                     self.add(suite, record)
+                if init_digest is not None:
+                    self._settle(suite, method, init_digest)
 
     def spec(self, suite: Suite, method: str, lr: float, seed: int) -> RunSpec:
         return RunSpec(suite, method, seed, lr=lr, data=self.digests[suite.name])
 
-    def add(self, suite: Suite, record: dict) -> None:
+    def add(self, suite: Suite, record: dict, made_now: bool = False) -> None:
+        """Count ``record`` if it still counts; ``made_now``: it was just made by today's code, so its factor
+        digest is today's for its (task, method, seed)."""
         spec = self.spec(suite, record["method"], record["lr"], record["seed"])
-        if record.get("spec") == spec.key() and record.get("val") and _curve_complete(record):
-            self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
-            self.records[suite.name, record["method"]].append(record)
+        if not (spec.matches(record.get("spec")) and record.get("val") and _curve_complete(record)):
+            return
+        group, digest = (suite.name, record["method"], record["seed"]), init_digest_of(record)
+        if made_now and digest is not None:
+            self.today[group] = digest
+            self._drop(*group, keep=digest)
+        elif digest is not None and self.today.get(group, digest) != digest:
+            self.dropped.append(record)
+            return
+        self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
+        self.records[suite.name, record["method"]].append(record)
+
+    def _drop(self, task: str, method: str, seed: int, keep: str) -> None:
+        """Stop counting the runs of (task, method, seed) whose factor digest is not ``keep``."""
+        stale = [r for r in self.records[task, method] if r["seed"] == seed and init_digest_of(r) not in (None, keep)]
+        for record in stale:
+            self.records[task, method].remove(record)
+            del self.scores[task, method][record["lr"], record["seed"]]
+        self.dropped += stale
+
+    def _settle(self, suite: Suite, method: str, init_digest) -> None:
+        """Where the counted runs of one seed recorded different factor digests, keep those matching today's."""
+        by_seed: dict[int, set[str]] = {}
+        for record in self.records[suite.name, method]:
+            if init_digest_of(record) is not None:
+                by_seed.setdefault(record["seed"], set()).add(init_digest_of(record))
+        for seed, recorded in sorted(by_seed.items()):
+            if len(recorded) > 1:
+                today = init_digest(self.spec(suite, method, 1.0, seed))
+                self.today[suite.name, method, seed] = today
+                self._drop(suite.name, method, seed, keep=today)
+
+
+def init_digest_of(record: dict) -> str | None:
+    """The digest of the initial factors a run recorded (None: a reference, a PEFT peer, an older record)."""
+    return (record.get("init") or {}).get("digest")
 
 
 def _curve_complete(record: dict) -> bool:
@@ -171,7 +216,8 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
 
     out = Path(out)
     digests, unavailable = data_digests(suites, out, log)
-    ledger = Ledger(out, suites, methods, digests)
+    ledger = Ledger(out, suites, methods, digests, init_digest=init_digest)
+    _log_dropped(ledger, log)
     every_suite, suites = suites, [suite for suite in suites if suite.name not in unavailable]
     todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
     # the progress bar counts the tasks that can run here; a task without its data keeps its runs but adds none
@@ -212,7 +258,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
                 if "error" in record:
                     failures.append(record)
                 else:
-                    ledger.add(by_name[spec.suite.name], record)
+                    before = len(ledger.dropped)
+                    ledger.add(by_name[spec.suite.name], record, made_now=True)
+                    _log_dropped(ledger, log, since=before)
                     sitting["runs_done"] += 1
                 sitting["wall_seconds"] = round(time.time() - started, 1)
                 _record_sitting(out, sitting)
@@ -227,6 +275,12 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     summary = write_report(out, every_suite, methods, adapter, full, ledger, command)
     summary["failures"] = failures
     return summary
+
+
+def _log_dropped(ledger: Ledger, log, since: int = 0) -> None:
+    for record in ledger.dropped[since:]:
+        log(f"{record['task']} {record['method']} seed {record['seed']} lr {record['lr']:.3g}: made from other initial "
+            f"factors than today's code makes for it (digest {init_digest_of(record)}); not counted, redone")
 
 
 # Every sitting of the runner, kept beside the run files (not with the report) so that committing the runs alone
@@ -259,5 +313,6 @@ def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike
     from .tuned_report import write_report
 
     out = Path(out)
-    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0])
+    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0], init_digest=init_digest)
+    _log_dropped(ledger, log)
     return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots)
