@@ -134,7 +134,7 @@ def test_the_tuned_preset_follows_the_protocol_of_the_issue():
     adapter, full = tuned.protocols("tuned")
     for protocol in (adapter, full):
         assert len(protocol.lr_grid) >= 4 and protocol.lr_grid[-1] / protocol.lr_grid[0] >= 30 - 1e-9
-        assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5
+        assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5 and protocol.refine
     assert all(suite.validation for suite in suites)
     assert sum(m.startswith("peft:") for m in methods) >= 3 and methods[0] == "lora"
     assert {s.name: s.metric for s in suites if s.metric} == {"gsm_symbolic": "eval_loss"}

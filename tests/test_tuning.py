@@ -82,3 +82,12 @@ def test_curve_auc_is_the_mean_level_and_steps_to_reach():
     assert steps_to_reach(metric, 0.75) == 20
     assert steps_to_reach(metric, 0.9) is None
     assert steps_to_reach(curve, 0.6, higher_is_better=False) == 10
+
+
+def test_half_steps_split_the_grid_step_in_log_scale():
+    from inilora.experiments.bench.tuning import half_steps
+
+    low, high = half_steps([2e-4, 6e-4, 2e-3, 6e-3], 2e-3)
+    assert low == pytest.approx(2e-3 / 30 ** (1 / 6), rel=0.005) and high == pytest.approx(2e-3 * 30 ** (1 / 6), rel=0.005)
+    assert half_steps([1e-3, 1e-2], 1e-3) == [0.000316, 0.00316]  # ×√10 steps: ×√3.16 on each side
+

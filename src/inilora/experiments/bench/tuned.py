@@ -25,7 +25,7 @@ def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:
     """(the adapter methods' protocol, full fine-tuning's) from a preset's ``[tuning]`` table."""
     tuning = _read_preset_file(name)["tuning"]
     shared = {"tune_seeds": tuple(tuning["tune_seeds"]), "final_seeds": tuple(tuning["final_seeds"]),
-              "max_extensions": tuning.get("max_extensions", 1)}
+              "max_extensions": tuning.get("max_extensions", 1), "refine": tuning.get("refine", False)}
     return (Protocol(tuple(tuning["lr_grid"]), **shared), Protocol(tuple(tuning["full_lr_grid"]), **shared))
 
 
@@ -171,8 +171,11 @@ def _rows(suites: list[Suite], methods: tuple[str, ...]) -> list[tuple[Suite, st
 
 def _expected(protocol: Protocol, now, finished: int) -> int:
     """How many runs one (task, method) takes in all, as far as its stage can tell: the grid as it stands at
-    the tuning seeds plus the other final seeds (more once a grid grows)."""
-    planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+    the tuning seeds, the two refining rates until they are planned, plus the other final seeds (more once
+    a grid grows)."""
+    refining = 2 if protocol.refine and not now.refined and now.chosen_lr is None else 0
+    planned = (len(now.grid) + refining) * len(protocol.tune_seeds) + \
+        len(set(protocol.final_seeds) - set(protocol.tune_seeds))
     return max(planned, finished + len(now.missing))
 
 

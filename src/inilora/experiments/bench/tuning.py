@@ -79,6 +79,14 @@ def extension(grid: list[float], chosen: float, max_extensions: int, extended: i
     return None
 
 
+def half_steps(grid: list[float], chosen: float) -> list[float]:
+    """The rates half a grid step on each side of ``chosen`` (× and ÷ the square root of the grid's mean
+    ratio, ``(max/min)^(1/(n-1))``: ×√3.16 on a grid of ×3.16 steps), rounded to 3 significant digits."""
+    ordered = sorted(grid)
+    half = math.sqrt((ordered[-1] / ordered[0]) ** (1 / (len(ordered) - 1)))
+    return [float(f"{chosen / half:.3g}"), float(f"{chosen * half:.3g}")]
+
+
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     """Holm–Bonferroni adjusted p-values over one family of comparisons (None stays None): the k-th
     smallest of m is multiplied by m − k + 1, kept monotone, capped at 1."""
