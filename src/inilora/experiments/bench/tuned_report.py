@@ -13,7 +13,7 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits
 from ..train.config import FULL
 from .schedule import Protocol
-from .tuning import higher_is_better, mean_curve
+from .tuning import CONVERGED_FALL, budget_check, higher_is_better, mean_curve
 from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, mean_val_curve, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
@@ -81,12 +81,20 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
         chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
         metric = suite.metric or ("accuracy" if kind == "classification" else "exact_match")
         entries = summarize_task(runs, chosen, kind, suite.metric)
-        tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries}
+        tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries,
+                             **budget_check(ledger.records.get((suite.name, BASELINE), []), entries.get(BASELINE))}
         # the item-level test needs per-example right/wrong: the task's own metric, not a loss
         hits = final_hits(task, runs, entries) if suite.metric is None and task is not None else None
         carried = (previous or {}).get(suite.name) if task is None else None
         declared[suite.name] = declared_verdict(entries, hits, seeds=len(adapter.final_seeds), carried=carried)
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
+
+
+def _not_converged(task: dict) -> list[str]:
+    if task.get("converged") is not False:
+        return []
+    return [f"Not converged: `{BASELINE}`'s validation loss still fell {task['val_loss_fall_last_quarter']:.1%} over "
+            f"the last quarter of training (more than {CONVERGED_FALL:.0%}).", ""]
 
 
 def _p(value) -> str:
@@ -98,7 +106,7 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
         majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "",
+        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "", *_not_converged(task),
                   f"| method | runs | lr grid | chosen lr | val {task['metric']} at chosen | test {task['metric']} "
                   "(mean ± std, seeds) | Δ vs lora | p (paired t) | p (Holm) | wins vs lora | "
                   "steps to lora's final val | val-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

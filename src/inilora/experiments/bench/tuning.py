@@ -117,6 +117,36 @@ def mean_curve(curves: list[dict[int, float]]) -> list[tuple[int, float]]:
     return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
 
 
+CONVERGED_FALL = 0.05  # a validation loss that still falls by more than this share over the last quarter: not converged
+
+
+def last_quarter_fall(curve: list[tuple[int, float]]) -> float | None:
+    """How much a validation-loss curve (step, loss) still fell over the last quarter of training: (loss at 3/4 of
+    the last step − final loss) / loss at 3/4, the loss at 3/4 interpolated linearly between logged steps.
+    None with fewer than 2 points."""
+    points = sorted(curve)
+    if len(points) < 2:
+        return None
+    at = 0.75 * points[-1][0]
+    before = [p for p in points if p[0] <= at] or points[:1]
+    after = next(p for p in points if p[0] >= at)
+    (s0, v0), (s1, v1) = before[-1], after
+    start = v0 if s1 == s0 else v0 + (v1 - v0) * (at - s0) / (s1 - s0)
+    return (start - points[-1][1]) / start
+
+
+def budget_check(runs: list[dict], entry: dict | None) -> dict:
+    """Whether a task's budget let a method level off (the tuned benchmark asks it of ``lora``): its validation
+    loss at its chosen rate, averaged over its final seeds at every logged step, and :func:`last_quarter_fall`
+    of that curve. ``converged`` is False where it still fell by more than :data:`CONVERGED_FALL`, None until
+    the method has final runs with a curve. ``runs``: the method's run records; ``entry``: its summary entry."""
+    chosen = entry and entry["chosen_lr"]
+    finals = [r for r in runs if chosen is not None and f"{r['lr']:.3g}" == f"{chosen:.3g}"
+              and r["seed"] in entry["test"]["seeds"] and r.get("val_curve")]
+    fall = last_quarter_fall(mean_curve([{int(p[0]): p[1] for p in r["val_curve"]} for r in finals]))
+    return {"converged": None if fall is None else fall <= CONVERGED_FALL, "val_loss_fall_last_quarter": fall}
+
+
 def curve_auc(curve: list[tuple[int, float]]) -> float:
     """Area under a (step, value) curve by the trapezoid rule, divided by the steps it covers: the
     curve's mean level, so runs of different lengths compare."""
