@@ -258,7 +258,8 @@ def test_every_method_and_solver_has_an_init_version_and_older_records_read_as_t
 def _record(ledger, suite, method, lr, seed, digest) -> dict:
     from inilora.experiments.train.trainer import VAL_EVALUATIONS, evaluation_steps
 
-    return {"task": suite.name, "method": method, "lr": lr, "seed": seed, "spec": ledger.spec(suite, method, lr, seed).key(),
+    return {"task": suite.name, "method": method, "lr": lr, "seed": seed,
+            "spec": ledger.spec(suite, method, lr, seed).key(),
             "val": {"metric": 0.5, "loss": 1.0}, "metrics": {"steps": 16}, "init": {"digest": digest},
             "val_curve": [[step, 1.0, 0.5] for step in evaluation_steps(16, VAL_EVALUATIONS)]}
 
@@ -296,3 +297,60 @@ def test_runs_made_from_other_initial_factors_than_todays_are_redone(tmp_path):
     agreed.add(suite, _record(agreed, suite, "lora", 1e-3, 0, "new"))  # a stale one read later does not count
     assert len(agreed.scores["toy", "lora"]) == 2
 
+
+def test_the_tuned_protocol_on_your_own_data_from_the_command_line(tmp_path, capsys):
+    """`inilora bench --preset tuned --train-file ... --eval-file ...` runs the preset's protocol on the user's file:
+    validation carved from it, the grid, the half-steps, the final seeds, a filled summary, a command that
+    reproduces it, and a resume that redoes nothing."""
+    import shlex
+
+    from inilora import cli
+
+    bert = tiny.bert_folder(tmp_path / "bert")
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.sentiment_rows(60))
+    test = tiny.write_jsonl(tmp_path / "test.jsonl", tiny.sentiment_rows(20, seed=1))
+    out = tmp_path / "out"
+    argv = ["bench", "--preset", "tuned", "--model", str(bert), "--train-file", str(train), "--eval-file", str(test),
+            "--methods", "lora,inilora:svd", "--max-steps", "4", "--batch-size", "8", "--max-len", "32",
+            "--tuning", "lr_grid=[1e-3, 1e-2]", "--tuning", "tune_seeds=[0]", "--tuning", "final_seeds=[0, 1]",
+            "--tuning", "max_extensions=0", "--out", str(out)]
+    assert cli.main([*argv, "--jobs", "2", "--no-plots"]) == 0
+    runs = [json.loads(path.read_text()) for path in sorted(out.glob("runs/train/*/lr*/seed*.json"))]
+    # per method: the 2 rates, the 2 half-steps around the better one (seed 0), then seed 1 at the chosen rate
+    assert len(runs) == 2 * 5 and {r["method"] for r in runs} == {"lora", "inilora:svd"}
+    assert all(r["val"] is not None and r["val"]["n"] == 12 and r["val_curve"] for r in runs)  # 20 % of 60 carved
+    assert all(r["n_train"] == 48 and r["spec"]["validation"] is True for r in runs)  # trained on the rest only
+    summary = json.loads((out / "summary.json").read_text())
+    task = summary["tasks"]["train"]
+    for method in ("lora", "inilora:svd"):
+        entry = task["methods"][method]
+        assert len(entry["lr_grid"]) == 4 and {1e-3, 1e-2} < set(entry["lr_grid"])
+        assert entry["chosen_lr"] in entry["lr_grid"] and entry["test"]["seeds"] == [0, 1]
+        best = max(entry["val_by_lr"], key=entry["val_by_lr"].get)  # chosen on validation (ties: lower loss)
+        assert entry["val_by_lr"][f"{entry['chosen_lr']:.3g}"] == entry["val_by_lr"][best]
+    assert task["converged"] in (True, False) and task["val_loss_fall_last_quarter"] is not None
+    (row,) = json.loads((out / "results.json").read_text())["declared"]["train"]
+    assert row["comparison"] == "inilora:svd vs lora" and row["n"] == 2 and {"diff_mean", "p", "p_holm"} <= set(row)
+    # the recorded command names the data and the protocol's settings; run again, it finds everything done
+    command = shlex.split(summary["command"])
+    assert command[:2] == ["inilora", "bench"]
+    assert {"--train-file", "--eval-file", "--model", "--tuning"} <= set(command)
+    capsys.readouterr()
+    assert cli.main([*command[1:], "--no-plots"]) == 0
+    assert "about 10 runs on 1 task(s), 10 already done, 0 to go" in capsys.readouterr().err
+    assert len(list(out.glob("runs/train/*/lr*/seed*.json"))) == 10
+    assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tuning", "lr_grid=[1e-3,"], "expected a tuning setting KEY=VALUE"),
+    (["--tuning", "lr_grids=[1e-3, 1e-2]"], "unknown tuning setting(s) lr_grids; the tuned preset's [tuning] table"),
+    (["--tuning", "lr_grid=[1e-2, 1e-3]"], "lr_grid must hold >= 2 ascending learning rates"),
+])
+def test_tuning_settings_are_checked_before_any_run(tmp_path, capsys, extra, message):
+    from inilora import cli
+
+    assert cli.main(["bench", "--preset", "tuned", "--tasks", "reviews", "--out", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err and not any(tmp_path.iterdir())
+    assert cli.main(["bench", "--tasks", "reviews", "--tuning", "refine=false"]) == 2
+    assert "--tuning changes the tuned preset's protocol" in capsys.readouterr().err

@@ -88,7 +88,8 @@ def test_half_steps_split_the_grid_step_in_log_scale():
     from inilora.experiments.bench.tuning import half_steps
 
     low, high = half_steps([2e-4, 6e-4, 2e-3, 6e-3], 2e-3)
-    assert low == pytest.approx(2e-3 / 30 ** (1 / 6), rel=0.005) and high == pytest.approx(2e-3 * 30 ** (1 / 6), rel=0.005)
+    half = 30 ** (1 / 6)  # the square root of the mean ratio, (6e-3 / 2e-4) ** (1 / 3)
+    assert low == pytest.approx(2e-3 / half, rel=0.005) and high == pytest.approx(2e-3 * half, rel=0.005)
     assert half_steps([1e-3, 1e-2], 1e-3) == [0.000316, 0.00316]  # ×√10 steps: ×√3.16 on each side
 
 

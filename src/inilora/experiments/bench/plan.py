@@ -100,6 +100,18 @@ def preset(name: str) -> tuple[list[Suite], tuple[str, ...]]:
     return suites, methods
 
 
+def custom_suite(preset_name: str, name: str, model: str, **source) -> Suite:
+    """One suite on the user's data (``task=``, or ``train_file=`` and ``eval_file=``), set up as the preset's
+    ``[custom]`` table says: the hyperparameter defaults for the task's kind, and whether a validation split is
+    carved from the training data (the tuned preset: as for its own tasks). A preset without one: ``glue_like``
+    defaults and no validation split."""
+    custom = _read_preset_file(preset_name).get("custom", {})
+    suite = Suite(name, model, validation=custom.get("validation", False), **source)
+    defaults = custom.get("defaults", {})
+    kind = suite.load()[0].kind if defaults else None
+    return dataclasses.replace(suite, config=hyperparameters(defaults.get(kind, "glue_like")))
+
+
 @dataclass(frozen=True)
 class RunSpec:
     suite: Suite
