@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "training data (a grid at 2 seeds, then 5 final seeds; --seeds and --lr do not apply); "
                    "CPU-hours, resumable")
     p.add_argument("--tasks", type=_csv_list, help="only these tasks of the preset")
+    p.add_argument("--tuning", action="append", metavar="KEY=VALUE", help="the tuned preset: change one setting of "
+                   "its [tuning] table, the value written as in TOML (repeatable): lr_grid=[1e-3,1e-2], "
+                   "tune_seeds=[0,1], final_seeds=[0,1], max_extensions=0, refine=false")
     p.add_argument("--methods", type=_csv_list, help="methods, comma-separated (default: the preset's). A method "
                    "with a fit names its solver: inilora:svd (closed form, seconds) or inilora:adam (the published "
                    "20,000-step Adam fit, what `inilora train --method inilora` runs by default); a bare inilora is "
@@ -185,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base models load in (default float32)")
     budget.add_argument("--quantize", choices=("nf4", "fp4"), help="every adapter method on a 4-bit residual "
                         "(lora: QLoRA); use another --out than the full-precision runs")
+    p.set_defaults(bench_parser=p)  # its options, to write the command line that reproduces a tuned benchmark
     return parser
 
 
@@ -267,8 +271,8 @@ def cmd_bench(args) -> int:
         if not args.model:
             raise UsageError("a custom benchmark (--task/--train-file) needs --model.")
         label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
-        suites = [bench.Suite(label, args.model, task=args.task, train_file=args.train_file,
-                              eval_file=args.eval_file, config=bench.hyperparameters("glue_like"))]
+        suites = [bench.custom_suite(name, label, args.model, task=args.task, train_file=args.train_file,
+                                     eval_file=args.eval_file)]
     elif args.model or args.eval_file or args.revision:
         raise UsageError("--model/--eval-file/--revision define a custom benchmark together with --task or "
                          "--train-file.")
@@ -287,6 +291,8 @@ def cmd_bench(args) -> int:
         for method in args.methods:
             bench.check_variant(method)
         methods = tuple(args.methods)
+    if args.tuning and name != "tuned":
+        raise UsageError("--tuning changes the tuned preset's protocol; add --preset tuned.")
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
                                    max_len=args.max_len, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype,
                                    revision=args.revision, quantize=args.quantize) for s in suites]
@@ -316,9 +322,9 @@ def _bench_tuned(args, suites, methods, out) -> int:
 
     if args.lr:
         raise UsageError("--lr does not apply to the tuned preset: it chooses each method's learning rate.")
-    adapter, full = tuned.protocols("tuned")
-    command = "inilora bench --preset tuned" + (f" --tasks {','.join(args.tasks)}" if args.tasks else "") + \
-        (f" --methods {','.join(args.methods)}" if args.methods else "") + f" --out {out}"
+    overrides = tuned.parse_overrides(args.tuning or [])
+    adapter, full = tuned.protocols("tuned", overrides)
+    command = _reproducing_command(args, out)
     if args.aggregate_only:
         result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots,
                               log=lambda line: print(line, file=sys.stderr))
@@ -326,12 +332,35 @@ def _bench_tuned(args, suites, methods, out) -> int:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,
                            command=command, log=lambda line: print(line, file=sys.stderr, flush=True),
-                           first=tuned.first_methods("tuned"))
+                           first=tuned.first_methods("tuned", overrides))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(Path(out, "results.md").read_text())
     print(f"written: {out}/summary.json, {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in
           result["files"]), file=sys.stderr)
     return 1 if result.get("failures") else 0
+
+
+NOT_REPRODUCED = ("help", "jobs", "threads", "out", "aggregate_only", "no_plots")  # how a benchmark runs, not what
+
+
+def _reproducing_command(args, out: str) -> str:
+    """The ``inilora bench`` command line that makes the same runs as ``args``: every option given that changes
+    what runs (the preset, data, methods, budget and tuning settings), then ``--out``."""
+    import shlex
+
+    words = ["inilora", "bench"]
+    for action in args.bench_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in NOT_REPRODUCED or value in (None, False, action.default):
+            continue
+        flag = action.option_strings[-1]
+        if value is True:
+            words.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            words += [word for item in value for word in (flag, str(item))]
+        else:
+            words += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    return shlex.join([*words, "--out", out])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,29 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     return record
 
 
+def init_digest(spec: RunSpec) -> str | None:
+    """The digest of the initial factors today's code makes for ``spec``'s model, method, seed and adapter
+    settings (its learning rate and data do not enter), without training: what a finished run's recorded
+    ``init.digest`` must equal to count. None where no digest is recorded (the references, PEFT's peers)."""
+    from transformers import set_seed
+
+    from .. import models
+    from ..train import TrainConfig
+    from ..train.config import has_fit
+    from ..train.trainer import prepare_model
+
+    method, solver = method_and_solver(spec.method)
+    if init_version(spec.method) is None:
+        return None
+    overrides = {k: v for k, v in spec.config().items() if k not in ("method", "seed")}
+    cfg = TrainConfig(method=method, seed=spec.seed, solver=solver if has_fit(method) else None, progress=False,
+                      **overrides)
+    task, _ = spec.suite.load()
+    set_seed(cfg.seed)  # as finetune does before it builds the model
+    _, init = prepare_model(spec.suite.model, task, cfg, models.load_tokenizer(spec.suite.model, cfg.revision))
+    return init.get("digest")
+
+
 def _worker_init(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -15,7 +15,7 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits
 from ..train.config import FULL
 from .schedule import Protocol
-from .tuning import higher_is_better, mean_curve
+from .tuning import CONVERGED_FALL, budget_check, higher_is_better, mean_curve
 from .stats import SIGNIFICANCE, TOST_LEVEL, UNDEFINED
 from .verdict import (BASELINE, DECLARED, MARGINS, declared_verdict, mean_difference, mean_val_curve,
                       reading_of_row, summarize_task)
@@ -96,6 +96,7 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
             entries, hits, families=task.families if task is not None else None, seeds=len(adapter.final_seeds),
             margin=MARGINS[metric], higher=higher_is_better(suite.metric), carried=carried)
         tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries,
+                             **budget_check(ledger.records.get((suite.name, BASELINE), []), entries.get(BASELINE)),
                              "declared": [declared_entry(row) for row in declared[suite.name]]}
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
 
@@ -107,6 +108,13 @@ def declared_entry(row: dict) -> dict:
     return {key: row[key] for key in keys} | ({"why": row["why"]} if row.get("why") else {})
 
 
+def _not_converged(task: dict) -> list[str]:
+    if task.get("converged") is not False:
+        return []
+    return [f"Not converged: `{BASELINE}`'s validation loss still fell {task['val_loss_fall_last_quarter']:.1%} over "
+            f"the last quarter of training (more than {CONVERGED_FALL:.0%}).", ""]
+
+
 def _p(value) -> str:
     return "–" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
@@ -116,7 +124,7 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
         majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "",
+        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "", *_not_converged(task),
                   f"| method | runs | lr grid | chosen lr | val {task['metric']} at chosen | test {task['metric']} "
                   "(mean ± std, seeds) | Δ vs lora | p (paired t) | p adj. over all methods | wins vs lora | "
                   "steps to lora's final val | val-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
