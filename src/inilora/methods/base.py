@@ -84,7 +84,22 @@ def relative_tail_energy(singular_values: Tensor, r: int) -> float:
     return math.sqrt(float(energy[r:].sum() / total))
 
 
+def canonical_signs(U: Tensor, Vh: Tensor) -> tuple[Tensor, Tensor]:
+    """The singular vectors ``U (m × r)``, ``Vh (r × n)`` of a matrix (in its own orientation: ``U`` on the
+    side of its rows) with each triplet's sign fixed by one rule, as scikit-learn's ``svd_flip``: the
+    largest-magnitude entry of each left vector is positive, and the right vector flips with it. An SVD
+    defines each pair only up to a joint sign, and LAPACK's choice changes with the thread count, the CPU and
+    the device; the product ``U diag(S) Vh`` does not change."""
+    columns = torch.arange(U.shape[1], device=U.device)
+    signs = torch.sign(U[U.abs().argmax(dim=0), columns])
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return U * signs[None, :], Vh * signs[:, None]
+
+
 def split_singular_triplets(U: Tensor, S: Tensor, Vh: Tensor, scaling: float) -> tuple[Tensor, Tensor]:
-    """Balanced factors of ``U diag(S) Vh / scaling``: √(S/scaling) on each side (PiSSA's split)."""
+    """Balanced factors of ``U diag(S) Vh / scaling``: √(S/scaling) on each side (PiSSA's split), from the
+    triplets in their canonical signs (:func:`canonical_signs`), so every SVD path gives the same factors
+    whatever signs its SVD chose. ``U`` and ``Vh`` must be in ``W``'s orientation (``U``: ``out × r``)."""
+    U, Vh = canonical_signs(U, Vh)
     root = torch.sqrt(S / scaling)
     return (root[:, None] * Vh).contiguous(), (U * root[None, :]).contiguous()
