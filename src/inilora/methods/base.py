@@ -37,23 +37,25 @@ class Method:
     """One initialization: what it leaves behind and how it computes its factors.
 
     ``solvers`` are the fit solvers it accepts (empty: it has no fit, so the fit's options would be
-    ignored and are refused); ``init_versions`` bumps, per solver, when its factors change, so stored
-    results made with older factors are not mistaken for current ones (1 when absent)."""
+    ignored and are refused); ``init_versions`` bumps, per solver (a method without a fit: under ``None``), when
+    its factors change, so stored results made with older factors are not mistaken for current ones (1 when
+    absent)."""
 
     name: MethodName
     residual: bool  # its product is non-zero, so the base weight is replaced by a residual
     rank_limited: bool  # defined through the SVD / its optimum: needs r <= min(out, in)
     compute: ComputeFactors = field(repr=False)
     solvers: tuple[str, ...] = ()
-    init_versions: Mapping[str, int] = field(default_factory=dict)
+    init_versions: Mapping[str | None, int] = field(default_factory=dict)
     best_rank_r: bool = False  # its product is W's best rank-r approximation: LoftQ-style refits keep its meaning
 
     @property
     def has_fit(self) -> bool:
         return bool(self.solvers)
 
-    def init_version(self, solver: str) -> int | None:
-        return self.init_versions.get(solver)
+    def init_version(self, solver: str | None = None) -> int:
+        """The version of the factors ``solver`` gives (a method without a fit has one, whatever ``solver``)."""
+        return self.init_versions.get(solver if self.has_fit else None, 1)
 
 
 def per_matrix(factors_of: Callable[[Target, "InitOptions"], Factors]) -> ComputeFactors:
