@@ -77,5 +77,5 @@ def provenance() -> dict:
     from inilora.experiments.provenance import git_state, machine, versions
     from inilora.methods import REGISTRY
 
-    init_versions = {m.name: {s: m.init_version(s) or 1 for s in m.solvers} or 1 for m in REGISTRY.values()}
+    init_versions = {m.name: {s: m.init_version(s) for s in m.solvers} or m.init_version() for m in REGISTRY.values()}
     return {**git_state(), "versions": versions(), "init_versions": init_versions, "machine": machine()}

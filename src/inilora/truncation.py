@@ -12,6 +12,8 @@ from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from torch import Tensor
 
+from .methods.base import canonical_signs
+
 
 class ExportTruncationWarning(UserWarning):
     """A rank-limited export differs from the trained update by more than the stated threshold."""
@@ -38,8 +40,9 @@ def truncate(L: Tensor, R: Tensor, k: int) -> LowRank:
     total = float(energy.sum())
     error = math.sqrt(float(energy[k:].sum()) / total) if total > 0 else 0.0
     root = S[:k].sqrt()
-    B = (QL @ U[:, :k]) * root
-    A = root[:, None] * (Vh[:k] @ QR.T)
+    left, right = canonical_signs(QL @ U[:, :k], Vh[:k] @ QR.T)  # the triplets of L·R, in its orientation
+    B = left * root
+    A = root[:, None] * right
     return LowRank(B.to(L.dtype).contiguous(), A.to(R.dtype).contiguous(), error)
 
 

@@ -92,7 +92,8 @@ def _fit_options(options: InitOptions, sigma: float | None) -> dict:
     """What the cache key hashes: the solver and its init version (an entry fitted by an older algorithm
     is not reused), the options every solver reads, and the solver's own settings (``asdict`` of its
     sub-config)."""
-    fields = {"solver": options.solver, "version": INILORA.init_version(options.solver), "seed": options.seed,
+    # a solver never bumped keys its entries with None, as before versions existed (its factors are unchanged)
+    fields = {"solver": options.solver, "version": INILORA.init_versions.get(options.solver), "seed": options.seed,
               "fit_scaled": options.fit_scaled, **options.solver_settings()}
     if options.solver == "adam":
         fields["sigma"] = sigma
@@ -181,7 +182,8 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 
 
 # 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh;
-# 3 (svd_randomized): the same iteration from a seeded start, stopped at 1e-5 × the optimum (was Halko 64/6)
+# 3 (svd_randomized): the same iteration from a seeded start, stopped at 1e-5 × the optimum (was Halko 64/6);
+# 4 (both): each triplet's sign is canonical (base.canonical_signs) before the seeded rotation, not LAPACK's
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
                  solvers=tuple(FIT_CHUNK),
-                 init_versions={"svd": 3, "svd_randomized": 3})
+                 init_versions={"svd": 4, "svd_randomized": 4})

@@ -39,7 +39,9 @@ def equalize_entry_scale(A0: Tensor, B0: Tensor) -> tuple[Tensor, Tensor]:
     return A0 / gamma, B0 * gamma
 
 
+# 2: each triplet's sign is canonical (base.canonical_signs), not LAPACK's
 PISSA = Method("pissa", residual=True, rank_limited=True, best_rank_r=True,
-               compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling)))
+               compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling)), init_versions={None: 2})
 MILORA = Method("milora", residual=True, rank_limited=True,
-                compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling, smallest=True)))
+                compute=per_matrix(lambda t, options: svd_factors(t.weight, t.r, t.scaling, smallest=True)),
+                init_versions={None: 2})

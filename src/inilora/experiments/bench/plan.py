@@ -143,7 +143,7 @@ class RunSpec:
         if self.data is not None:
             key["data"] = self.data
         version = init_version(self.method)
-        if version is not None:
+        if version is not None and version > 1:  # 1: what runs recorded before any bump were made with
             key["init_version"] = version
         return key
 
