@@ -186,3 +186,37 @@ def test_deepspeed_s_no_gpu_notice_stays_off_stdout_in_inilora_s_programs():
     assert "Setting accelerator to CPU" in runs["loud"].stdout  # the line exists without the filter ...
     assert "Setting accelerator to CPU" not in runs["quiet"].stdout  # ... and is dropped with it
     assert "another DeepSpeed warning" in runs["quiet"].stdout  # DeepSpeed's other messages stay
+
+
+# bitsandbytes' CPU backend warns at import, on a CPU with AVX512-BF16, that the optional `kernels` package
+# is missing; this hook makes any CPU take that path (the warning is what a user on such a CPU sees)
+AVX512_BF16 = """
+import importlib.abc, importlib.util, sys
+class AsIfAvx512Bf16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, AsIfAvx512Bf16())
+"""
+
+
+def test_no_third_party_noise_from_a_command():
+    """Item 14: `inilora train --help` (and every command) prints nothing from bitsandbytes on stderr."""
+    pytest.importorskip("bitsandbytes")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    loud = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import bitsandbytes"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert "Failed to load CPU gemm_4bit_forward" in loud.stderr  # the hook reproduces the line ...
+    program = AVX512_BF16 + "import runpy; sys.argv = ['inilora', 'train', '--help']\n" \
+        "runpy.run_module('inilora.cli', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "usage: inilora train" in proc.stdout
+    assert proc.stderr == ""  # ... and the command drops it
