@@ -12,12 +12,12 @@ it is :func:`save_pretrained`, bound to the model.
 
 **Plain PEFT refuses a residual adapter.** Loaded by ``peft.PeftModel.from_pretrained`` onto the
 original base, a residual adapter would compute a different model without any warning. So the saved
-``adapter_config.json`` of a residual method carries, instead of its ``target_modules``, a pattern
-that matches no module name (it contains spaces) and reads as an instruction; PEFT then raises its
-own ``ValueError`` ("Target modules inilora residual adapter: load it with inilora.from_pretrained…
-not found in the base model") before loading any weight. The real ``target_modules`` (and
-``layers_to_transform`` / ``layers_pattern``, which PEFT forbids next to a pattern) are kept in
-``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
+``adapter_config.json`` of a residual method carries, instead of its ``task_type`` and its
+``target_modules``, a text that reads as an instruction (and, as a pattern, matches no module name);
+PEFT then raises its own ``ValueError`` when it reads the config, for every task type ("Invalid task
+type: 'inilora residual adapter: load it with inilora.from_pretrained…'"), before loading any weight.
+The real ``task_type`` and ``target_modules`` (and ``layers_to_transform`` / ``layers_pattern``, which
+PEFT forbids next to a pattern) are kept in ``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
 it loads weights into the adapter the model already has, without reading the config. A save meant
 for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=False``.
 """
