@@ -247,7 +247,8 @@ def test_eval_refuses_data_that_changed_and_other_labels_or_dtype(files, capsys,
     assert code == 2 and stdout == "" and f"{data.resolve()} changed since {out} was trained on it" in err
     code, stdout, err = run(capsys, "eval", out, "--train-file", data, "--json")  # given explicitly: evaluated
     assert code == 0 and json.loads(stdout)["n_eval"] == 6, err
-    renamed = tiny.write_jsonl(tmp_path / "renamed.jsonl", [{**row, "label": {"pos": "good", "neg": "bad"}[row["label"]]}
+    names = {"pos": "good", "neg": "bad"}
+    renamed = tiny.write_jsonl(tmp_path / "renamed.jsonl", [{**row, "label": names[row["label"]]}
                                                             for row in tiny.sentiment_rows(20)])
     code, _, err = run(capsys, "eval", out, "--train-file", renamed)
     assert code == 2 and "was trained with the classes neg, pos (in this order); 'renamed' has bad, good" in err
@@ -325,3 +326,26 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(files, capsys, tmp_path)
                     b'"label": "pos"}\n')
     code, _, err = run(capsys, "train", "--model", files["model"], "--train-file", bad, "-o", tmp_path / "o")
     assert code == 2 and f"{bad}:3: not UTF-8 text" in err and not (tmp_path / "o").exists()
+
+
+def test_eval_refuses_a_built_in_task_whose_rows_changed(files, capsys, tmp_path, monkeypatch):
+    """Item 1 for a built-in task: its rows are recorded as a digest; a data source that now gives other rows
+    (another package version, say) is refused instead of evaluated as if it were the held-out set."""
+    from inilora.experiments import tasks
+
+    out = tmp_path / "run"
+    assert _train(capsys, files, out)[0] == 0
+    trained = tasks.file_task(files["train"])
+    info_path = out / "inilora_train.json"
+    info = json.loads(info_path.read_text())
+    info.update(task="toy", source="a built-in task", files={}, sizes={})  # as a built-in task's run records it
+    info["data"] = {"files": {}, "rows": tasks.data_record(trained)["rows"]}
+    info_path.write_text(json.dumps(info))
+    monkeypatch.setattr(tasks, "load_task", lambda name, **sizes: tasks.Task(
+        name, trained.kind, trained.train, trained.eval[::-1], trained.labels))  # the held-out rows reordered
+    code, _, err = run(capsys, "eval", out, "--json")
+    assert code == 2 and "task 'toy' now gives other examples than" in err
+    monkeypatch.setattr(tasks, "load_task", lambda name, **sizes: tasks.Task(
+        name, trained.kind, trained.train, trained.eval, trained.labels))  # the same rows: evaluated
+    code, stdout, err = run(capsys, "eval", out, "--json")
+    assert code == 0 and json.loads(stdout)["n_eval"] == len(trained.eval), err

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "BitsAndBytesConfig(load_in_4bit=True).")
     p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
     p.add_argument("--output-dir", "-o", required=True, help="where residual_model/ and adapter/ go")
-    _config_args(p, TrainConfig, only=INIT_SETTINGS, overrides={"method": {"choices": inilora.METHODS, "help": "initialization"}})
+    _config_args(p, TrainConfig, only=INIT_SETTINGS,
+                 overrides={"method": {"choices": inilora.METHODS, "help": "initialization"}})
     p.add_argument("--task-type", choices=tuple(INIT_KINDS), help="the model class to load: causal "
                    "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification, a fresh head), base "
                    "(AutoModel) (default: from the config's architectures)")

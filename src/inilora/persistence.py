@@ -17,9 +17,10 @@ original base, a residual adapter would compute a different model without any wa
 PEFT then raises its own ``ValueError`` when it reads the config, for every task type ("Invalid task
 type: 'inilora residual adapter: load it with inilora.from_pretrained…'"), before loading any weight.
 The real ``task_type`` and ``target_modules`` (and ``layers_to_transform`` / ``layers_pattern``, which
-PEFT forbids next to a pattern) are kept in ``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
-it loads weights into the adapter the model already has, without reading the config. A save meant
-for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=False``.
+PEFT forbids next to a pattern) are kept in ``inilora_config.json`` and put back by
+:func:`from_pretrained`. ``Trainer``'s resume is not affected: it loads weights into the adapter the
+model already has, without reading the config. A save meant for plain PEFT on the residual model itself
+opts out with ``refuse_plain_peft=False``.
 """
 
 from __future__ import annotations

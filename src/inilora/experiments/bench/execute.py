@@ -45,7 +45,8 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
         "seed": spec.seed, "lr": cfg.lr, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train),
-        "n_eval": len(task.eval), "data_files": data_record(task)["files"], "majority": majority_rate(task.eval) if task.kind == "classification" else None,
+        "n_eval": len(task.eval), "data_files": data_record(task)["files"],
+        "majority": majority_rate(task.eval) if task.kind == "classification" else None,
         "val": outcome.pop("validation") or None,
         "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
         **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,

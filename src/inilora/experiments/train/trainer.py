@@ -227,9 +227,9 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     PEFT export (``adapter-lora/``), ``metrics.json`` and ``inilora_train.json`` (what :func:`evaluate`
     needs) are written there; Trainer checkpoints go to ``checkpoints/`` when ``cfg.save_steps > 0``
     (``resume=True`` continues from the last one). A folder holding a finished run is refused unless
-    ``overwrite`` (a new run: what the old one wrote is removed, its checkpoints before training, the rest when
-    the new run saves, so the folder never mixes two runs) or ``resume`` (that run, continued). Under ``torchrun`` every process returns; the
-    exact-match metric and the files come from the main process."""
+    ``overwrite`` (a new run: what the old one wrote is removed, its checkpoints before training, the rest
+    when the new run saves, so the folder never mixes two runs) or ``resume`` (that run, continued). Under
+    ``torchrun`` every process returns; the exact-match metric and the files come from the main process."""
     from transformers import set_seed
 
     if cfg.threads:
