@@ -244,7 +244,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
             remove_outputs(Path(output_dir), keep=tuple(name for name in RUN_OUTPUTS if name != "checkpoints"))
     set_seed(cfg.seed)
     start = time.perf_counter()
-    data = data_record(task)  # the files' digests as they are now, before the long part
+    data = data_record(task) if output_dir is not None else None  # the files' digests now, before the long part
     tokenizer = models.load_tokenizer(model_name, cfg.revision)
     encoded_train = encode(tokenizer, task, cfg, task.train)
     encoded_eval = encode(tokenizer, task, cfg, task.eval)
