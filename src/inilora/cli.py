@@ -25,8 +25,19 @@ class UsageError(ValueError):
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad command line answered in one line (and a pointer to --help)."""
 
+    commands: dict = {}  # the top-level parser's subcommand parsers, by name
+
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, except that an unknown option is answered by the subcommand it was given to (which
+        points at that subcommand's --help), not by the top-level parser."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def _checked(convert, accept, what: str):
@@ -43,7 +54,6 @@ def _checked(convert, accept, what: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -64,12 +74,14 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--n-eval", type=_positive_int, help="use a fixed subset of this many held-out examples")
 
 
-def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...] | None = None) -> None:
+def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...] | None = None,
+                 into=None, overrides: dict | None = None) -> None:
     """One option per field of ``config_class`` that has help text (of the fields named in ``only``, all
-    in one group, when given): its flag, type, check, choices and help come from the field, and nothing
-    is set unless given (the dataclass keeps the defaults)."""
-    groups = {None: p, "adapter": p.add_argument_group("adapter"),
-              "training": p.add_argument_group("training (transformers Trainer)")}
+    in one group, ``into`` or the adapter group, when given): its flag, type, check, choices, help and default
+    come from the field (``overrides`` may narrow a field's ``choices`` or replace its ``help`` for one
+    command), and nothing is set unless given (the dataclass keeps the defaults)."""
+    groups = {None: p, "adapter": into or p.add_argument_group("adapter"),
+              "training": p.add_argument_group("training (transformers Trainer)") if only is None else None}
     for f in dataclasses.fields(config_class):
         meta = f.metadata
         if not meta.get("help") or (only is not None and f.name not in only):
@@ -77,6 +89,7 @@ def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...]
         cli = dict(meta["cli"])
         group, unset = cli.pop("group", "adapter"), cli.pop("unset", None)
         group = groups[group if only is None else "adapter"]
+        override = (overrides or {}).get(f.name, {})
         shown = f" (default: {f.default})" if f.default not in (None, unset) else ""
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.type == "bool":
@@ -87,16 +100,21 @@ def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...]
             convert = {"int": int, "float": float, "str": str}[f.type.split(" |")[0]]
             check = meta["check"]
             kwargs["type"] = _checked(convert, check.accept, check.what) if check else convert
-            kwargs["choices"] = cli.pop("cli_choices", meta["choices"])
-        group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"] + shown, **kwargs, **cli)
+            kwargs["choices"] = override.get("choices", cli.pop("cli_choices", meta["choices"]))
+            cli.pop("cli_choices", None)
+        group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=override.get("help", meta["help"])
+                           + shown, **kwargs, **cli)
 
 
 INIT_SETTINGS = ("method", "r", "alpha", "dropout", "targets", "solver", "fit_steps", "seed", "progress")
+BUDGET_SETTINGS = ("max_steps", "max_len", "batch_size", "lr", "dtype", "quantize")  # bench's overrides
 INIT_KINDS = {"causal": "generation", "seq-cls": "classification", "base": "base"}  # --task-type -> model kind
 REPORT_ROWS = 8  # layers shown without --verbose: all up to this many, else the first and last half of it
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import inilora
+
     from .experiments.bench.plan import PRESETS  # cheap once TrainConfig's import has loaded torch
     from .experiments.train import TrainConfig
 
@@ -104,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inilora", description="Fine-tune and compare IniLoRA / LoRA / PiSSA / MiLoRA adapters offline.")
     sub = parser.add_subparsers(dest="command", metavar="{train,init,eval,bench}")
     sub.required = True
+    parser.commands = sub.choices
 
     p = sub.add_parser("train", help="fine-tune a model with an adapter and evaluate it",
                        description="Fine-tune MODEL on a task or your data, evaluate it on the held-out set, and "
@@ -115,15 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=True)
     _config_args(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output dir (what it "
+                   "wrote is removed)")
 
     p = sub.add_parser("init", help="initialize once and write a residual model + a plain PEFT adapter",
                        description="Initialize MODEL's adapter and write OUT/residual_model (a transformers model "
                        "folder whose targets hold W - s*B0*A0) and OUT/adapter (a PEFT LoRA adapter holding A0, B0): "
                        "PeftModel.from_pretrained(AutoModel...from_pretrained(OUT/residual_model), OUT/adapter, "
-                       "is_trainable=True) computes what MODEL computes, and trains with any stack.")
+                       "is_trainable=True) computes what MODEL computes, and trains with any stack. The residual "
+                       "is written in full precision; for a 4-bit one, load residual_model with transformers' "
+                       "BitsAndBytesConfig(load_in_4bit=True).")
     p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
     p.add_argument("--output-dir", "-o", required=True, help="where residual_model/ and adapter/ go")
-    _config_args(p, TrainConfig, only=INIT_SETTINGS)
+    _config_args(p, TrainConfig, only=INIT_SETTINGS,
+                 overrides={"method": {"choices": inilora.METHODS, "help": "initialization"}})
     p.add_argument("--task-type", choices=tuple(INIT_KINDS), help="the model class to load: causal "
                    "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification, a fresh head), base "
                    "(AutoModel) (default: from the config's architectures)")
@@ -142,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="an output folder of `inilora train`")
     p.add_argument("--model", help="the base model (default: the one it was trained from)")
     p.add_argument("--revision", help="the hub model's revision (default: the one it was trained from)")
-    p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as trained)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as "
+                   "trained). An adapter loads only onto the dtype it was made on, so another dtype applies to a "
+                   "--method full run (its model/)")
     _add_data_args(p, required=False)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="evaluation batch size (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=TrainConfig.eval_batch_size,
+                   help=f"evaluation batch size (default {TrainConfig.eval_batch_size})")
     p.add_argument("--max-new-tokens", type=_positive_int, help="greedy decoding length (generation tasks)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -178,18 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     custom.add_argument("--task", help="a built-in task")
     custom.add_argument("--train-file", help="your data file")
     custom.add_argument("--eval-file", help="your held-out file")
-    budget = p.add_argument_group("budget overrides")
-    budget.add_argument("--n-train", type=_positive_int)
-    budget.add_argument("--n-eval", type=_positive_int)
-    budget.add_argument("--max-steps", type=_positive_int)
-    budget.add_argument("--max-len", type=_positive_int)
-    budget.add_argument("--batch-size", type=_positive_int)
-    budget.add_argument("--lr", type=_positive_float)
-    budget.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base models load in (default float32)")
-    budget.add_argument("--quantize", choices=("nf4", "fp4"), help="every adapter method on a 4-bit residual "
-                        "(lora: QLoRA); use another --out than the full-precision runs")
+    budget = p.add_argument_group("budget overrides", "a custom benchmark trains as `inilora train` does (the "
+                                  "defaults shown); a preset's tasks keep the preset's settings unless overridden")
+    budget.add_argument("--n-train", type=_positive_int, help="a fixed subset of a built-in task's training "
+                        "examples (your files are used whole: cut them instead)")
+    budget.add_argument("--n-eval", type=_positive_int, help="a fixed subset of a built-in task's held-out examples")
+    _config_args(p, TrainConfig, only=BUDGET_SETTINGS, into=budget, overrides={"quantize": {
+        "help": "every adapter method on a 4-bit residual (lora: QLoRA); use another --out than the "
+                "full-precision runs"}})
     p.set_defaults(bench_parser=p)  # its options, to write the command line that reproduces a tuned benchmark
     return parser
+
+
+FILES_WHOLE = "--n-train/--n-eval apply to built-in tasks; your files are used whole (cut them instead)."
 
 
 def _task(args):
@@ -197,7 +225,7 @@ def _task(args):
 
     if args.train_file:
         if args.n_train or args.n_eval:
-            raise UsageError("--n-train/--n-eval apply to built-in tasks; cut your files instead.")
+            raise UsageError(FILES_WHOLE)
         return data.file_task(args.train_file, args.eval_file, seed=getattr(args, "seed", 0))
     if args.eval_file:
         raise UsageError("--eval-file goes with --train-file.")
@@ -206,19 +234,21 @@ def _task(args):
 
 def cmd_train(args) -> int:
     from .experiments.train import TrainConfig, finetune
+    from .experiments.train.trainer import RUN_OUTPUTS
 
     task = _task(args)
     given = vars(args).keys() & {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{name: getattr(args, name) for name in given})
     if args.resume and cfg.save_steps <= 0:
         raise UsageError("--resume needs --save-steps (checkpoints to resume from).")
-    result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume)
+    result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume,
+                      overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, the main process reports and saves
     metrics = {k: v for k, v in result.metrics.items() if k != "samples"}
     print(json.dumps({"task": task.name, "method": cfg.method, **metrics}))
-    print(f"saved to {args.output_dir}: adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT), metrics.json",
-          file=sys.stderr)
+    written = [label for name, label in RUN_OUTPUTS.items() if Path(args.output_dir, name).exists()]
+    print(f"saved to {args.output_dir}: {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -270,6 +300,8 @@ def cmd_bench(args) -> int:
     if args.task or args.train_file:
         if not args.model:
             raise UsageError("a custom benchmark (--task/--train-file) needs --model.")
+        if args.train_file and (args.n_train or args.n_eval):
+            raise UsageError(FILES_WHOLE)
         label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
         suites = [bench.custom_suite(name, label, args.model, task=args.task, train_file=args.train_file,
                                      eval_file=args.eval_file)]
@@ -293,9 +325,9 @@ def cmd_bench(args) -> int:
         methods = tuple(args.methods)
     if args.tuning and name != "tuned":
         raise UsageError("--tuning changes the tuned preset's protocol; add --preset tuned.")
-    suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
-                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype,
-                                   revision=args.revision, quantize=args.quantize) for s in suites]
+    budget = {name: getattr(args, name, None) for name in BUDGET_SETTINGS}  # set only when given
+    suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, revision=args.revision, **budget)
+              for s in suites]
     out = args.out or os.path.join("runs", name)
     if name == "tuned":
         return _bench_tuned(args, suites, methods, out)
@@ -304,9 +336,7 @@ def cmd_bench(args) -> int:
         if not result["runs"]:
             raise UsageError(f"no finished runs under {out}.")
     else:
-        for suite in suites:  # fail fast on a bad task or file, before any process starts
-            suite.load()
-        start = time.time()
+        start = time.time()  # bench.run loads every suite's data first: a bad task or file fails before any run
         result = bench.run(suites, methods, list(range(args.seeds)), out, jobs=args.jobs, threads=args.threads,
                            make_plots=not args.no_plots, log=lambda line: print(line, file=sys.stderr, flush=True))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
@@ -320,7 +350,7 @@ def cmd_bench(args) -> int:
 def _bench_tuned(args, suites, methods, out) -> int:
     from .experiments.bench import tuned
 
-    if args.lr:
+    if getattr(args, "lr", None):
         raise UsageError("--lr does not apply to the tuned preset: it chooses each method's learning rate.")
     overrides = tuned.parse_overrides(args.tuning or [])
     adapter, full = tuned.protocols("tuned", overrides)

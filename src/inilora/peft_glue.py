@@ -58,8 +58,14 @@ def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
     return config
 
 
-def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Module]]:
-    """The modules PEFT will wrap, by PEFT's own matching rule, in model order."""
+class NoTargetError(InitError):
+    """No module of the model matches the config's ``target_modules``."""
+
+
+def find_targets(model: nn.Module, config: LoraConfig, caller: str = "inilora.get_peft_model"
+                 ) -> list[tuple[str, nn.Module]]:
+    """The modules PEFT will wrap, by PEFT's own matching rule, in model order (``caller``: the public
+    function the user called, named in errors)."""
     found = []
     for name, module in model.named_modules():
         if not name or not check_target_module_exists(config, name):  # excluded modules are falsy too
@@ -70,13 +76,13 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Mod
                 raise InitError(f"Layer {name!r} already carries an IniLoRA residual (method "
                                 f"{getattr(base, RESIDUAL_MARK)!r}); stacking a second adapter on it would corrupt "
                                 "the first. Merge or unload the first adapter before adding another.")
-            raise InitError(f"Layer {name!r} already carries a PEFT adapter; inilora.get_peft_model takes a model "
+            raise InitError(f"Layer {name!r} already carries a PEFT adapter; {caller} takes a model "
                             "without adapters (merge_and_unload or unload the existing one first).")
         found.append((name, module))
     if not found:
         targets = config.target_modules
         shown = targets if isinstance(targets, str) else sorted(targets)
-        raise InitError(f"No module matches target_modules={shown!r}.")
+        raise NoTargetError(f"No module matches target_modules={shown!r}.")
     return found
 
 
@@ -122,14 +128,15 @@ def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
 
 
 def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    residual: bool, gather_partitioned: bool = False) -> list[Target]:
+                    residual: bool, gather_partitioned: bool = False,
+                    caller: str = "inilora.get_peft_model") -> list[Target]:
     """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
-    problem. Reads only. With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it
-    is checked; otherwise it is refused."""
+    problem (and ``caller``, the public function the user called). Reads only. With ``gather_partitioned``
+    a DeepSpeed ZeRO-3 weight is gathered alone while it is checked; otherwise it is refused."""
     if isinstance(model, PeftModel):
-        raise InitError("inilora.get_peft_model takes a transformers model, not a PeftModel; pass the base model "
+        raise InitError(f"{caller} takes a transformers model, not a PeftModel; pass the base model "
                         "(merge_and_unload or unload the existing adapter first).")
-    modules = find_targets(model, config)
+    modules = find_targets(model, config, caller)
     kinds = {isinstance(m, Conv1D) for _, m in modules}
     if len(kinds) > 1:
         raise InitError("target_modules mixes nn.Linear and Conv1D layers; PEFT's fan_in_fan_out is one flag per "

@@ -12,14 +12,15 @@ it is :func:`save_pretrained`, bound to the model.
 
 **Plain PEFT refuses a residual adapter.** Loaded by ``peft.PeftModel.from_pretrained`` onto the
 original base, a residual adapter would compute a different model without any warning. So the saved
-``adapter_config.json`` of a residual method carries, instead of its ``target_modules``, a pattern
-that matches no module name (it contains spaces) and reads as an instruction; PEFT then raises its
-own ``ValueError`` ("Target modules inilora residual adapter: load it with inilora.from_pretrained…
-not found in the base model") before loading any weight. The real ``target_modules`` (and
-``layers_to_transform`` / ``layers_pattern``, which PEFT forbids next to a pattern) are kept in
-``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
-it loads weights into the adapter the model already has, without reading the config. A save meant
-for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=False``.
+``adapter_config.json`` of a residual method carries, instead of its ``task_type`` and its
+``target_modules``, a text that reads as an instruction (and, as a pattern, matches no module name);
+PEFT then raises its own ``ValueError`` when it reads the config, for every task type ("Invalid task
+type: 'inilora residual adapter: load it with inilora.from_pretrained…'"), before loading any weight.
+The real ``task_type`` and ``target_modules`` (and ``layers_to_transform`` / ``layers_pattern``, which
+PEFT forbids next to a pattern) are kept in ``inilora_config.json`` and put back by
+:func:`from_pretrained`. ``Trainer``'s resume is not affected: it loads weights into the adapter the
+model already has, without reading the config. A save meant for plain PEFT on the residual model itself
+opts out with ``refuse_plain_peft=False``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
 from .methods import Factors, get_method
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
+from .peft_glue import NoTargetError, collect_targets, lora_layers, resolve_config, weight_view
 from .original_base import keep_the_original_base
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
@@ -55,9 +56,13 @@ META_FILE = "inilora_config.json"
 CONFIG_FILE = "adapter_config.json"
 READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", INIT_FILE)  # checksummed
 FORMAT_VERSION = 2
+ANOTHER_BASE = "This adapter belongs to another base model"
 PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
                     "would put it on the original weights and compute a different model")
-GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern")
+# task_type: PEFT validates it when it reads the config, for every task type, so the guard is its error message
+# ("Invalid task type: 'inilora residual adapter: …'"); a classifier's modules_to_save would hide the one of
+# target_modules behind PEFT's generic "No modules were targeted"
+GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern", "task_type")
 HUB_ARGS = ("repo_id", "token", "private", "commit_message", "revision", "create_pr")
 CARD_TITLE = "## IniLoRA adapter — load it with `inilora`"
 CARD_NOTE = """
@@ -131,7 +136,8 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
     if state.is_residual and refuse_plain_peft:
         config = json.loads((out / CONFIG_FILE).read_text())
         guarded = {k: config.get(k) for k in GUARDED_FIELDS}
-        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None)
+        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None,
+                      task_type=PLAIN_PEFT_GUARD)
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     optimum = {row.name: row.optimum for row in state.report.layers} if state.report else {}
     write_sealed(out / META_FILE, {
@@ -205,11 +211,12 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
         raise AdapterLoadError(f"{path} is missing {INIT_FILE}, the initial factors the residual is rebuilt from.")
     try:
         tensors = load_file(init_path)
-        config = LoraConfig.from_pretrained(str(path))
+        attributes = {**LoraConfig.from_json_file(str(path / CONFIG_FILE)), **(meta["plain_peft_guard"] or {})}
+        config = LoraConfig.from_peft_type(**LoraConfig.check_kwargs(**attributes))  # PEFT's from_pretrained, guard off
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterLoadError(f"{path} cannot be read ({exc}).") from exc
-    for key, value in (meta["plain_peft_guard"] or {}).items():
-        setattr(config, key, set(value) if key == "target_modules" and isinstance(value, list) else value)
+    if isinstance(config.target_modules, list):
+        config.target_modules = set(config.target_modules)
     return meta, tensors, config
 
 
@@ -230,11 +237,15 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     options = InitOptions.from_record(meta["options"])
     method = get_method(options.method)
     config = resolve_config(config, base_model)
-    targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual)
     recorded = meta["layers"]
+    try:
+        targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual,
+                                  caller="inilora.from_pretrained")
+    except NoTargetError as exc:
+        raise AdapterLoadError(f"{ANOTHER_BASE}: {exc}") from exc
     found = {t.name for t in targets}
     if found != set(recorded):
-        raise AdapterLoadError(f"The base model's target layers differ from the adapter's: missing "
+        raise AdapterLoadError(f"{ANOTHER_BASE}: its target layers differ from this model's: missing "
                                f"{sorted(set(recorded) - found)[:5]}, unexpected {sorted(found - set(recorded))[:5]}.")
     for t in targets:
         info = recorded[t.name]
@@ -243,8 +254,8 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             raise AdapterLoadError(f"Layer {t.name!r} of the base model is {dtype}; the adapter was made on a "
                                    f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
         if t.fingerprint != info["fingerprint"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model differs from the weight the adapter was made "
-                                   "on (fingerprint mismatch): load the original base model.")
+            raise AdapterLoadError(f"{ANOTHER_BASE}: layer {t.name!r} of this model differs from the weight the "
+                                   "adapter was made on (fingerprint mismatch); load the base model it was made on.")
         for key in (f"{t.name}.lora_A0", f"{t.name}.lora_B0"):
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")

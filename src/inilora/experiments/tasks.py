@@ -78,6 +78,23 @@ def rows_digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def data_record(task: "Task") -> dict:
+    """What a run trains and evaluates on, to notice a change later: the content digest (sha256) of each of
+    the user's files, by absolute path, and a digest of the examples themselves (train, held-out, labels)."""
+    from .._io import file_sha256
+
+    paths = [task.files.get(key) for key in ("train_file", "eval_file")]
+    return {"files": {path: file_sha256(path) for path in paths if path},
+            "rows": rows_digest({"train": task.train, "eval": task.eval, "labels": task.labels})}
+
+
+def changed_files(files: dict) -> list[str]:
+    """Of ``files`` (path -> the sha256 :func:`data_record` took), those missing or with other content now."""
+    from .._io import file_sha256
+
+    return [path for path, digest in files.items() if not Path(path).is_file() or file_sha256(path) != digest]
+
+
 def majority_rate(rows: list[dict]) -> float:
     """The accuracy of always answering the most frequent class of ``rows`` (classification rows)."""
     from collections import Counter
@@ -257,10 +274,21 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         else:
             raise DataError(f"{path}: unknown data format {suffix or '(no extension)'!r}; use .jsonl or .csv.")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason}).") from None
+        raise DataError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text ({exc.reason}).") from None
     if not records:
         raise DataError(f"{path}: no examples in the file.")
     return records
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 (1 if none is found line by line)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _kind_of(path: Path, number: int, record: dict) -> str:

@@ -3,6 +3,7 @@ each a :func:`~inilora.experiments.train.finetune` written atomically as one JSO
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..provenance import git_state, machine, versions
-from ..tasks import majority_rate
+from ..tasks import changed_files, data_record, majority_rate
 from .plan import RunSpec, Suite, init_version, method_and_solver, plan
 from .report import aggregate
 from .stats import PRIMARY
@@ -44,7 +45,8 @@ def run_one(spec: RunSpec, out: Path, threads: int) -> dict:
     record = {
         "task": spec.suite.name, "model": spec.suite.model, "kind": task.kind, "method": spec.method,
         "seed": spec.seed, "lr": cfg.lr, "spec": spec.key(), "config": cfg.to_dict(), "n_train": len(task.train),
-        "n_eval": len(task.eval), "majority": majority_rate(task.eval) if task.kind == "classification" else None,
+        "n_eval": len(task.eval), "data_files": data_record(task)["files"],
+        "majority": majority_rate(task.eval) if task.kind == "classification" else None,
         "val": outcome.pop("validation") or None,
         "test": {"metric": result.metrics.get(task.metric), "loss": result.metrics["eval_loss"]},
         **outcome, "started": started, "seconds": round(time.time() - started, 2), "threads": threads,
@@ -118,15 +120,37 @@ def _summary_line(record: dict) -> str:
     return f"{name}: {', '.join(parts)} ({record['seconds']:.0f} s)"
 
 
+def _why_redone(stale: list[RunSpec], out: Path) -> list[str]:
+    """One line per task with finished runs that no longer count: its data changed (naming the files whose
+    content changed), or its budget, model or package versions did."""
+    reasons: dict[tuple[str, str], int] = {}
+    for spec in stale:
+        try:
+            record = json.loads(spec.path(out).read_text())
+        except (OSError, json.JSONDecodeError):
+            record = {}
+        if record.get("spec", {}).get("data") not in (None, spec.data):
+            changed = changed_files(record.get("data_files") or {})
+            why = f"{', '.join(changed)} changed since" if changed else "its examples changed since"
+        elif "data" not in record.get("spec", {}):
+            why = "no digest of the data recorded by"
+        else:
+            why = "another budget, model or package version than"
+        reasons[spec.suite.name, why] = reasons.get((spec.suite.name, why), 0) + 1
+    return [f"{task}: {why} {n} finished run(s); they will be redone" for (task, why), n in reasons.items()]
+
+
 def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: str | os.PathLike, jobs: int = 2,
         threads: int = 1, make_plots: bool = True, log=print) -> dict:
     """Run every missing run (``jobs`` in parallel), then aggregate. Returns the summary."""
     out = Path(out)
-    specs = plan(suites, methods, seeds)
+    # each run's key holds a digest of the examples it trains and is tested on (loading them fails fast on bad data)
+    digests = {suite.name: suite.data_digest() for suite in suites}
+    specs = [dataclasses.replace(spec, data=digests[spec.suite.name]) for spec in plan(suites, methods, seeds)]
     todo = [s for s in specs if not s.done(out)]
     stale = [s for s in todo if s.path(out).is_file()]
-    if stale:
-        log(f"{len(stale)} finished run(s) were made with another budget or model and will be redone")
+    for line in _why_redone(stale, out):
+        log(line)
     log(f"benchmark: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
         f"({jobs} process(es) x {threads} thread(s)); results in {out}")
     started = time.time()

@@ -103,13 +103,14 @@ def preset(name: str) -> tuple[list[Suite], tuple[str, ...]]:
 def custom_suite(preset_name: str, name: str, model: str, **source) -> Suite:
     """One suite on the user's data (``task=``, or ``train_file=`` and ``eval_file=``), set up as the preset's
     ``[custom]`` table says: the hyperparameter defaults for the task's kind, and whether a validation split is
-    carved from the training data (the tuned preset: as for its own tasks). A preset without one: ``glue_like``
-    defaults and no validation split."""
+    carved from the training data (the tuned preset: as for its own tasks). A preset without one: no validation
+    split, and every setting ``inilora train``'s default (TrainConfig's)."""
     custom = _read_preset_file(preset_name).get("custom", {})
     suite = Suite(name, model, validation=custom.get("validation", False), **source)
     defaults = custom.get("defaults", {})
-    kind = suite.load()[0].kind if defaults else None
-    return dataclasses.replace(suite, config=hyperparameters(defaults.get(kind, "glue_like")))
+    if not defaults:
+        return suite
+    return dataclasses.replace(suite, config=hyperparameters(defaults[suite.load()[0].kind]))
 
 
 @dataclass(frozen=True)

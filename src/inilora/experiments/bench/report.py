@@ -193,5 +193,7 @@ def aggregate(out: str | os.PathLike, make_plots: bool = True) -> dict:
     write_json_atomic(out / "results.json", {"summary": summary, "runs": runs, "invocations": invocations})
     (out / "results.md").write_text(table)
     files = plots(runs, summary, out) if make_plots and summary else []
+    for stale in {"loss_curves.png", "final_metrics.png"} - {f.name for f in files}:  # an earlier report's plots
+        (out / stale).unlink(missing_ok=True)
     return {"summary": summary, "table": table, "reading": reading(summary), "files": [str(f) for f in files],
             "runs": len(runs)}

@@ -429,4 +429,6 @@ def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, 
     counts = {key: len(records) for key, records in ledger.records.items()}
     (out / "results.md").write_text(markdown(summary, declared, counts))
     files = plots(summary, {(s, m): r for (s, m), r in ledger.records.items()}, out) if make_plots else []
+    for stale in {"tuning_curves.png", "test_metrics.png", "val_loss_curves.png"} - {f.name for f in files}:
+        (out / stale).unlink(missing_ok=True)  # an earlier report's plots
     return {**summary, "declared": declared, "files": [str(f) for f in files]}

@@ -64,9 +64,9 @@ class TrainConfig:
     """Everything that decides a fine-tuning run. Defaults follow the published GLUE setup (lr 3e-4,
     linear schedule, 6% warm-up, AdamW weight decay 0.01, r = alpha = 8, dropout 0, query/value)."""
 
-    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter; peft:NAME: PEFT's "
-                          "own initialization NAME, saved by PEFT)", choices=(*METHODS, *REFERENCES, *PEERS),
-                          cli_choices=(*METHODS, FULL))
+    # PEFT's own initializations (peft:NAME) are for the API and `inilora bench`, not on the command line
+    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter)",
+                          choices=(*METHODS, *REFERENCES, *PEERS), cli_choices=(*METHODS, FULL))
     r: int = setting(8, "LoRA rank", check=POSITIVE_INT)
     alpha: float = setting(8.0, "lora_alpha", check=POSITIVE)
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)
