@@ -5,6 +5,7 @@ that looks complete."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -63,3 +64,114 @@ def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_adapter(tmp_path
     finally:
         worker.kill()
         worker.wait()
+
+
+# ---- a full disk at each write: the previous folder intact, a clear error ----
+
+class DiskFull:
+    """Counts the writes of a save (files opened for writing, safetensors files, flushes to disk) and makes
+    write number ``fail_at`` fail with ENOSPC, leaving a truncated file as a full disk does."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        import builtins
+        import io
+
+        import safetensors.torch
+
+        self.writes, self.fail_at = 0, fail_at
+        real_open, real_serialize, real_fsync = builtins.open, safetensors.torch.serialize_file, os.fsync
+
+        def opened(file, mode="r", *args, **kwargs):
+            handle = real_open(file, mode, *args, **kwargs)
+            if any(c in mode for c in "wax+") and self._fails():
+                handle.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+            return handle
+
+        def serialized(tensors, filename, metadata=None):
+            if self._fails():
+                Path(filename).write_bytes(b"\0" * 8)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+            return real_serialize(tensors, filename, metadata)
+
+        def flushed(fd):
+            if self._fails():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(builtins, "open", opened)
+        monkeypatch.setattr(io, "open", opened)
+        monkeypatch.setattr(safetensors.torch, "serialize_file", serialized)
+        monkeypatch.setattr(os, "fsync", flushed)
+
+    def _fails(self) -> bool:
+        self.writes += 1
+        return self.writes == self.fail_at
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    from inilora._io import file_sha256
+
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tiny_adapters():
+    """A trained residual adapter (pissa) on the tiny llama, its two versions (A, B) and their logits."""
+    from peft import LoraConfig
+
+    from conftest import TARGETS, outputs, tiny_model, train_steps
+
+    model = inilora.get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS["llama"]),
+                                   method="pissa", progress=False)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    versions = {"A": [p.detach().clone() for p in trainable]}
+    train_steps(model, ids)
+    versions["B"] = [p.detach().clone() for p in trainable]
+
+    def use(version):
+        with torch.no_grad():
+            for p, value in zip(trainable, versions[version]):
+                p.copy_(value)
+        return outputs(model, ids)
+
+    return model, use, lambda folder: outputs(inilora.from_pretrained(tiny_model("llama"), folder), ids)
+
+
+SAVES = {
+    "save_pretrained": lambda model, folder: model.save_pretrained(folder),
+    "export_lora": lambda model, folder: inilora.export_lora(model, folder),
+    "save_residual_model": lambda model, folder: inilora.save_residual_model(model, folder),
+}
+
+
+@pytest.mark.parametrize("save", SAVES)
+def test_a_full_disk_at_any_write_keeps_the_previous_folder_and_says_so(save, tmp_path, monkeypatch):
+    model, use, reload = _tiny_adapters()
+    folder = tmp_path / "out"
+    use("A")
+    SAVES[save](model, folder)
+    (folder / "notes.txt").write_text("the user's own file")
+    before, inode = _digests(folder), folder.stat().st_ino
+    expected = reload(folder) if save == "save_pretrained" else None
+    use("B")
+    with monkeypatch.context() as patch:
+        counter = DiskFull(patch)
+        SAVES[save](model, tmp_path / "count")  # how many writes one save makes
+    assert counter.writes >= 5
+    print(f"{save}: {counter.writes} writes, each failed once")
+    for fail_at in range(1, counter.writes + 1):
+        with monkeypatch.context() as patch:
+            DiskFull(patch, fail_at)
+            with pytest.raises(OSError, match=f"No space left on device.*saving {folder} failed and left it as it "
+                                              "was") as raised:
+                SAVES[save](model, folder)
+        assert raised.value.errno == errno.ENOSPC
+        assert _digests(folder) == before, f"write {fail_at} of {counter.writes}"
+        assert _temporaries(tmp_path) == []
+        if expected is not None and fail_at in (1, counter.writes):  # the same bytes load the same in between
+            assert (reload(folder) - expected).abs().max().item() <= 1e-6
+        assert folder.stat().st_ino == inode  # not even swapped
+    SAVES[save](model, folder)  # with room again, the save goes through and keeps the user's file
+    assert folder.stat().st_ino != inode and (folder / "notes.txt").read_text() == "the user's own file"
+    assert _temporaries(tmp_path) == []
