@@ -175,3 +175,35 @@ def test_a_full_disk_at_any_write_keeps_the_previous_folder_and_says_so(save, tm
     SAVES[save](model, folder)  # with room again, the save goes through and keeps the user's file
     assert folder.stat().st_ino != inode and (folder / "notes.txt").read_text() == "the user's own file"
     assert _temporaries(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_without_an_atomic_exchange_a_kill_between_the_two_renames_is_undone_by_the_next_load(tmp_path, monkeypatch):
+    from inilora import _io
+
+    monkeypatch.setattr(_io, "_exchange", lambda a, b: False)  # a system without renameat2: two renames
+    model, use, reload = _tiny_adapters()
+    folder = tmp_path / "out"
+    expected = use("A")
+    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # the two-rename swap over an existing folder
+    assert _temporaries(tmp_path) == [] and (reload(folder) - expected).abs().max().item() <= 1e-6
+    # what a save killed between its renames leaves: the old folder set aside, the new one complete beside it
+    pid = _dead_pid()
+    use("B")
+    model.save_pretrained(tmp_path / "new")
+    (tmp_path / "new").rename(tmp_path / f".out.inilora-new-{pid}-0123abcd")
+    folder.rename(tmp_path / f".out.inilora-old-{pid}-89abcdef")
+    assert (reload(folder) - expected).abs().max().item() <= 1e-6  # the load put the old folder back
+    assert _temporaries(tmp_path) == []
+    # a save does the same before it writes, and a named adapter's parent folder is recovered too
+    folder.rename(tmp_path / f".out.inilora-old-{pid}-89abcdef")
+    model.save_pretrained(folder / "sub")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                        "inilora_config.json", "inilora_init.safetensors", "sub"]
+    assert _temporaries(tmp_path) == []

@@ -265,7 +265,8 @@ def replaced_folder(path: str | os.PathLike, replaced: Callable[[PurePath, Path]
     If the block or the swap fails (a full disk, an exception), ``path`` is unchanged, the temporary
     folder is removed, and an ``OSError`` says so. The next save removes what a killed one left."""
     target = _target(path)
-    recover_folder(target)
+    for folder in (target.parent, target):  # the parent too: an adapter saved into a folder whose save was killed
+        recover_folder(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.name}.{STAGED}-{os.getpid()}-{secrets.token_hex(4)}")
     staged.mkdir()
