@@ -207,3 +207,28 @@ def test_without_an_atomic_exchange_a_kill_between_the_two_renames_is_undone_by_
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                                         "inilora_config.json", "inilora_init.safetensors", "sub"]
     assert _temporaries(tmp_path) == []
+
+
+# ---- long jobs ----
+
+def test_a_trainer_run_killed_in_a_checkpoint_resumes_from_the_last_complete_one(tmp_path):
+    from conftest import outputs, tiny_model
+    from inilora.experiments.train.trainer import last_complete_checkpoint
+    from trainer_kill_worker import make, trainer
+
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(HERE / "trainer_kill_worker.py"), str(run)], env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (run / "checkpoint-4" / "inilora_config.json").is_file()  # the adapter was in; the optimizer was not
+    assert not (run / "checkpoint-4" / "trainer_state.json").exists()
+    assert last_complete_checkpoint(run) == str(run / "checkpoint-2")
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    uninterrupted = make()
+    trainer(uninterrupted, tmp_path / "reference").train()
+    resumed = make()
+    trainer(resumed, run).train(resume_from_checkpoint=last_complete_checkpoint(run))
+    assert (outputs(resumed, ids) - outputs(uninterrupted, ids)).abs().max().item() <= 1e-5
+    reloaded = inilora.from_pretrained(tiny_model("llama"), run / "checkpoint-4")  # rewritten by the resumed run
+    assert (outputs(reloaded, ids) - outputs(uninterrupted, ids)).abs().max().item() <= 1e-5
