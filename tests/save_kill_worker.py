@@ -1,8 +1,11 @@
-"""Run in a subprocess by test_faults.py: a process that saves an adapter over and over, killed with SIGKILL.
+"""Run in a subprocess by test_faults.py: a process that saves an adapter over and over, or fits one, killed
+with SIGKILL.
 
 It imports everything and builds the model once, then for each ``kill DELAY`` read from stdin forks a child
-that saves two versions of the adapter (B, A, B, ...) over ``TARGET`` in a loop, as a training script's
-periodic save does, and SIGKILLs it DELAY seconds later. Each answer is one line of JSON on stdout."""
+that saves two versions of the adapter (B, A, B, ...) over ``FOLDER/target`` in a loop, as a training
+script's periodic save does, and SIGKILLs it DELAY seconds later; ``fit CACHE DELAY`` forks a child that runs the
+IniLoRA fit (Adam, one matrix per chunk, into the fit cache ``FOLDER/CACHE``) and, once it stored one more entry, kills it
+DELAY seconds later (no DELAY: the fit runs to its end and writes its cache hits to ``FOLDER/CACHE.json``). Each answer is one line of JSON on stdout."""
 
 from __future__ import annotations
 
@@ -76,6 +79,25 @@ def main(folder: Path) -> None:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
             print(json.dumps({"killed": True}), flush=True)
+        elif command == "fit":  # fit CACHE [DELAY]
+            started = time.perf_counter()
+            child = os.fork()
+            if child == 0:
+                try:
+                    fitted = inilora.get_peft_model(base_model(), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS),
+                                                    method="inilora", solver="adam", steps=300, chunk_mb=0.01,
+                                                    cache_dir=str(folder / rest[0]), progress=False)
+                    (folder / f"{rest[0]}.json").write_text(json.dumps({"hits": fitted.inilora.report.cache_hits}))
+                finally:
+                    os._exit(0)
+            if len(rest) > 1:  # once the fit stored one more entry, wait DELAY more and kill it
+                cache, before = folder / rest[0], len(list((folder / rest[0]).glob("*.safetensors")))
+                while len(list(cache.glob("*.safetensors"))) <= before and not os.waitpid(child, os.WNOHANG)[0]:
+                    time.sleep(0.002)
+                time.sleep(float(rest[1]))
+                os.kill(child, signal.SIGKILL)
+            _, status = os.waitpid(child, 0)
+            print(json.dumps({"status": status, "seconds": time.perf_counter() - started}), flush=True)
         elif command == "save":
             use(rest[0])
             model.save_pretrained(folder / "target")

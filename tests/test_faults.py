@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,37 +34,88 @@ def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".inilora-" in p.name or p.name.endswith(".tmp"))
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks a saving child per kill")
-def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_adapter(tmp_path):
+class Worker:
+    """tests/save_kill_worker.py, started once per module: a process that forks savers and fitters to kill."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.process = subprocess.Popen([sys.executable, str(HERE / "save_kill_worker.py"), str(folder)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
+        self.save_seconds = json.loads(self.process.stdout.readline())["save_seconds"]
+
+    def ask(self, line: str) -> dict:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    if not hasattr(os, "fork"):
+        pytest.skip("the worker forks a saving child per kill")
+    started = Worker(tmp_path_factory.mktemp("kills"))
+    yield started
+    started.process.kill()
+    started.process.wait()
+
+
+def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_adapter(worker):
     from save_kill_worker import base_model, logits
 
-    worker = subprocess.Popen([sys.executable, str(HERE / "save_kill_worker.py"), str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=_env())
-    try:
-        ask = lambda line: (worker.stdin.write(line + "\n"), worker.stdin.flush(), json.loads(worker.stdout.readline()))[2]
-        ready = json.loads(worker.stdout.readline())
-        expected = {v: logits(inilora.from_pretrained(base_model(), tmp_path / f"ref{v}")) for v in "AB"}
-        assert (expected["A"] - expected["B"]).abs().max().item() > 1e-2  # the two versions differ
-        rng = random.Random(0)
-        outcomes = []
-        for _ in range(KILLS):  # over about two saves: before, during and after the first one ends
-            ask(f"kill {rng.uniform(0.0, 2.0 * ready['save_seconds']):.4f}")
-            try:
-                got = logits(inilora.from_pretrained(base_model(), tmp_path / "target"))
-            except (AdapterLoadError, OSError, ValueError) as exc:
-                outcomes.append(f"unloadable: {exc}")
-                continue
-            outcomes.append(next((v for v in "AB" if (got - expected[v]).abs().max().item() <= 1e-6), "neither"))
-        unloadable = [o for o in outcomes if o.startswith("unloadable")]
-        assert not unloadable, f"{len(unloadable)} of {KILLS} kills left the folder unloadable: {unloadable[:2]}"
-        assert "neither" not in outcomes, outcomes
-        assert {"A", "B"} <= set(outcomes), outcomes  # kills landed before and after a save completed
-        assert ask("save A") == {"saved": "A"}
-        assert _temporaries(tmp_path) == []  # what killed saves left is gone after the next one
-        assert (logits(inilora.from_pretrained(base_model(), tmp_path / "target")) - expected["A"]).abs().max() <= 1e-6
-    finally:
-        worker.kill()
-        worker.wait()
+    folder = worker.folder
+    expected = {v: logits(inilora.from_pretrained(base_model(), folder / f"ref{v}")) for v in "AB"}
+    assert (expected["A"] - expected["B"]).abs().max().item() > 1e-2  # the two versions differ
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(KILLS):  # over about two saves: before, during and after the first one ends
+        worker.ask(f"kill {rng.uniform(0.0, 2.0 * worker.save_seconds):.4f}")
+        try:
+            got = logits(inilora.from_pretrained(base_model(), folder / "target"))
+        except (AdapterLoadError, OSError, ValueError) as exc:
+            outcomes.append(f"unloadable: {exc}")
+            continue
+        outcomes.append(next((v for v in "AB" if (got - expected[v]).abs().max().item() <= 1e-6), "neither"))
+    unloadable = [o for o in outcomes if o.startswith("unloadable")]
+    assert not unloadable, f"{len(unloadable)} of {KILLS} kills left the folder unloadable: {unloadable[:2]}"
+    assert "neither" not in outcomes, outcomes
+    assert {"A", "B"} <= set(outcomes), outcomes  # kills landed before and after a save completed
+    assert worker.ask("save A") == {"saved": "A"}
+    assert _temporaries(folder) == []  # what killed saves left is gone after the next one
+    assert (logits(inilora.from_pretrained(base_model(), folder / "target")) - expected["A"]).abs().max() <= 1e-6
+
+
+def _entries(cache: Path) -> dict[str, bool]:
+    """Each cache entry -> whether it is complete (its key and its tensors' checksum match)."""
+    from safetensors import safe_open
+
+    from inilora.cache import _tensor_checksum
+
+    complete = {}
+    for path in cache.glob("*.safetensors"):
+        try:
+            with safe_open(path, "pt") as f:
+                meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+            complete[path.stem] = meta["key"] == path.stem and meta["checksum"] == _tensor_checksum(tensors)
+        except Exception:  # noqa: BLE001 - any unreadable file is a partial entry
+            complete[path.stem] = False
+    return complete
+
+
+def test_a_fit_killed_midway_leaves_no_partial_cache_entry(worker):
+    full = worker.ask("fit timing")  # an uninterrupted fit: how long one takes
+    assert full["status"] == 0 and len(_entries(worker.folder / "timing")) == 14
+    rng, counts = random.Random(1), []
+    for _ in range(6):  # each killed fit reuses what the earlier ones stored, and gets one entry or so further
+        delay = rng.uniform(0.0, 0.5) * full["seconds"] / 14  # within the next layer's fit and write
+        assert worker.ask(f"fit cache {delay:.4f}")["status"] == signal.SIGKILL
+        entries = _entries(worker.folder / "cache")
+        assert all(entries.values()), entries
+        counts.append(len(entries))
+    assert 0 < counts[0] and counts[-1] < 14, counts  # killed mid-way: some layers fitted, not all
+    assert worker.ask("fit cache")["status"] == 0  # the next fit uses every stored entry and fits the rest
+    assert json.loads((worker.folder / "cache.json").read_text())["hits"] == counts[-1]
+    assert all(_entries(worker.folder / "cache").values()) and len(_entries(worker.folder / "cache")) == 14
+    assert not list((worker.folder / "cache").glob(".*"))  # the temporary files of killed writers are gone
 
 
 # ---- a full disk at each write: the previous folder intact, a clear error ----
