@@ -284,3 +284,63 @@ def test_a_trainer_run_killed_in_a_checkpoint_resumes_from_the_last_complete_one
     assert (outputs(resumed, ids) - outputs(uninterrupted, ids)).abs().max().item() <= 1e-5
     reloaded = inilora.from_pretrained(tiny_model("llama"), run / "checkpoint-4")  # rewritten by the resumed run
     assert (outputs(reloaded, ids) - outputs(uninterrupted, ids)).abs().max().item() <= 1e-5
+
+
+def _killed_when(argv: list[str], ready, timeout: float = 500) -> None:
+    """Run ``inilora ARGV`` and SIGKILL its whole process group (the runner and its workers) once ``ready()``."""
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "inilora.cli", *map(str, argv)], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, f"it ended before the kill: {process.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+
+
+def test_a_benchmark_killed_midway_keeps_its_finished_runs_and_redoes_only_the_rest(tmp_path, capsys):
+    import tiny
+    from inilora.cli import main
+
+    model = tiny.bert_folder(tmp_path / "bert")
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.sentiment_rows(32))
+    evaluation = tiny.write_jsonl(tmp_path / "eval.jsonl", tiny.sentiment_rows(8, seed=1))
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", model, "--train-file", train, "--eval-file", evaluation, "--methods", "lora",
+            "--seeds", "2", "--max-steps", "2", "--jobs", "1", "--no-plots", "--out", out]
+    runs = out / "runs" / "train" / "lora"
+    _killed_when(argv, lambda: len(list(runs.glob("seed*.json"))) >= 1)
+    finished = {p.name: p.read_text() for p in runs.glob("seed*.json")}
+    assert len(finished) == 1 and all(json.loads(text)["spec"] for text in finished.values())
+    stale = runs / f".seed1.json.{_dead_pid()}.0123abcd.tmp"  # a run killed while writing its file
+    stale.write_text('{"task": "train", "spec"')
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 already done, 1 to run" in err
+    assert all((runs / name).read_text() == text for name, text in finished.items())  # kept, not redone
+    assert sorted(p.name for p in runs.iterdir()) == ["seed0.json", "seed1.json"]  # the stale temporary file is gone
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+
+
+def test_init_killed_midway_leaves_no_folder_that_looks_complete(tmp_path, capsys):
+    import tiny
+    from inilora.cli import main
+
+    model = tiny.llama_folder(tmp_path / "llama")
+    out = tmp_path / "offline"
+    argv = ["init", "--model", model, "--output-dir", out, "--method", "pissa", "--r", "4"]
+    _killed_when(argv, lambda: any(p.name.startswith(".offline.inilora-new-") and (p / "residual_model").is_dir()
+                                   for p in tmp_path.iterdir()))
+    assert not out.exists()  # killed while writing: nothing at the path; the half-written folder is hidden
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err  # no --overwrite needed: nothing was there
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "residual_model"]
+    assert _temporaries(tmp_path) == []
