@@ -267,6 +267,8 @@ def replaced_folder(path: str | os.PathLike, replaced: Callable[[PurePath, Path]
     target = _target(path)
     for folder in (target.parent, target):  # the parent too: an adapter saved into a folder whose save was killed
         recover_folder(folder)
+    if os.path.lexists(target) and not target.is_dir():
+        raise FileExistsError(errno.EEXIST, "cannot save into a file; give a folder", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.name}.{STAGED}-{os.getpid()}-{secrets.token_hex(4)}")
     staged.mkdir()
