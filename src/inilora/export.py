@@ -18,7 +18,8 @@ from torch import nn
 
 from .errors import InitError
 from .peft_glue import lora_layers, restore_plain_layer, weight_view
-from .persistence import state_of
+from ._io import replaced_folder
+from .persistence import replaces_adapter, state_of
 from .quantize import clear_flag_if_dense, dense_linear, dequantize, is_4bit, warn_inexact
 from .truncation import ExportTruncationWarning, export_config, truncate
 
@@ -37,6 +38,11 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
     relative error ``‖ΔW_k − ΔW‖_F / ‖ΔW‖_F`` goes to ``inilora_export.json`` next to the adapter, and
     an :class:`ExportTruncationWarning` names the worst layer when it exceeds ``warn_above``.
     ``rank >= 2r`` is exact. Plain LoRA is written as trained (rank r; B0 is zero), truncated likewise.
+
+    Atomic, as :func:`inilora.save_pretrained`: a kill or a failure leaves ``path`` as it was. Replaced:
+    the adapter's files (``adapter_config.json``, ``adapter_model.safetensors``, ``inilora_export.json``;
+    an ``adapter_model.bin`` or inilora's own files from an earlier save there are removed); every other
+    file under ``path`` is kept.
     """
     state = state_of(peft_model)
     warn_inexact(state.report, "Exporting to the original base")
@@ -62,14 +68,14 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
     config.init_lora_weights = True
     config.inference_mode = True
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter_model.safetensors",
-              metadata={"format": "pt"})
     worst = max(errors, key=errors.get, default=None)
-    (out / EXPORT_FILE).write_text(json.dumps({
-        "rank": rank, "max_relative_error": errors.get(worst, 0.0),
-        "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
+    with replaced_folder(out, replaces_adapter(EXPORT_FILE)) as new:
+        config.save_pretrained(str(new))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, new / "adapter_model.safetensors",
+                  metadata={"format": "pt"})
+        (new / EXPORT_FILE).write_text(json.dumps({
+            "rank": rank, "max_relative_error": errors.get(worst, 0.0),
+            "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
     if worst is not None and errors[worst] > warn_above:
         warnings.warn(f"export at rank {rank}: {sum(e > warn_above for e in errors.values())} layer(s) differ from "
                       f"the trained update by more than {warn_above:g} (relative Frobenius norm; worst {worst!r}: "

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from ._io import replaced_folder
 from .errors import InitError
 from .persistence import state_of
 from .quantize import is_4bit
@@ -81,6 +82,11 @@ def save_residual_model(peft_model: PeftModel, path: str | os.PathLike, *, token
         model.save_pretrained(out, path_initial_model_for_weight_conversion=path / "adapter")  # rank-2r LoRA for the original base
 
     Neither the model nor its weights are copied or changed. Returns ``path``.
+
+    Atomic: both folders are written beside ``path`` and swapped in together, so a kill or a failure
+    (a full disk) leaves ``path`` as it was — no half-written ``residual_model`` or ``adapter`` — and a
+    first save killed midway leaves no ``path`` at all. ``residual_model/`` and ``adapter/`` are replaced
+    whole (no file of an earlier save is left in them); every other file under ``path`` is kept.
     """
     state = state_of(peft_model)
     if any(is_4bit(layer.get_base_layer()) for layer in _wrapped(peft_model)):
@@ -89,17 +95,18 @@ def save_residual_model(peft_model: PeftModel, path: str | os.PathLike, *, token
                         "transformers' BitsAndBytesConfig(load_in_4bit=True).")
     out = Path(path)
     inner = peft_model.base_model.model
-    inner.save_pretrained(str(out / RESIDUAL_DIR), state_dict=residual_state_dict(peft_model),
-                          max_shard_size=max_shard_size)
-    _save_tokenizer(inner, tokenizer, out / RESIDUAL_DIR)
     config: LoraConfig = copy.deepcopy(peft_model.peft_config[state.adapter_name])
     config.init_lora_weights = True
     config.inference_mode = False
     config.base_model_name_or_path = str((out / RESIDUAL_DIR).resolve())
-    (out / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out / ADAPTER_DIR))
-    save_file(_initial_adapter_tensors(peft_model), out / ADAPTER_DIR / "adapter_model.safetensors",
-              metadata={"format": "pt"})
+    with replaced_folder(out, lambda rel, new: rel.parts[0] in (RESIDUAL_DIR, ADAPTER_DIR)) as new:
+        inner.save_pretrained(str(new / RESIDUAL_DIR), state_dict=residual_state_dict(peft_model),
+                              max_shard_size=max_shard_size)
+        _save_tokenizer(inner, tokenizer, new / RESIDUAL_DIR)
+        (new / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(str(new / ADAPTER_DIR))
+        save_file(_initial_adapter_tensors(peft_model), new / ADAPTER_DIR / "adapter_model.safetensors",
+                  metadata={"format": "pt"})
     return out
 
 

@@ -10,6 +10,10 @@ The model returned by ``inilora.get_peft_model`` / :func:`from_pretrained` saves
 its own ``save_pretrained`` (what ``Trainer`` calls for checkpoints and ``push_to_hub`` for uploads):
 it is :func:`save_pretrained`, bound to the model.
 
+**A save is all or nothing.** Every save (:func:`save_pretrained`, ``export_lora``,
+``save_residual_model``) writes a new folder beside the old one and swaps it in (``_io.replaced_folder``):
+a kill, a full disk or an exception at any instant leaves the previous folder complete and loadable.
+
 **Plain PEFT refuses a residual adapter.** Loaded by ``peft.PeftModel.from_pretrained`` onto the
 original base, a residual adapter would compute a different model without any warning. So the saved
 ``adapter_config.json`` of a residual method carries, instead of its ``task_type`` and its
@@ -39,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import hub_failure, hub_unreachable, is_hub_id
+from ._io import hub_failure, hub_unreachable, is_hub_id, recover_folder, replaced_folder
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
@@ -55,6 +59,7 @@ INIT_FILE = "inilora_init.safetensors"
 META_FILE = "inilora_config.json"
 CONFIG_FILE = "adapter_config.json"
 READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", INIT_FILE)  # checksummed
+ADAPTER_FILES = (*READ_BY_LOAD, META_FILE)  # one save's set: never mixed with files of an earlier save
 FORMAT_VERSION = 2
 ANOTHER_BASE = "This adapter belongs to another base model"
 PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
@@ -96,12 +101,28 @@ def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:
     return Path(path) if adapter_name == "default" else Path(path) / adapter_name
 
 
+def replaces_adapter(*names: str):
+    """Which files of an existing folder a save of an adapter replaces: in each folder where it writes an
+    ``adapter_config.json``, the adapter's files (:data:`ADAPTER_FILES`, and ``names``) as a set — one that
+    this save does not write again is removed, not left beside the new ones. Everything else is kept."""
+    owned = (*ADAPTER_FILES, *names)
+    return lambda rel, new: rel.name in owned and (new / rel.parent / CONFIG_FILE).is_file()
+
+
 def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refuse_plain_peft: bool = True,
                     push_to_hub: bool = False, **kwargs) -> Path:
     """Save the adapter with PEFT's ``save_pretrained`` (``args``/``kwargs`` are PEFT's, e.g.
     ``is_main_process``, ``selected_adapters``) and add what rebuilds its residual; return the adapter's
     directory (``path``, or PEFT's ``path/adapter_name`` for a non-default adapter). Also bound to the
     model as ``peft_model.save_pretrained``.
+
+    Atomic: everything is written into a temporary folder beside ``path``, flushed, and swapped in whole,
+    so a kill, a full disk or an exception at any instant leaves ``path`` as it was or completely saved
+    (``_io.replaced_folder``). Replaced: ``adapter_config.json``, ``adapter_model.safetensors`` /
+    ``adapter_model.bin``, ``inilora_init.safetensors``, ``inilora_config.json`` in each adapter folder
+    written (one of them not written again is removed) and ``README.md`` (updated, as PEFT does). Kept
+    as they were: every other file and folder under ``path`` (a checkpoint's optimizer and trainer state,
+    other adapters, the user's files). A save needs room for the old and the new adapter at once.
 
     ``refuse_plain_peft`` (residual methods): make ``peft.PeftModel.from_pretrained`` raise on this
     adapter (see the module docstring); ``False`` only for an adapter meant for the residual model.
@@ -115,12 +136,15 @@ def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refus
     if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
         raise InitError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
                          "use inilora.export_lora for a plain LoRA adapter on the original base.")
-    peft_save(*bound.args, **bound.kwargs)
     out = _adapter_dir(path, state.adapter_name)
     if not bound.arguments["is_main_process"]:
+        peft_save(*bound.args, **bound.kwargs)
         return out
-    if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
-        _write_init_files(state, out, refuse_plain_peft)
+    with replaced_folder(path, replaces_adapter(), seed=("README.md",)) as new:
+        bound.arguments["save_directory"] = str(new)
+        peft_save(*bound.args, **bound.kwargs)
+        if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
+            _write_init_files(state, _adapter_dir(new, state.adapter_name), refuse_plain_peft)
     if push_to_hub:
         _push(Path(path), **hub)
     return out
@@ -185,10 +209,16 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 def _locate(path: str | os.PathLike, adapter_name: str, revision: str | None = None) -> Path:
     """The directory holding the adapter: ``path`` itself, or ``path/adapter_name`` as PEFT saves a
-    named adapter; a hub id ``org/name`` that is no local path is downloaded first (at ``revision``)."""
+    named adapter; a hub id ``org/name`` that is no local path is downloaded first (at ``revision``). A local
+    folder whose save was killed midway is first put back as it was (``_io.recover_folder``)."""
     if is_hub_id(path):
         path = _download(str(path), revision)
     path = Path(path)
+    for folder in (path, path.parent):  # a save killed between its two renames (no atomic swap here)
+        try:
+            recover_folder(folder)
+        except OSError:  # a read-only place: the load says what is missing
+            pass
     if not (path / CONFIG_FILE).is_file() and (_adapter_dir(path, adapter_name) / CONFIG_FILE).is_file():
         return _adapter_dir(path, adapter_name)
     return path

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
-from ..._io import write_json_atomic
+from ..._io import atomic_path, remove_stale_temps, write_json_atomic
 from ..provenance import git_state, machine, versions
 from ..tasks import changed_files, data_record, majority_rate
 from .plan import RunSpec, Suite, init_version, method_and_solver, plan
@@ -102,9 +102,8 @@ def _worker(spec: RunSpec, out: Path, threads: int) -> dict:
     try:
         return run_one(spec, out, threads)
     except Exception as exc:  # noqa: BLE001 - reported per run, the others go on
-        error = spec.path(out).with_suffix(".error.txt")
-        error.parent.mkdir(parents=True, exist_ok=True)
-        error.write_text(traceback.format_exc())
+        with atomic_path(spec.path(out).with_suffix(".error.txt")) as error:
+            error.write_text(traceback.format_exc())
         return {"error": f"{type(exc).__name__}: {exc}", "task": spec.suite.name, "method": spec.method,
                 "seed": spec.seed}
 
@@ -148,6 +147,8 @@ def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: st
     digests = {suite.name: suite.data_digest() for suite in suites}
     specs = [dataclasses.replace(spec, data=digests[spec.suite.name]) for spec in plan(suites, methods, seeds)]
     todo = [s for s in specs if not s.done(out)]
+    for folder in {s.path(out).parent for s in todo if s.path(out).parent.is_dir()}:
+        remove_stale_temps(folder)  # what runs killed while writing left (a run file is written whole or not at all)
     stale = [s for s in todo if s.path(out).is_file()]
     for line in _why_redone(stale, out):
         log(line)
@@ -178,8 +179,7 @@ def run(suites: list[Suite], methods: tuple[str, ...], seeds: list[int], out: st
     history.append({"command": " ".join(["inilora", *sys.argv[1:]]) if sys.argv else "", "started": started,
                     "wall_seconds": round(elapsed, 1), "runs_done": len(todo) - len(failures),
                     "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(history, indent=1))
+    write_json_atomic(meta_path, history)
     summary = aggregate(out, make_plots=make_plots)
     summary["failures"] = failures
     return summary

@@ -210,6 +210,20 @@ def remove_outputs(out: Path, keep: tuple[str, ...] = ()) -> None:
 VAL_EVALUATIONS = 8  # a run with a validation split evaluates on it at least this often during training
 
 
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The last ``checkpoint-N`` under ``folder`` that Trainer finished writing (its ``trainer_state.json``,
+    written last, reads), or None. A run killed while writing a checkpoint leaves one without it, which
+    Trainer's own ``resume_from_checkpoint=True`` would pick."""
+    found = []
+    for path in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else ():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.removeprefix("checkpoint-")), path))
+        except (OSError, ValueError):
+            continue
+    return str(max(found)[1]) if found else None
+
+
 def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
              output_dir: str | os.PathLike | None = None, resume: bool = False,
              validation: list[dict] | None = None, score_validation: bool = True,
@@ -268,8 +282,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         curve: list = []
         train_seconds = 0.0
         if cfg.method != BASE:
-            checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
-            trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
+            trained = trainer.train(resume_from_checkpoint=last_complete_checkpoint(work) if resume else None)
             train_seconds = float(trained.metrics.get("train_runtime", 0.0))
             history = _loss_history(trainer)
         curve = _val_curve(trainer)  # before the held-out evaluations below log theirs
