@@ -44,7 +44,7 @@ from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
 from .methods import Factors, get_method
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
+from .peft_glue import collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
 from .original_base import keep_the_original_base
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
@@ -57,7 +57,7 @@ READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", I
 FORMAT_VERSION = 2
 PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
                     "would put it on the original weights and compute a different model")
-GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern")
+GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern", "target_parameters")
 HUB_ARGS = ("repo_id", "token", "private", "commit_message", "revision", "create_pr")
 CARD_TITLE = "## IniLoRA adapter — load it with `inilora`"
 CARD_NOTE = """
@@ -110,6 +110,10 @@ def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refus
     if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
         raise InitError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
                          "use inilora.export_lora for a plain LoRA adapter on the original base.")
+    if state.is_residual and "save_embedding_layers" not in kwargs:
+        # PEFT's "auto" would save a targeted embedding's weight, which here is the residual: reloaded, it would
+        # replace the original weight the residual is rebuilt from
+        bound.arguments["save_embedding_layers"] = False
     peft_save(*bound.args, **bound.kwargs)
     out = _adapter_dir(path, state.adapter_name)
     if not bound.arguments["is_main_process"]:
@@ -131,7 +135,8 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
     if state.is_residual and refuse_plain_peft:
         config = json.loads((out / CONFIG_FILE).read_text())
         guarded = {k: config.get(k) for k in GUARDED_FIELDS}
-        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None)
+        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None,
+                      target_parameters=None)
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     optimum = {row.name: row.optimum for row in state.report.layers} if state.report else {}
     write_sealed(out / META_FILE, {
@@ -232,20 +237,21 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     config = resolve_config(config, base_model)
     targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual)
     recorded = meta["layers"]
-    found = {t.name for t in targets}
+    by_layer = layer_keys(targets)
+    found = set(by_layer)
     if found != set(recorded):
         raise AdapterLoadError(f"The base model's target layers differ from the adapter's: missing "
                                f"{sorted(set(recorded) - found)[:5]}, unexpected {sorted(found - set(recorded))[:5]}.")
-    for t in targets:
-        info = recorded[t.name]
-        dtype = str(t.weight.dtype).split(".")[-1]
+    for name, matrices in by_layer.items():
+        info = recorded[name]
+        dtype = str(matrices[0].weight.dtype).split(".")[-1]
         if dtype != info["weight_dtype"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model is {dtype}; the adapter was made on a "
+            raise AdapterLoadError(f"Layer {name!r} of the base model is {dtype}; the adapter was made on a "
                                    f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
-        if t.fingerprint != info["fingerprint"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model differs from the weight the adapter was made "
+        if layer_fingerprint(matrices) != info["fingerprint"]:
+            raise AdapterLoadError(f"Layer {name!r} of the base model differs from the weight the adapter was made "
                                    "on (fingerprint mismatch): load the original base model.")
-        for key in (f"{t.name}.lora_A0", f"{t.name}.lora_B0"):
+        for key in (f"{name}.lora_A0", f"{name}.lora_B0"):
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
@@ -260,11 +266,11 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                                                is_trainable=is_trainable, config=config)
         state = InitState(options, adapter_name, report=new_report(options))
         with torch.no_grad():
-            for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
+            for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
                 keep_fp32 = recorded[name]["residual_fp32"]
                 if quantized is None:  # a 4-bit swap keeps the original layer aside whole
-                    originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
+                    originals[name] = layer_matrices(layer).detach().to("cpu", copy=True)
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
                                                          keep_fp32, recorded[name]["optimum"], quantized))
                 state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
