@@ -25,7 +25,7 @@ from .peft_glue import (collect_targets, layer_fingerprint, layer_keys, layer_la
                         mark_residual, resolve_config, set_residual)
 from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
-from .state import InitState, LayerState
+from .state import RELOAD_DTYPES, InitState, LayerState, dtype_name
 
 logger = logging.getLogger("inilora")
 
@@ -170,6 +170,9 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                               gather_partitioned=True)
     by_layer = layer_keys(targets)
     fingerprints = {key: layer_fingerprint(ts) for key, ts in by_layer.items()}
+    # the same checkpoint in the other dtypes (a reload onto a bf16/fp16/fp32 load of it); a ZeRO-3 partition: own only
+    in_dtypes = {key: {dtype_name(d): layer_fingerprint(ts, d) for d in RELOAD_DTYPES}
+                 if not any(zero3.is_partitioned(t.weight) for t in ts) else {} for key, ts in by_layer.items()}
     dtypes = {key: ts[0].weight.dtype for key, ts in by_layer.items()}
     _refuse_for_layouts(targets, opts)
     partitioned = zero3.partitioned_names(model, targets)
@@ -217,7 +220,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                 init_dora_magnitude(layer, adapter_name, peft_model.peft_config[adapter_name])
             state.report.layers[-1].fitted_by_rank = mats[0].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
-                                            opts.residual_fp32)
+                                            opts.residual_fp32, in_dtypes[name])
     state.report.seconds = time.perf_counter() - start
     state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
     from .persistence import attach  # persistence imports this module

@@ -259,11 +259,13 @@ def layer_keys(targets: list[Target]) -> dict[str, list[Target]]:
     return grouped
 
 
-def layer_fingerprint(targets: list[Target]) -> str:
-    """One layer's fingerprint: its matrix's, or a hash of its experts' (in order)."""
-    if len(targets) == 1:
-        return targets[0].fingerprint
-    return hashlib.sha256("".join(t.fingerprint for t in targets).encode()).hexdigest()[:32]
+def layer_fingerprint(targets: list[Target], dtype: torch.dtype | None = None) -> str:
+    """One layer's fingerprint: its matrix's, or a hash of its experts' (in order). With ``dtype``: that of
+    its weight cast to ``dtype`` (what loading the same checkpoint in ``dtype`` gives), one matrix at a time."""
+    prints = [t.fingerprint if dtype in (None, t.weight.dtype) else fingerprint(t.weight.to(dtype)) for t in targets]
+    if len(prints) == 1:
+        return prints[0]
+    return hashlib.sha256("".join(prints).encode()).hexdigest()[:32]
 
 
 def all_finite(weight: Tensor) -> bool:
@@ -300,7 +302,7 @@ def set_residual(layer: BaseTunerLayer, residual: Tensor, method: str, keep_fp32
     value = layouts.to_weight(residual, layout, weight.shape)
     base_layer.weight = nn.Parameter(value.clone(memory_format=torch.contiguous_format), requires_grad=False)
     setattr(base_layer, RESIDUAL_MARK + "_dtype", weight.dtype)
-    if base_layer.bias is not None:
+    if getattr(base_layer, "bias", None) is not None:
         base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
     base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
                                  layer.register_forward_hook(_to_model_dtype))

@@ -148,7 +148,7 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
         "versions": {"torch": torch.__version__, "peft": peft.__version__},
         "layers": {name: {"fingerprint": layer.fingerprint, "weight_dtype": str(layer.weight_dtype).split(".")[-1],
                           "scaling": layer.scaling, "residual_fp32": layer.residual_fp32,
-                          "optimum": optimum.get(name)}
+                          "optimum": optimum.get(name), "fingerprints": layer.fingerprints}
                    for name, layer in state.layers.items()},
     })
     card = out / "README.md"
@@ -219,7 +219,8 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
 
 
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
-                    is_trainable: bool = False, revision: str | None = None) -> PeftModel:
+                    is_trainable: bool = False, revision: str | None = None,
+                    residual_fp32: bool | None = None) -> PeftModel:
     """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
     model) onto a freshly loaded *original* base model. ``path`` may be the directory a named adapter
     was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``), or a hub repository
@@ -228,7 +229,13 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     Everything is checked before the model is touched: every file against its recorded sha256, and
     that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
     failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
-    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
+    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held.
+
+    The base may be the same checkpoint loaded in another dtype (float32, bfloat16 or float16) than the one
+    the adapter was made on: the adapter records the original weight's fingerprint in each of them. The
+    residual is then rebuilt in fp32 from the weight as loaded and the stored factors, and stored in the
+    base's dtype (in fp32 with ``residual_fp32=True``; None: as the adapter was made). A 4-bit residual is
+    rebuilt only in the dtype it was made in."""
     start = time.perf_counter()
     path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
@@ -242,13 +249,18 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     if found != set(recorded):
         raise AdapterLoadError(f"The base model's target layers differ from the adapter's: missing "
                                f"{sorted(set(recorded) - found)[:5]}, unexpected {sorted(found - set(recorded))[:5]}.")
+    fingerprints = {}
     for name, matrices in by_layer.items():
         info = recorded[name]
         dtype = str(matrices[0].weight.dtype).split(".")[-1]
-        if dtype != info["weight_dtype"]:
+        in_dtypes = info.get("fingerprints") or {}
+        if dtype != info["weight_dtype"] and (dtype not in in_dtypes or options.quantize is not None):
+            why = ("its 4-bit residual is rebuilt only in that dtype" if options.quantize is not None else
+                   f"it records the original weights in {', '.join(sorted(in_dtypes)) or 'that dtype only'}")
             raise AdapterLoadError(f"Layer {name!r} of the base model is {dtype}; the adapter was made on a "
-                                   f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
-        if layer_fingerprint(matrices) != info["fingerprint"]:
+                                   f"{info['weight_dtype']} base and {why}. Load the base in {info['weight_dtype']}.")
+        fingerprints[name] = info["fingerprint"] if dtype == info["weight_dtype"] else in_dtypes[dtype]
+        if layer_fingerprint(matrices) != fingerprints[name]:
             raise AdapterLoadError(f"Layer {name!r} of the base model differs from the weight the adapter was made "
                                    "on (fingerprint mismatch): load the original base model.")
         for key in (f"{name}.lora_A0", f"{name}.lora_B0"):
@@ -268,13 +280,14 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
         with torch.no_grad():
             for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
-                keep_fp32 = recorded[name]["residual_fp32"]
+                keep_fp32 = recorded[name]["residual_fp32"] if residual_fp32 is None else residual_fp32
                 if quantized is None:  # a 4-bit swap keeps the original layer aside whole
                     originals[name] = layer_matrices(layer).detach().to("cpu", copy=True)
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
                                                          keep_fp32, recorded[name]["optimum"], quantized))
-                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
-                                                getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
+                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name],
+                                                by_layer[name][0].weight.dtype, keep_fp32,
+                                                recorded[name].get("fingerprints") or {})
     except BaseException as exc:
         if quantized:
             quantized.restore()
