@@ -204,3 +204,22 @@ def test_unsupported_targets_are_refused_before_the_model_is_touched(case):
         warnings.simplefilter("ignore")
         inilora.get_peft_model(model, LoraConfig(r=2, **config), method="pissa", progress=False, **kwargs)
     assert model_digest(model) == before
+
+
+def test_dora_on_a_4bit_residual_takes_its_magnitude_from_what_the_layer_computes(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from inilora.quantize import dequantize
+
+    model = tiny_model("llama")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
+    peft_model = inilora.get_peft_model(model, config, method="pissa", quantize="nf4", progress=False)
+    for name, layer in inilora.peft_glue.lora_layers(peft_model, list(peft_model.inilora.layers)).items():
+        state = peft_model.inilora.layers[name]
+        effective = dequantize(layer.get_base_layer().weight) + state.scaling * state.B0 @ state.A0
+        assert relative(layer.lora_magnitude_vector["default"].weight, torch.linalg.vector_norm(effective, dim=1)) <= 1e-6
+    perturb(peft_model)
+    with torch.no_grad():
+        trained = peft_model(IDS).logits
+    peft_model.save_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(inilora.from_pretrained(tiny_model("llama"), tmp_path / "a")(IDS).logits, trained)
