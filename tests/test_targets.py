@@ -223,3 +223,18 @@ def test_dora_on_a_4bit_residual_takes_its_magnitude_from_what_the_layer_compute
     peft_model.save_pretrained(tmp_path / "a")
     with torch.no_grad():
         assert torch.equal(inilora.from_pretrained(tiny_model("llama"), tmp_path / "a")(IDS).logits, trained)
+
+
+@pytest.mark.parametrize("case", ["embedding", "experts", "dora"])
+def test_residual_model_and_initial_adapter_load_in_plain_peft(case, tmp_path):
+    make, config, run = CASES[case]
+    make().save_pretrained(tmp_path / "base")
+    peft_model = inilora.get_peft_model(make(), LoraConfig(r=2, lora_alpha=4, **config), method="pissa", progress=False)
+    with torch.no_grad():
+        expected = run(peft_model)
+    inilora.save_residual_model(peft_model, tmp_path / "out")
+    residual = type(make()).from_pretrained(tmp_path / "out" / "residual_model").eval()
+    with torch.no_grad():
+        assert relative(run(residual), expected) > 1e-3  # the residual alone is not the model
+        plain = PeftModel.from_pretrained(residual, str(tmp_path / "out" / "adapter"))
+        assert relative(run(plain), expected) <= TOL

@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import InitError
 from . import layouts
-from .peft_glue import held_weight, layer_layout, layer_matrices, lora_layers, restore_plain_layer
+from .peft_glue import adapter_keys, held_weight, layer_layout, layer_matrices, lora_layers, restore_plain_layer
 from .persistence import state_of
 from .quantize import clear_flag_if_dense, dense_linear, dequantize, is_4bit, warn_inexact
 from .truncation import ExportTruncationWarning, export_config, truncate
@@ -48,7 +48,7 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
     # original base, and the embedding the model holds is a residual
     tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name, save_embedding_layers=False)
     ranks, errors = {}, {}
-    keys = _state_dict_keys(peft_model, state)
+    keys = adapter_keys(peft_model, list(state.layers))
     for name, layer in state.layers.items():
         (a_key, b_key), layout = keys[name]
         A, B = tensors[a_key], tensors[b_key]
@@ -86,20 +86,6 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
                       ExportTruncationWarning, stacklevel=2)
     return out
 
-
-
-def _state_dict_keys(peft_model: PeftModel, state) -> dict[str, tuple[tuple[str, str], layouts.Layout]]:
-    """Each layer's ``lora_A``/``lora_B`` keys in PEFT's adapter state dict (by the PEFT layer's module path, which
-    for a nested ``ParamWrapper`` holds ``base_layer``), and its layout."""
-    paths = {id(module): name for name, module in peft_model.named_modules()}
-    out = {}
-    for name, layer in lora_layers(peft_model, list(state.layers)).items():
-        path, layout = paths[id(layer)], layer_layout(layer)
-        if layout.kind == "embedding":
-            out[name] = (f"{path}.lora_embedding_A", f"{path}.lora_embedding_B"), layout
-        else:
-            out[name] = (f"{path}.lora_A.weight", f"{path}.lora_B.weight"), layout
-    return out
 
 
 def merge_and_unload(peft_model: PeftModel) -> nn.Module:

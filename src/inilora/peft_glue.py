@@ -374,3 +374,17 @@ def lora_layers(peft_model: PeftModel, names: list[str]) -> dict[str, BaseTunerL
             raise InitError(f"PEFT did not wrap layer {name!r}; this is a bug in inilora's target matching.")
         layers[name] = layer
     return layers
+
+
+def adapter_keys(peft_model: PeftModel, names: list[str]) -> dict[str, tuple[tuple[str, str], Layout]]:
+    """Each layer's ``lora_A``/``lora_B`` keys in PEFT's adapter state dict (by the PEFT layer's module path, which
+    for a nested ``ParamWrapper`` holds ``base_layer``), and its layout."""
+    paths = {id(module): name for name, module in peft_model.named_modules()}
+    out = {}
+    for name, layer in lora_layers(peft_model, names).items():
+        path, layout = paths[id(layer)], layer_layout(layer)
+        if layout.kind == "embedding":
+            out[name] = (f"{path}.lora_embedding_A", f"{path}.lora_embedding_B"), layout
+        else:
+            out[name] = (f"{path}.lora_A.weight", f"{path}.lora_B.weight"), layout
+    return out
