@@ -20,10 +20,12 @@ from .errors import InitError
 from .memory import release_freed_memory
 from .methods import METHODS, Factors, Method, compute_factors, get_method
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, mark_residual, resolve_config, set_residual, weight_view
+from . import layouts
+from .peft_glue import (collect_targets, layer_fingerprint, layer_keys, layer_layout, layer_matrices, lora_layers,
+                        mark_residual, resolve_config, set_residual)
 from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
-from .state import InitState, LayerState
+from .state import RELOAD_DTYPES, InitState, LayerState, dtype_name
 
 logger = logging.getLogger("inilora")
 
@@ -36,37 +38,67 @@ class InitDriftWarning(UserWarning):
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
                   method: Method, keep_fp32: bool, optimum: float | None,
                   quantized: QuantizedTargets | None = None) -> LayerReport:
-    """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
-    measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed before
-    PEFT wrapped the layer (``quantized``): only its report is made here."""
-    base = layer.get_base_layer()
+    """Subtract ``s·B0·A0`` (factors as stored, in PEFT's layout; product in fp32) from the base weight of one
+    layer and measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed
+    before PEFT wrapped the layer (``quantized``): only its report is made here. A layer of several matrices
+    (experts) reports its worst one."""
     s = layer.scaling[adapter_name]
+    layout = layer_layout(layer)
+    A0s, B0s = layouts.split(A0, B0, layout)
+    r = layer.r[adapter_name]
     if quantized is not None:
         mark_residual(layer, method.name)
         return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
-        weight = weight_view(base).detach()
-        return LayerReport(name, tuple(weight.shape), layer.r[adapter_name], s, float(bool(weight.any())), optimum,
-                           0.0, 0.0)
-    W = weight_view(base).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
-    product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
-    norm = float(torch.linalg.matrix_norm(W)) or 1.0
+        weight = layer_matrices(layer).detach()
+        return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(weight.any())), optimum, 0.0, 0.0)
+    W = layer_matrices(layer).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
+    product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
+    norm = torch.linalg.matrix_norm(W)
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
     difference = W - product
-    init_error = float(torch.linalg.matrix_norm(difference)) / norm
+    init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
     if method.residual:
         set_residual(layer, difference, method.name, keep_fp32)
     # drift: what the layer now holds, plus the product, against the original
-    torch.add(weight_view(base).detach().float(), product, out=difference).sub_(W)
-    report = LayerReport(name, tuple(W.shape), layer.r[adapter_name], s, init_error, optimum,
-                         float(torch.linalg.matrix_norm(difference)) / norm, float(difference.abs().max()))
+    torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
+    report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
+                         float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
     del W, product, difference
     release_freed_memory()
     return report
 
 
+def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
+    """PEFT's DoRA magnitude, computed again now that the layer holds its residual and initial factors:
+    the row norms of ``W_res + s·B0·A0`` (= ``W``; for a 4-bit residual, what the layer computes), so the
+    initialized DoRA layer computes what the base layer did. PEFT computed it while wrapping, from ``W``
+    and its own ``B = 0``, before the residual existed."""
+    variant = getattr(layer, "lora_variant", {}).get(adapter_name)
+    if variant is not None and adapter_name in getattr(layer, "lora_magnitude_vector", {}):
+        variant.init(layer, adapter_name=adapter_name, config=config)
+
+
 def _wrapped_layer_names(peft_model: PeftModel, adapter_name: str) -> set[str]:
-    return {name for name, module in peft_model.base_model.model.named_modules()
-            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {})}
+    from .peft_glue import layer_key
+
+    return {layer_key(name, module) for name, module in peft_model.base_model.model.named_modules()
+            if isinstance(module, BaseTunerLayer) and (adapter_name in getattr(module, "lora_A", {})
+                                                       or adapter_name in getattr(module, "lora_embedding_A", {}))}
+
+
+def _refuse_for_layouts(targets, opts: InitOptions) -> None:
+    """What only nn.Linear / Conv1D targets support, refused before the fit."""
+    for t in targets:
+        kind = t.layout.kind if t.layout is not None else "linear"
+        if opts.quantize is not None and kind not in ("linear", "conv1d_t"):
+            raise InitError(f"Layer {t.layer or t.name!r} ({kind}): quantize={opts.quantize!r} makes a bitsandbytes "
+                            "Linear4bit residual, which exists only for nn.Linear layers (PEFT's 4-bit LoRA layers "
+                            "are linear too). Target only linear layers, or pass quantize=None.")
+        if opts.residual_fp32 and kind == "param" and t.weight.dtype != torch.float32:
+            raise InitError(f"Parameter {t.layer or t.name!r} is {t.weight.dtype}; residual_fp32=True would replace "
+                            "a targeted parameter by an fp32 one, which the module holding it does not compute with. "
+                            "Load the model in float32, or pass residual_fp32=False.")
 
 
 def warn_on_drift(report: InitReport) -> None:
@@ -136,8 +168,13 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     config = resolve_config(lora_config, model)
     targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
                               gather_partitioned=True)
-    fingerprints = {t.name: t.fingerprint for t in targets}
-    dtypes = {t.name: t.weight.dtype for t in targets}
+    by_layer = layer_keys(targets)
+    fingerprints = {key: layer_fingerprint(ts) for key, ts in by_layer.items()}
+    # the same checkpoint in the other dtypes (a reload onto a bf16/fp16/fp32 load of it); a ZeRO-3 partition: own only
+    in_dtypes = {key: {dtype_name(d): layer_fingerprint(ts, d) for d in RELOAD_DTYPES}
+                 if not any(zero3.is_partitioned(t.weight) for t in ts) else {} for key, ts in by_layer.items()}
+    dtypes = {key: ts[0].weight.dtype for key, ts in by_layer.items()}
+    _refuse_for_layouts(targets, opts)
     partitioned = zero3.partitioned_names(model, targets)
     if partitioned:
         zero3.refuse_unsupported(partitioned, opts, targets)
@@ -167,16 +204,23 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
         factors = quantized.factors  # refitted when quant_iters > 0
     with torch.no_grad():
         for name, layer in lora_layers(peft_model, list(fingerprints)).items():
-            lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
-            lora_A.copy_(factors[name].A0)
-            lora_B.copy_(factors[name].B0)
+            layout = layer_layout(layer)
+            lora_A, lora_B = layouts.peft_factors(layer, adapter_name, layout)
+            mats = [factors[t.name] for t in by_layer[name]]
+            A, B = layouts.join(torch.stack([f.A0.to(lora_A.device) for f in mats]),
+                                torch.stack([f.B0.to(lora_A.device) for f in mats]), layout, lora_A.shape, lora_B.shape)
+            lora_A.copy_(A)
+            lora_B.copy_(B)
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
+            optima = [f.optimum for f in mats]
+            optimum = None if None in optima else max(optima)
             with zero3.gathered(layer.get_base_layer(), modify=True):  # a ZeRO-3 weight: alone, rank 0's write kept
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
-                                                         opts.residual_fp32, factors[name].optimum, quantized))
-            state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
+                                                         opts.residual_fp32, optimum, quantized))
+                init_dora_magnitude(layer, adapter_name, peft_model.peft_config[adapter_name])
+            state.report.layers[-1].fitted_by_rank = mats[0].fitted_by_rank
             state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
-                                            opts.residual_fp32)
+                                            opts.residual_fp32, in_dtypes[name])
     state.report.seconds = time.perf_counter() - start
     state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
     from .persistence import attach  # persistence imports this module

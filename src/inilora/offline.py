@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from ._io import replaced_folder
 from .errors import InitError
+from .peft_glue import adapter_keys
 from .persistence import state_of
 from .quantize import is_4bit
 
@@ -35,20 +36,22 @@ def residual_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
             keep[f"{name}."] = f"{name}.original_module."
     plain = {}
     for key, tensor in inner.state_dict(keep_vars=False).items():
-        owner = next((prefix for prefix in keep if key.startswith(prefix)), None)
-        if owner is None:
+        for owner in sorted(keep, key=len, reverse=True):  # nested wrappers (one ParamWrapper per parameter): inner first
+            if key.startswith(owner):
+                if not key.startswith(keep[owner]):
+                    break  # the wrapper's own (adapter) tensor
+                key = owner + key[len(keep[owner]):]
+        else:
             plain[key] = tensor
-        elif key.startswith(keep[owner]):
-            plain[owner + key[len(keep[owner]):]] = tensor
     return plain
 
 
 def _initial_adapter_tensors(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     state = state_of(peft_model)
-    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
+    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name, save_embedding_layers=False)
+    keys = adapter_keys(peft_model, list(state.layers))
     for name, layer in state.layers.items():
-        for factor, value in (("lora_A", layer.A0), ("lora_B", layer.B0)):
-            key = f"base_model.model.{name}.{factor}.weight"
+        for key, value in zip(keys[name][0], (layer.A0, layer.B0)):
             tensors[key] = value.to(tensors[key].dtype).contiguous()
     return {k: v.contiguous() for k, v in tensors.items()}
 

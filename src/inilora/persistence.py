@@ -49,7 +49,7 @@ from .errors import AdapterLoadError, InitError
 from .init import install_layer, new_report, warn_on_drift
 from .methods import Factors, get_method
 from .options import InitOptions
-from .peft_glue import NoTargetError, collect_targets, lora_layers, resolve_config, weight_view
+from .peft_glue import NoTargetError, collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
 from .original_base import keep_the_original_base
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
@@ -67,7 +67,7 @@ PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrai
 # task_type: PEFT validates it when it reads the config, for every task type, so the guard is its error message
 # ("Invalid task type: 'inilora residual adapter: …'"); a classifier's modules_to_save would hide the one of
 # target_modules behind PEFT's generic "No modules were targeted"
-GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern", "task_type")
+GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern", "task_type", "target_parameters")
 HUB_ARGS = ("repo_id", "token", "private", "commit_message", "revision", "create_pr")
 CARD_TITLE = "## IniLoRA adapter — load it with `inilora`"
 CARD_NOTE = """
@@ -136,6 +136,10 @@ def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refus
     if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
         raise InitError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
                          "use inilora.export_lora for a plain LoRA adapter on the original base.")
+    if state.is_residual and "save_embedding_layers" not in kwargs:
+        # PEFT's "auto" would save a targeted embedding's weight, which here is the residual: reloaded, it would
+        # replace the original weight the residual is rebuilt from
+        bound.arguments["save_embedding_layers"] = False
     out = _adapter_dir(path, state.adapter_name)
     if not bound.arguments["is_main_process"]:
         peft_save(*bound.args, **bound.kwargs)
@@ -161,7 +165,7 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
         config = json.loads((out / CONFIG_FILE).read_text())
         guarded = {k: config.get(k) for k in GUARDED_FIELDS}
         config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None,
-                      task_type=PLAIN_PEFT_GUARD)
+                      task_type=PLAIN_PEFT_GUARD, target_parameters=None)
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     optimum = {row.name: row.optimum for row in state.report.layers} if state.report else {}
     write_sealed(out / META_FILE, {
@@ -173,7 +177,7 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
         "versions": {"torch": torch.__version__, "peft": peft.__version__},
         "layers": {name: {"fingerprint": layer.fingerprint, "weight_dtype": str(layer.weight_dtype).split(".")[-1],
                           "scaling": layer.scaling, "residual_fp32": layer.residual_fp32,
-                          "optimum": optimum.get(name)}
+                          "optimum": optimum.get(name), "fingerprints": layer.fingerprints}
                    for name, layer in state.layers.items()},
     })
     card = out / "README.md"
@@ -251,7 +255,8 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
 
 
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
-                    is_trainable: bool = False, revision: str | None = None) -> PeftModel:
+                    is_trainable: bool = False, revision: str | None = None,
+                    residual_fp32: bool | None = None) -> PeftModel:
     """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
     model) onto a freshly loaded *original* base model. ``path`` may be the directory a named adapter
     was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``), or a hub repository
@@ -260,7 +265,13 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     Everything is checked before the model is touched: every file against its recorded sha256, and
     that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
     failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
-    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
+    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held.
+
+    The base may be the same checkpoint loaded in another dtype (float32, bfloat16 or float16) than the one
+    the adapter was made on: the adapter records the original weight's fingerprint in each of them. The
+    residual is then rebuilt in fp32 from the weight as loaded and the stored factors, and stored in the
+    base's dtype (in fp32 with ``residual_fp32=True``; None: as the adapter was made). A 4-bit residual is
+    rebuilt only in the dtype it was made in."""
     start = time.perf_counter()
     path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
@@ -273,20 +284,26 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                                   caller="inilora.from_pretrained")
     except NoTargetError as exc:
         raise AdapterLoadError(f"{ANOTHER_BASE}: {exc}") from exc
-    found = {t.name for t in targets}
+    by_layer = layer_keys(targets)
+    found = set(by_layer)
     if found != set(recorded):
         raise AdapterLoadError(f"{ANOTHER_BASE}: its target layers differ from this model's: missing "
                                f"{sorted(set(recorded) - found)[:5]}, unexpected {sorted(found - set(recorded))[:5]}.")
-    for t in targets:
-        info = recorded[t.name]
-        dtype = str(t.weight.dtype).split(".")[-1]
-        if dtype != info["weight_dtype"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model is {dtype}; the adapter was made on a "
-                                   f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
-        if t.fingerprint != info["fingerprint"]:
-            raise AdapterLoadError(f"{ANOTHER_BASE}: layer {t.name!r} of this model differs from the weight the "
+    fingerprints = {}
+    for name, matrices in by_layer.items():
+        info = recorded[name]
+        dtype = str(matrices[0].weight.dtype).split(".")[-1]
+        in_dtypes = info.get("fingerprints") or {}
+        if dtype != info["weight_dtype"] and (dtype not in in_dtypes or options.quantize is not None):
+            why = ("its 4-bit residual is rebuilt only in that dtype" if options.quantize is not None else
+                   f"it records the original weights in {', '.join(sorted(in_dtypes)) or 'that dtype only'}")
+            raise AdapterLoadError(f"Layer {name!r} of the base model is {dtype}; the adapter was made on a "
+                                   f"{info['weight_dtype']} base and {why}. Load the base in {info['weight_dtype']}.")
+        fingerprints[name] = info["fingerprint"] if dtype == info["weight_dtype"] else in_dtypes[dtype]
+        if layer_fingerprint(matrices) != fingerprints[name]:
+            raise AdapterLoadError(f"{ANOTHER_BASE}: layer {name!r} of this model differs from the weight the "
                                    "adapter was made on (fingerprint mismatch); load the base model it was made on.")
-        for key in (f"{t.name}.lora_A0", f"{t.name}.lora_B0"):
+        for key in (f"{name}.lora_A0", f"{name}.lora_B0"):
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
@@ -301,15 +318,16 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
                                                is_trainable=is_trainable, config=config)
         state = InitState(options, adapter_name, report=new_report(options))
         with torch.no_grad():
-            for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
+            for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
-                keep_fp32 = recorded[name]["residual_fp32"]
+                keep_fp32 = recorded[name]["residual_fp32"] if residual_fp32 is None else residual_fp32
                 if quantized is None:  # a 4-bit swap keeps the original layer aside whole
-                    originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
+                    originals[name] = layer_matrices(layer).detach().to("cpu", copy=True)
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
                                                          keep_fp32, recorded[name]["optimum"], quantized))
-                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
-                                                getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
+                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name],
+                                                by_layer[name][0].weight.dtype, keep_fp32,
+                                                recorded[name].get("fingerprints") or {})
     except BaseException as exc:
         if quantized:
             quantized.restore()

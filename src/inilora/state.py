@@ -26,6 +26,13 @@ def fingerprint(weight: Tensor) -> str:
     return digest.hexdigest()[:32]
 
 
+RELOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # a base may be reloaded in any of these
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).split(".")[-1]
+
+
 @dataclass
 class LayerState:
     """One initialized layer: its factors as stored in the adapter (CPU copies), the original
@@ -37,6 +44,9 @@ class LayerState:
     fingerprint: str
     weight_dtype: torch.dtype
     residual_fp32: bool
+    # the original weight's fingerprint in each dtype of RELOAD_DTYPES (its own included), by dtype name, so
+    # that the same checkpoint loaded in another dtype is recognised; empty: only ``fingerprint`` is known
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -45,7 +45,8 @@ def gathered(module: nn.Module, modify: bool = False) -> Iterator[None]:
 
 def partitioned_names(model: nn.Module, targets: list[Target]) -> set[str]:
     """The targets whose weight is partitioned."""
-    return {t.name for t in targets if is_partitioned(model.get_submodule(t.name).weight)}
+    return {t.name for t in targets if not t.layer and (t.layout is None or not t.layout.is_param)
+            and is_partitioned(model.get_submodule(t.name).weight)}
 
 
 def refuse_unsupported(names: set[str], options: InitOptions, targets: list[Target]) -> None:
