@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .experiments import models
+from .experiments.tasks import TASKS
 
 EXIT_BAD_INPUT = 2
 MODEL_HELP = ("minilm or smollm2 (offline, from PyPI packages), a local transformers model folder, or a hub id "
@@ -66,7 +67,7 @@ def _csv_list(text: str) -> list[str]:
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group = p.add_argument_group("data (a built-in task or your own files)")
     source = group.add_mutually_exclusive_group(required=required)
-    source.add_argument("--task", help="built-in task: reviews, gsm_symbolic, chain_sum, or rg:<reasoning-gym name>")
+    source.add_argument("--task", help=f"built-in task: {', '.join(TASKS)}, or rg:<reasoning-gym name>")
     source.add_argument("--train-file", help="your data: .jsonl or .csv with text,label (classification) or "
                         "prompt,completion (generation)")
     group.add_argument("--eval-file", help="held-out data in the same format (default: hold out 10%% of --train-file)")
@@ -167,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the base model (default: the one it was trained from)")
     p.add_argument("--revision", help="the hub model's revision (default: the one it was trained from)")
     p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as "
-                   "trained). An adapter loads only onto the dtype it was made on, so another dtype applies to a "
-                   "--method full run (its model/)")
+                   "trained); applies to a --method full run (its model/): an adapter run is evaluated on the dtype "
+                   "it was trained on")
     _add_data_args(p, required=False)
     p.add_argument("--batch-size", type=_positive_int, default=TrainConfig.eval_batch_size,
                    help=f"evaluation batch size (default {TrainConfig.eval_batch_size})")
