@@ -149,13 +149,13 @@ class RunSpec:
         return key
 
     def matches(self, recorded: dict | None) -> bool:
-        """Whether a finished run's recorded spec is this run's :meth:`key`. A spec recorded before every method
-        and solver had an init version (only inilora's closed forms did) reads as version
-        :data:`FIRST_INIT_VERSION`: the factors it was made with are current until that version is bumped."""
+        """Whether a finished run's recorded spec is this run's :meth:`key`. A spec without an init version reads
+        as version :data:`FIRST_INIT_VERSION` (the key names a version only once it is bumped): the factors it was
+        made with are current until that version is bumped."""
         if recorded is None:
             return False
-        if "init_version" not in recorded and init_version(self.method) is not None:
-            recorded = {**recorded, "init_version": FIRST_INIT_VERSION}
+        if recorded.get("init_version") == FIRST_INIT_VERSION:
+            recorded = {k: v for k, v in recorded.items() if k != "init_version"}
         return recorded == self.key()
 
     def done(self, out: Path) -> bool:
