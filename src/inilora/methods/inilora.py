@@ -16,8 +16,8 @@ from ..cache import FitCache, fit_key
 from ..distributed import agreed_todo, fit_chunks
 from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
 from ..memory import release_freed_memory
-from .base import Factors, Method, Target, layer_generator, relative_tail_energy
-from .svd import equalize_entry_scale, random_orthogonal, rotate_basis
+from ..linalg import equalize_entry_scale, random_orthogonal, relative_tail_energy, rotate_basis
+from .base import Factors, Method, Target, layer_generator
 
 if TYPE_CHECKING:
     from ..options import InitOptions
@@ -183,7 +183,7 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 
 # 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh;
 # 3 (svd_randomized): the same iteration from a seeded start, stopped at 1e-5 × the optimum (was Halko 64/6);
-# 4 (both): each triplet's sign is canonical (base.canonical_signs) before the seeded rotation, not LAPACK's
+# 4 (both): each triplet's sign is canonical (linalg.canonical_signs) before the seeded rotation, not LAPACK's
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
                  solvers=tuple(FIT_CHUNK),
                  init_versions={"svd": 4, "svd_randomized": 4})
