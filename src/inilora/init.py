@@ -18,7 +18,7 @@ from . import zero3
 from .cache import FitCache
 from .errors import InitError
 from .memory import release_freed_memory
-from .methods import METHODS, Factors, Method, compute_factors, get_method
+from .methods import METHODS, Factors, Method, compute_factors, get_method, resolve
 from .options import InitOptions
 from . import layouts
 from .peft_glue import (collect_targets, layer_fingerprint, layer_keys, layer_layout, layer_matrices, lora_layers,
@@ -120,21 +120,6 @@ def new_report(options: InitOptions) -> InitReport:
                       approximates_weight=method.rank_limited)
 
 
-def resolve_options(method: str | None, init_options: InitOptions | None, options: dict) -> InitOptions:
-    """One ``InitOptions`` from either ``init_options=`` or keyword options, never both."""
-    if init_options is None:
-        return InitOptions.from_kwargs(method or "inilora", options)
-    if not isinstance(init_options, InitOptions):
-        raise InitError(f"init_options must be an inilora.InitOptions, got {type(init_options).__name__}.")
-    if options:
-        raise InitError(f"Pass the options either as init_options=InitOptions(...) or as keywords, not both "
-                        f"(got init_options and {', '.join(sorted(options))}).")
-    if method is not None and method != init_options.method:
-        raise InitError(f"method={method!r} contradicts init_options.method={init_options.method!r}; "
-                        "set the method in one place.")
-    return init_options
-
-
 def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str = "default", *,
                    method: str | None = None, init_options: InitOptions | None = None, **options) -> PeftModel:
     """Wrap ``model`` with PEFT LoRA layers initialized by ``method`` (default ``"inilora"``).
@@ -162,9 +147,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                       f"an adapter name in a later release. Pass method={adapter_name!r}.",
                       FutureWarning, stacklevel=2)
         method, adapter_name = adapter_name, "default"
-    opts = resolve_options(method, init_options, options)
+    spec, opts = resolve(method, init_options, options)
     method = opts.method
-    spec = get_method(method)
     config = resolve_config(lora_config, model)
     targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
                               gather_partitioned=True)

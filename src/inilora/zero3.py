@@ -74,21 +74,25 @@ def whole_target(model: nn.Module, target: Target) -> Iterator[Target]:
         yield replace(target, weight=weight_view(module))
 
 
+def _one_at_a_time(model: nn.Module, targets: list[Target]) -> Iterator[Target]:
+    """Each target whole, gathered while the caller reads it (until the next one is asked for)."""
+    for t in targets:
+        with whole_target(model, t) as whole:
+            yield whole
+
+
 def factors_one_at_a_time(model: nn.Module, targets: list[Target], options: InitOptions,
                           cache: FitCache | None) -> dict[str, Factors]:
     """Every target's factors, each computed while its weight alone is gathered. Under a process group
     the IniLoRA fit of each is done by one rank and broadcast (``fit_chunks``), as for a whole model."""
     from tqdm.auto import tqdm
 
-    from .methods import compute_factors
-    from .methods.inilora import fit_std, mean_by_module, needs_sigmas
+    from .methods import compute_factors, get_method
 
-    if needs_sigmas(options):  # σ of every fit's start is a mean over all targets of one module name
-        stds = []
-        for t in targets:
-            with whole_target(model, t) as whole:
-                stds.append((t.module_name, fit_std(whole, options)))
-        sigmas = mean_by_module(stds)
+    method = get_method(options.method)
+    # σ of every fit's start where it is a mean over all targets of one module name: one more pass
+    sigmas = method.start_sigmas(_one_at_a_time(model, targets), options) if method.start_sigmas else {}
+    if sigmas:
         for t in targets:
             t.sigma = sigmas[t.module_name]
     factors = {}

@@ -10,20 +10,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InitError
-from .base import Factors, Method, MethodName, Target, layer_generator
+from ..options import FIT_OPTIONS, InitOptions, MethodName
+from .base import Factors, Method, Target, layer_generator
 from .inilora import INILORA
 from .random import INILORA_ALPHA, INILORA_BETA, LORA
 from .svd import MILORA, PISSA
 
 if TYPE_CHECKING:
     from ..cache import FitCache
-    from ..options import InitOptions
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (LORA, PISSA, MILORA, INILORA, INILORA_ALPHA, INILORA_BETA)}
 METHODS: tuple[MethodName, ...] = tuple(REGISTRY)
 
 __all__ = ["METHODS", "REGISTRY", "Factors", "Method", "MethodName", "Target", "compute_factors", "get_method",
-           "layer_generator"]
+           "layer_generator", "resolve"]
 
 
 def get_method(name: str) -> Method:
@@ -32,6 +32,32 @@ def get_method(name: str) -> Method:
     if method is None:
         raise InitError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
     return method
+
+
+def resolve(method: str | None, init_options: InitOptions | None, options: dict) -> tuple[Method, InitOptions]:
+    """The :class:`Method` and one ``InitOptions``, from either ``init_options=`` or keyword options, never
+    both: the method is looked up here, once, and passed on as the object. The fit's options are refused
+    for a method without a fit (they would be ignored)."""
+    if init_options is None:
+        InitOptions.check_keywords(options)
+    elif not isinstance(init_options, InitOptions):
+        raise InitError(f"init_options must be an inilora.InitOptions, got {type(init_options).__name__}.")
+    elif options:
+        raise InitError(f"Pass the options either as init_options=InitOptions(...) or as keywords, not both "
+                        f"(got init_options and {', '.join(sorted(options))}).")
+    elif method is not None and method != init_options.method:
+        raise InitError(f"method={method!r} contradicts init_options.method={init_options.method!r}; "
+                        "set the method in one place.")
+    spec = get_method(method or "inilora" if init_options is None else init_options.method)
+    if init_options is None:
+        ignored = sorted(set(options) & FIT_OPTIONS)
+        if ignored and not spec.has_fit:
+            with_fit = [m.name for m in REGISTRY.values() if m.has_fit]
+            raise InitError(f"Option(s) {', '.join(ignored)} configure the IniLoRA fit, which method {spec.name!r} "
+                            f"does not run, so they would be ignored; drop them or use a method with a fit "
+                            f"({', '.join(with_fit)}).")
+        init_options = InitOptions.from_record({"method": spec.name, **options})
+    return spec, init_options
 
 
 def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None,

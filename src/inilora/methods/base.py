@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import torch
 
 from ..matrices import Factors, Target
+from ..options import MethodName
 
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
     from ..cache import FitCache
     from ..options import InitOptions
-
-MethodName = Literal["lora", "pissa", "milora", "inilora", "inilora-alpha", "inilora-beta"]
-
 
 # every target's factors from the options; ``bar`` advances one step per matrix; a method with a fit
 # reuses and fills the fit cache (which counts its hits) when one is given
@@ -46,6 +44,10 @@ class Method:
     solvers: tuple[str, ...] = ()
     init_versions: Mapping[str | None, int] = field(default_factory=dict)
     best_rank_r: bool = False  # its product is W's best rank-r approximation: LoftQ-style refits keep its meaning
+    # σ per module name of the fit's start where it is a mean over all targets (the published σ rule), for
+    # targets computed one at a time (ZeRO-3); it reads ``targets`` only when it needs them. None: no such σ
+    start_sigmas: Callable[[Iterable[Target], "InitOptions"], dict[str, float]] | None = field(default=None,
+                                                                                                repr=False)
 
     @property
     def has_fit(self) -> bool:
