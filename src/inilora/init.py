@@ -18,7 +18,7 @@ from . import zero3
 from .cache import FitCache
 from .errors import InitError
 from .memory import release_freed_memory
-from .methods import METHODS, Factors, Method, compute_factors, get_method, resolve
+from .methods import METHODS, Factors, Method, compute_factors, resolve
 from .options import InitOptions
 from . import layouts
 from .peft_glue import (collect_targets, layer_fingerprint, layer_keys, layer_layout, layer_matrices, lora_layers,
@@ -47,7 +47,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     A0s, B0s = layouts.split(A0, B0, layout)
     r = layer.r[adapter_name]
     if quantized is not None:
-        mark_residual(layer, method.name)
+        mark_residual(layer, method)
         return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
         weight = layer_matrices(layer).detach()
@@ -59,7 +59,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     difference = W - product
     init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
     if method.residual:
-        set_residual(layer, difference, method.name, keep_fp32)
+        set_residual(layer, difference, method, keep_fp32)
     # drift: what the layer now holds, plus the product, against the original
     torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
     report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
@@ -112,11 +112,10 @@ def warn_on_drift(report: InitReport) -> None:
             InitDriftWarning, stacklevel=3)
 
 
-def new_report(options: InitOptions) -> InitReport:
-    """An empty report for ``options``; the fit columns are shown for the methods defined through the
-    SVD optimum, the only ones whose factors approximate ``W``."""
-    method = get_method(options.method)
-    return InitReport(options.method, options.drift_warn_threshold, solver=options.solver if method.has_fit else None,
+def new_report(method: Method, options: InitOptions) -> InitReport:
+    """An empty report for ``method`` with ``options``; the fit columns are shown for the methods defined
+    through the SVD optimum, the only ones whose factors approximate ``W``."""
+    return InitReport(method.name, options.drift_warn_threshold, solver=options.solver if method.has_fit else None,
                       approximates_weight=method.rank_limited)
 
 
@@ -148,9 +147,8 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                       FutureWarning, stacklevel=2)
         method, adapter_name = adapter_name, "default"
     spec, opts = resolve(method, init_options, options)
-    method = opts.method
     config = resolve_config(lora_config, model)
-    targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
+    targets = collect_targets(model, config, spec, rank_limited=spec.rank_limited, residual=spec.residual,
                               gather_partitioned=True)
     by_layer = layer_keys(targets)
     fingerprints = {key: layer_fingerprint(ts) for key, ts in by_layer.items()}
@@ -164,11 +162,11 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
         zero3.refuse_unsupported(partitioned, opts, targets)
     model_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
     cache = FitCache(opts.cache_dir) if opts.cache else None
-    factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, targets, opts, cache) if partitioned
-                                   else compute_factors(targets, opts, model_bytes, cache))
+    factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, spec, targets, opts, cache) if partitioned
+                                   else compute_factors(spec, targets, opts, model_bytes, cache))
 
     # the model changes from here on (4-bit residual layers swapped in first: PEFT wraps them with its bnb layers)
-    quantized = quantize_targets(model, targets, factors, opts) if needs_quantization(targets, opts) else None
+    quantized = quantize_targets(model, spec, targets, factors, opts) if needs_quantization(targets, opts) else None
     del targets  # dequantized copies of 4-bit weights are freed here
     try:
         peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
@@ -183,7 +181,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             quantized.restore()
         raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
                         "matching; this is a bug in inilora, please report it with your LoraConfig.")
-    state = InitState(opts, adapter_name, report=new_report(opts))
+    state = InitState(opts, spec, adapter_name, report=new_report(spec, opts))
     if quantized:
         factors = quantized.factors  # refitted when quant_iters > 0
     with torch.no_grad():

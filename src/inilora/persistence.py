@@ -280,7 +280,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     config = resolve_config(config, base_model)
     recorded = meta["layers"]
     try:
-        targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual,
+        targets = collect_targets(base_model, config, method, rank_limited=False, residual=method.residual,
                                   caller="inilora.from_pretrained")
     except NoTargetError as exc:
         raise AdapterLoadError(f"{ANOTHER_BASE}: {exc}") from exc
@@ -311,12 +311,12 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     snapshot, originals, quantized = Snapshot(base_model), {}, None
     try:
         if needs_quantization(targets, options):  # the 4-bit residual, rebuilt identically (deterministic)
-            quantized = quantize_targets(base_model, targets, {t.name: Factors(
+            quantized = quantize_targets(base_model, method, targets, {t.name: Factors(
                 tensors[f"{t.name}.lora_A0"], tensors[f"{t.name}.lora_B0"], recorded[t.name]["optimum"])
                 for t in targets}, options, refine=False)
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
-        state = InitState(options, adapter_name, report=new_report(options))
+        state = InitState(options, method, adapter_name, report=new_report(method, options))
         with torch.no_grad():
             for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]

@@ -60,13 +60,13 @@ def resolve(method: str | None, init_options: InitOptions | None, options: dict)
     return spec, init_options
 
 
-def compute_factors(targets: list[Target], options: InitOptions, model_bytes: int | None = None,
+def compute_factors(method: Method, targets: list[Target], options: InitOptions, model_bytes: int | None = None,
                     cache: FitCache | None = None, bar: tqdm | None = None) -> dict[str, Factors]:
-    """Initial factors (fp32, on each weight's device) for every target, in the targets' order; a fit
+    """``method``'s initial factors (fp32, on each weight's device) for every target, in the targets' order; a fit
     reuses and fills ``cache`` when one is given. ``bar``: the caller's progress bar (default: a new one)."""
     own = bar is None
     if own:
-        bar = tqdm(total=len(targets), desc=f"{options.method} init", unit="matrix", disable=not options.progress)
+        bar = tqdm(total=len(targets), desc=f"{method.name} init", unit="matrix", disable=not options.progress)
     with torch.no_grad(), bar if own else contextlib.nullcontext():
-        result = get_method(options.method).compute(targets, options, bar, model_bytes, cache)
+        result = method.compute(targets, options, bar, model_bytes, cache)
     return {t.name: result[t.name] for t in targets}
