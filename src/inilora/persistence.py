@@ -46,7 +46,7 @@ from torch import nn
 from ._io import hub_failure, hub_unreachable, is_hub_id, recover_folder, replaced_folder
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
-from .init import install_layer, new_report, warn_on_drift
+from .install import install_layer, new_report, warn_on_drift
 from .methods import Factors, get_method
 from .options import InitOptions
 from .peft_glue import NoTargetError, collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
