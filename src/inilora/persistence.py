@@ -47,7 +47,7 @@ from ._io import hub_failure, hub_unreachable, is_hub_id, recover_folder, replac
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
 from .install import install_layer, new_report, warn_on_drift
-from .methods import Factors, get_method
+from .methods import Factors, resolve
 from .options import InitOptions
 from .peft_glue import NoTargetError, collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
 from .original_base import keep_the_original_base
@@ -275,8 +275,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     start = time.perf_counter()
     path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
-    options = InitOptions.from_record(meta["options"])
-    method = get_method(options.method)
+    method, options = resolve(None, InitOptions.from_record(meta["options"]), {})
     config = resolve_config(config, base_model)
     recorded = meta["layers"]
     try:
