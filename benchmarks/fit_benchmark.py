@@ -48,7 +48,7 @@ def errors(weights: dict, factors: dict) -> dict:
     the reference itself is exact to far below the 1e-6 the closed form is held to."""
     import torch
 
-    from inilora.methods.base import relative_tail_energy
+    from inilora.linalg import relative_tail_energy
 
     out = {}
     for name, W in weights.items():

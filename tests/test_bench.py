@@ -183,10 +183,10 @@ def test_rows_name_inilora_solver_and_older_results_still_read(tmp_path):
 def test_the_quick_preset_gives_each_method_a_rate_from_the_tuned_grid():
     """The quick preset states each method's rate, and it is one the tuned benchmark tries (so its runs can be
     compared with the tuned ones); it may differ from the tuned choice (a shorter budget: results/quick)."""
-    from inilora.experiments.bench import tuned
+    from inilora.experiments.bench import tuned_preset
 
     suites, methods = bench.preset("quick")
-    grid = tuned.protocols("tuned")[0].lr_grid
+    grid = tuned_preset.protocols("tuned")[0].lr_grid
     reviews = next(s for s in suites if s.task == "reviews")
     for method in methods:
         assert any(reviews.per_method[method]["lr"] == pytest.approx(lr) for lr in grid), method

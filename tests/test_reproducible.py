@@ -12,7 +12,7 @@ import torch
 
 from conftest import realistic_matrix
 from inilora.fit import fit_svd, fit_svd_randomized
-from inilora.methods.base import canonical_signs, split_singular_triplets
+from inilora.linalg import canonical_signs, split_singular_triplets
 from inilora.methods.svd import svd_factors
 from inilora.truncation import truncate
 

@@ -8,7 +8,7 @@ import pytest
 
 import tiny
 from inilora.experiments import bench
-from inilora.experiments.bench import tuned
+from inilora.experiments.bench import tuned, tuned_preset
 from inilora.experiments.bench.schedule import Protocol
 
 SHAPE_METHOD = {"lr_grid", "chosen_lr", "val_by_lr", "test", "steps_to_lora_final", "val_loss_auc"}
@@ -135,7 +135,7 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
 
 def test_the_tuned_preset_follows_the_protocol_of_the_issue():
     suites, methods = bench.preset("tuned")
-    adapter, full = tuned.protocols("tuned")
+    adapter, full = tuned_preset.protocols("tuned")
     for protocol in (adapter, full):
         assert len(protocol.lr_grid) >= 4 and protocol.lr_grid[-1] / protocol.lr_grid[0] >= 30 - 1e-9
         assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5 and protocol.refine
@@ -159,7 +159,7 @@ def test_the_first_methods_run_on_every_task_before_the_rest(tmp_path):
     plain, _ = tuned.pending(ledger, suites, methods, adapter, adapter, set())
     assert [(s.suite.name, s.method) for s in plain][:6] == [("a", "lora")] * 2 + [("a", "milora")] * 2 + \
         [("a", "inilora:svd")] * 2
-    first = tuned.first_methods("tuned")
+    first = tuned_preset.first_methods("tuned")
     _, preset_methods = bench.preset("tuned")
     assert list(first) == list(preset_methods)  # every declared method, inilora:adam included, in its order
 

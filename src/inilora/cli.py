@@ -349,12 +349,12 @@ def cmd_bench(args) -> int:
 
 
 def _bench_tuned(args, suites, methods, out) -> int:
-    from .experiments.bench import tuned
+    from .experiments.bench import tuned, tuned_preset
 
     if getattr(args, "lr", None):
         raise UsageError("--lr does not apply to the tuned preset: it chooses each method's learning rate.")
-    overrides = tuned.parse_overrides(args.tuning or [])
-    adapter, full = tuned.protocols("tuned", overrides)
+    overrides = tuned_preset.parse_overrides(args.tuning or [])
+    adapter, full = tuned_preset.protocols("tuned", overrides)
     command = _reproducing_command(args, out)
     if args.aggregate_only:
         result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots,
@@ -363,7 +363,7 @@ def _bench_tuned(args, suites, methods, out) -> int:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,
                            command=command, log=lambda line: print(line, file=sys.stderr, flush=True),
-                           first=tuned.first_methods("tuned", overrides))
+                           first=tuned_preset.first_methods("tuned", overrides))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(Path(out, "results.md").read_text())
     print(f"written: {out}/summary.json, {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from .methods.base import split_singular_triplets
+from .linalg import split_singular_triplets
 
 if TYPE_CHECKING:
     from .options import AdamSchedule

@@ -17,71 +17,20 @@ from torch import nn
 from . import zero3
 from .cache import FitCache
 from .errors import InitError
-from .memory import release_freed_memory
-from .methods import METHODS, Factors, Method, compute_factors, get_method
+from .methods import METHODS, Factors, compute_factors, resolve
 from .options import InitOptions
 from . import layouts
-from .peft_glue import (collect_targets, layer_fingerprint, layer_keys, layer_layout, layer_matrices, lora_layers,
-                        mark_residual, resolve_config, set_residual)
-from .quantize import QuantizedTargets, needs_quantization, quantize_targets
-from .report import InitReport, LayerReport
+from .install import init_dora_magnitude, install_layer, new_report, warn_on_drift
+from .peft_glue import (collect_targets, layer_fingerprint, layer_key, layer_keys, layer_layout, lora_layers,
+                        resolve_config)
+from .persistence import attach
+from .quantize import needs_quantization, quantize_targets
 from .state import RELOAD_DTYPES, InitState, LayerState, dtype_name
 
 logger = logging.getLogger("inilora")
 
 
-class InitDriftWarning(UserWarning):
-    """The initialized model differs from the base by more than the stated threshold (rounding of a
-    low-precision residual); ``residual_fp32=True`` removes it."""
-
-
-def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
-                  method: Method, keep_fp32: bool, optimum: float | None,
-                  quantized: QuantizedTargets | None = None) -> LayerReport:
-    """Subtract ``s·B0·A0`` (factors as stored, in PEFT's layout; product in fp32) from the base weight of one
-    layer and measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed
-    before PEFT wrapped the layer (``quantized``): only its report is made here. A layer of several matrices
-    (experts) reports its worst one."""
-    s = layer.scaling[adapter_name]
-    layout = layer_layout(layer)
-    A0s, B0s = layouts.split(A0, B0, layout)
-    r = layer.r[adapter_name]
-    if quantized is not None:
-        mark_residual(layer, method.name)
-        return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
-    if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
-        weight = layer_matrices(layer).detach()
-        return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(weight.any())), optimum, 0.0, 0.0)
-    W = layer_matrices(layer).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
-    product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
-    norm = torch.linalg.matrix_norm(W)
-    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    difference = W - product
-    init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
-    if method.residual:
-        set_residual(layer, difference, method.name, keep_fp32)
-    # drift: what the layer now holds, plus the product, against the original
-    torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
-    report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
-                         float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
-    del W, product, difference
-    release_freed_memory()
-    return report
-
-
-def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
-    """PEFT's DoRA magnitude, computed again now that the layer holds its residual and initial factors:
-    the row norms of ``W_res + s·B0·A0`` (= ``W``; for a 4-bit residual, what the layer computes), so the
-    initialized DoRA layer computes what the base layer did. PEFT computed it while wrapping, from ``W``
-    and its own ``B = 0``, before the residual existed."""
-    variant = getattr(layer, "lora_variant", {}).get(adapter_name)
-    if variant is not None and adapter_name in getattr(layer, "lora_magnitude_vector", {}):
-        variant.init(layer, adapter_name=adapter_name, config=config)
-
-
 def _wrapped_layer_names(peft_model: PeftModel, adapter_name: str) -> set[str]:
-    from .peft_glue import layer_key
-
     return {layer_key(name, module) for name, module in peft_model.base_model.model.named_modules()
             if isinstance(module, BaseTunerLayer) and (adapter_name in getattr(module, "lora_A", {})
                                                        or adapter_name in getattr(module, "lora_embedding_A", {}))}
@@ -99,40 +48,6 @@ def _refuse_for_layouts(targets, opts: InitOptions) -> None:
             raise InitError(f"Parameter {t.layer or t.name!r} is {t.weight.dtype}; residual_fp32=True would replace "
                             "a targeted parameter by an fp32 one, which the module holding it does not compute with. "
                             "Load the model in float32, or pass residual_fp32=False.")
-
-
-def warn_on_drift(report: InitReport) -> None:
-    drifting = report.drifting_layers()
-    if drifting:
-        worst = max(drifting, key=lambda layer: layer.drift)
-        warnings.warn(
-            f"{report.method}: {len(drifting)} layer(s) drift from the base model by more than "
-            f"{report.drift_warn_threshold:g} (relative Frobenius norm; worst {worst.name!r}: {worst.drift:.3g}). "
-            "The residual lost precision in the model's dtype; pass residual_fp32=True to keep it in fp32.",
-            InitDriftWarning, stacklevel=3)
-
-
-def new_report(options: InitOptions) -> InitReport:
-    """An empty report for ``options``; the fit columns are shown for the methods defined through the
-    SVD optimum, the only ones whose factors approximate ``W``."""
-    method = get_method(options.method)
-    return InitReport(options.method, options.drift_warn_threshold, solver=options.solver if method.has_fit else None,
-                      approximates_weight=method.rank_limited)
-
-
-def resolve_options(method: str | None, init_options: InitOptions | None, options: dict) -> InitOptions:
-    """One ``InitOptions`` from either ``init_options=`` or keyword options, never both."""
-    if init_options is None:
-        return InitOptions.from_kwargs(method or "inilora", options)
-    if not isinstance(init_options, InitOptions):
-        raise InitError(f"init_options must be an inilora.InitOptions, got {type(init_options).__name__}.")
-    if options:
-        raise InitError(f"Pass the options either as init_options=InitOptions(...) or as keywords, not both "
-                        f"(got init_options and {', '.join(sorted(options))}).")
-    if method is not None and method != init_options.method:
-        raise InitError(f"method={method!r} contradicts init_options.method={init_options.method!r}; "
-                        "set the method in one place.")
-    return init_options
 
 
 def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str = "default", *,
@@ -162,11 +77,9 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                       f"an adapter name in a later release. Pass method={adapter_name!r}.",
                       FutureWarning, stacklevel=2)
         method, adapter_name = adapter_name, "default"
-    opts = resolve_options(method, init_options, options)
-    method = opts.method
-    spec = get_method(method)
+    spec, opts = resolve(method, init_options, options)
     config = resolve_config(lora_config, model)
-    targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
+    targets = collect_targets(model, config, spec, rank_limited=spec.rank_limited, residual=spec.residual,
                               gather_partitioned=True)
     by_layer = layer_keys(targets)
     fingerprints = {key: layer_fingerprint(ts) for key, ts in by_layer.items()}
@@ -180,11 +93,11 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
         zero3.refuse_unsupported(partitioned, opts, targets)
     model_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
     cache = FitCache(opts.cache_dir) if opts.cache else None
-    factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, targets, opts, cache) if partitioned
-                                   else compute_factors(targets, opts, model_bytes, cache))
+    factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, spec, targets, opts, cache) if partitioned
+                                   else compute_factors(spec, targets, opts, model_bytes, cache))
 
     # the model changes from here on (4-bit residual layers swapped in first: PEFT wraps them with its bnb layers)
-    quantized = quantize_targets(model, targets, factors, opts) if needs_quantization(targets, opts) else None
+    quantized = quantize_targets(model, spec, targets, factors, opts) if needs_quantization(targets, opts) else None
     del targets  # dequantized copies of 4-bit weights are freed here
     try:
         peft_model = peft.get_peft_model(model, config, adapter_name=adapter_name)
@@ -199,7 +112,7 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             quantized.restore()
         raise InitError(f"PEFT wrapped {sorted(wrapped ^ set(fingerprints))} differently from inilora's target "
                         "matching; this is a bug in inilora, please report it with your LoraConfig.")
-    state = InitState(opts, adapter_name, report=new_report(opts))
+    state = InitState(opts, spec, adapter_name, report=new_report(spec, opts))
     if quantized:
         factors = quantized.factors  # refitted when quant_iters > 0
     with torch.no_grad():
@@ -223,8 +136,6 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
                                             opts.residual_fp32, in_dtypes[name])
     state.report.seconds = time.perf_counter() - start
     state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
-    from .persistence import attach  # persistence imports this module
-
     attach(peft_model, state)
     logger.info("%s", state.report)
     warn_on_drift(state.report)

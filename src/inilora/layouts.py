@@ -139,3 +139,10 @@ def join(A0: Tensor, B0: Tensor, layout: Layout, a_shape: torch.Size, b_shape: t
 def product(A0: Tensor, B0: Tensor, scaling: float) -> Tensor:
     """``s · B0 @ A0`` per matrix, in fp32 (``E × out × in``)."""
     return scaling * torch.bmm(B0.float(), A0.float())
+
+
+def weight_view(module: nn.Module) -> Tensor:
+    """The layer's weight as ``out × in`` (a view: ``Conv1D`` stores it transposed; an embedding's
+    is its transpose, a convolution's kernel ``out × (in·k…)``)."""
+    layout = module_layout(module) or Layout("linear")
+    return matrices(module.weight, layout)[0]

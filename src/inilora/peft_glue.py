@@ -21,7 +21,7 @@ from . import layouts, zero3
 from .distributed import check_readable
 from .errors import InitError
 from .layouts import Layout
-from .methods import Target, get_method
+from .methods import Method, Target
 from .quantize import dequantized_weight, is_4bit, refuse_unsupported
 from .state import fingerprint
 
@@ -135,13 +135,6 @@ def rank_and_scaling(config: LoraConfig, name: str, residual: bool = False) -> t
     return r, alpha / math.sqrt(r) if config.use_rslora else alpha / r
 
 
-def weight_view(module: nn.Module) -> Tensor:
-    """The layer's weight as ``out × in`` (a view: ``Conv1D`` stores it transposed; an embedding's
-    is its transpose, a convolution's kernel ``out × (in·k…)``)."""
-    layout = layouts.module_layout(module) or Layout("linear")
-    return layouts.matrices(module.weight, layout)[0]
-
-
 def layer_layout(layer: BaseTunerLayer) -> Layout:
     """How a PEFT LoRA layer's base weight maps to matrices (:mod:`inilora.layouts`)."""
     base, attr = held_weight(layer)
@@ -176,7 +169,7 @@ def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
     return {key for key, n in holders.items() if n > 1}
 
 
-def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
+def collect_targets(model: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
                     residual: bool, gather_partitioned: bool = False,
                     caller: str = "inilora.get_peft_model") -> list[Target]:
     """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
@@ -230,7 +223,7 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
     return targets
 
 
-def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
+def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
                     tied: set[tuple[str, int]], layout: Layout, param_name: str = "weight") -> list[Target]:
     four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
     weight = dequantized_weight(module) if four_bit else getattr(module, param_name, None)
@@ -239,15 +232,15 @@ def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: st
             nn.Parameter, Tensor):
         dtype = getattr(weight, "dtype", None)
         raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
-                        f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
+                        f"quantized); {method.name} needs a float32/bfloat16/float16 weight. Load the model in a "
                         "floating-point dtype to initialize it.")
-    r, scaling = rank_and_scaling(config, name, residual=get_method(method).residual)
+    r, scaling = rank_and_scaling(config, name, residual=method.residual)
     views = weight.unsqueeze(0) if four_bit else layouts.matrices(weight, layout)
     if rank_limited and r > min(views.shape[1:]):
-        raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
+        raise InitError(f"r={r} is larger than layer {name!r} allows for {method.name}: its weight is "
                         f"{tuple(views.shape[1:])} as a matrix, so r must be at most {min(views.shape[1:])}.")
     if _weight_key(weight) in tied:
-        raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
+        raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method.name} "
                         "replaces the weight with a residual, which would change the other module too.")
     if not all_finite(weight):
         raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
@@ -281,10 +274,10 @@ def all_finite(weight: Tensor) -> bool:
     return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
 
 
-def mark_residual(layer: BaseTunerLayer, method: str) -> None:
-    """Flag the base layer as holding ``method``'s residual (a second adapter on it is refused)."""
-    if get_method(method).residual:
-        setattr(layer.get_base_layer(), RESIDUAL_MARK, method)
+def mark_residual(layer: BaseTunerLayer, method: Method) -> None:
+    """Flag the base layer as holding ``method``'s residual, by name (a second adapter on it is refused)."""
+    if method.residual:
+        setattr(layer.get_base_layer(), RESIDUAL_MARK, method.name)
 
 
 def _to_residual_dtype(module: nn.Module, args):
@@ -295,7 +288,7 @@ def _to_model_dtype(module: nn.Module, args, output):
     return output.to(getattr(module.get_base_layer(), RESIDUAL_MARK + "_dtype"))
 
 
-def set_residual(layer: BaseTunerLayer, residual: Tensor, method: str, keep_fp32: bool) -> None:
+def set_residual(layer: BaseTunerLayer, residual: Tensor, method: Method, keep_fp32: bool) -> None:
     """Write ``residual`` (``E × out × in``, fp32) into the base layer's weight, in place (no second copy of
     the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32: the base
     layer casts its input up, PEFT adds the LoRA term to its fp32 output, and the LoRA layer casts the

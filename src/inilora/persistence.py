@@ -46,8 +46,8 @@ from torch import nn
 from ._io import hub_failure, hub_unreachable, is_hub_id, recover_folder, replaced_folder
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
-from .init import install_layer, new_report, warn_on_drift
-from .methods import Factors, get_method
+from .install import install_layer, new_report, warn_on_drift
+from .methods import Factors, resolve
 from .options import InitOptions
 from .peft_glue import NoTargetError, collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
 from .original_base import keep_the_original_base
@@ -275,12 +275,11 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     start = time.perf_counter()
     path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
-    options = InitOptions.from_record(meta["options"])
-    method = get_method(options.method)
+    method, options = resolve(None, InitOptions.from_record(meta["options"]), {})
     config = resolve_config(config, base_model)
     recorded = meta["layers"]
     try:
-        targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual,
+        targets = collect_targets(base_model, config, method, rank_limited=False, residual=method.residual,
                                   caller="inilora.from_pretrained")
     except NoTargetError as exc:
         raise AdapterLoadError(f"{ANOTHER_BASE}: {exc}") from exc
@@ -311,12 +310,12 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     snapshot, originals, quantized = Snapshot(base_model), {}, None
     try:
         if needs_quantization(targets, options):  # the 4-bit residual, rebuilt identically (deterministic)
-            quantized = quantize_targets(base_model, targets, {t.name: Factors(
+            quantized = quantize_targets(base_model, method, targets, {t.name: Factors(
                 tensors[f"{t.name}.lora_A0"], tensors[f"{t.name}.lora_B0"], recorded[t.name]["optimum"])
                 for t in targets}, options, refine=False)
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
-        state = InitState(options, adapter_name, report=new_report(options))
+        state = InitState(options, method, adapter_name, report=new_report(method, options))
         with torch.no_grad():
             for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._io import tensor_bytes
-from .methods import get_method
+from .methods import Method
 from .options import InitOptions
 from .report import InitReport
 
@@ -52,10 +52,11 @@ class LayerState:
 @dataclass
 class InitState:
     options: InitOptions
+    method: Method  # resolved from ``options.method`` once, where the state is made
     adapter_name: str
     layers: dict[str, LayerState] = field(default_factory=dict)
     report: InitReport | None = None
 
     @property
     def is_residual(self) -> bool:
-        return get_method(self.options.method).residual
+        return self.method.residual

@@ -31,11 +31,12 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from . import rtables
+from .bigbench import load_bigbench
+from .task import Task
 
 KINDS = ("classification", "generation")
 TRAIN_SEED = 1
@@ -52,22 +53,6 @@ TASKS = ("reviews", *REASONING_GYM, *TEXT_TABLES)
 VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
 DEFAULT_SIZES = {"reviews": (4000, 1000), "gsm_symbolic": (2000, 200), "chain_sum": (2000, 200)}
 TEXT_FIELDS = {"classification": ("text", "label"), "generation": ("prompt", "completion")}
-
-
-@dataclass
-class Task:
-    name: str
-    kind: str
-    train: list[dict]
-    eval: list[dict]
-    labels: list[str] | None = None  # classification: the class names, index = label
-    source: str = ""
-    files: dict = field(default_factory=dict)  # a task from the user's files: how to rebuild it (file_task's arguments)
-    sizes: dict = field(default_factory=dict)  # a built-in task's subsets: how to rebuild it (load_task's n_train, n_eval)
-    metric: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metric = "accuracy" if self.kind == "classification" else "exact_match"
 
 
 def rows_digest(parts: dict) -> str:
@@ -229,8 +214,6 @@ def load_task(name: str, n_train: int | None = None, n_eval: int | None = None) 
     elif name in TEXT_TABLES:
         task = text_table_task(name, n_train, n_eval)
     elif name.startswith("bb:"):
-        from .bigbench import load_bigbench
-
         task = load_bigbench(name)
         task.train, task.eval = _subset(task.train, n_train, 0), _subset(task.eval, n_eval, 1)
     else:

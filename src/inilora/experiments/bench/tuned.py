@@ -16,61 +16,11 @@ from pathlib import Path
 from ..._io import write_json_atomic
 from ..train.config import FULL
 from .execute import _summary_line, _worker, _worker_init, init_digest
-from .plan import RunSpec, Suite, _read_preset_file
+from .plan import RunSpec, Suite
 from .schedule import Protocol, stage
+from .tuned_preset import rows_of
+from .tuned_report import cpu_seconds_of, write_report
 from .tuning import ValScore, val_score
-
-
-def tuning_table(name: str = "tuned", overrides: dict | None = None) -> dict:
-    """A preset's ``[tuning]`` table, with ``overrides`` (its own keys only: see :func:`parse_overrides`)."""
-    tuning = _read_preset_file(name)["tuning"]
-    unknown = sorted(set(overrides or {}) - set(tuning))
-    if unknown:
-        raise ValueError(f"unknown tuning setting(s) {', '.join(unknown)}; the {name} preset's [tuning] table has "
-                         f"{', '.join(tuning)}")
-    return {**tuning, **(overrides or {})}
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``KEY=VALUE`` settings of the ``[tuning]`` table, each VALUE written as in the preset's TOML
-    (``lr_grid=[1e-3, 1e-2]``, ``final_seeds=[0, 1]``, ``refine=false``)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    settings = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            parsed = tomllib.loads(f"{key.strip()} = {value.strip()}") if sep and key.strip() else None
-        except tomllib.TOMLDecodeError:
-            parsed = None
-        if not parsed:
-            raise ValueError(f"expected a tuning setting KEY=VALUE (the value as TOML: lr_grid=[1e-3, 1e-2]), got "
-                             f"{item!r}")
-        settings.update(parsed)
-    return settings
-
-
-def protocols(name: str = "tuned", overrides: dict | None = None) -> tuple[Protocol, Protocol]:
-    """(the adapter methods' protocol, full fine-tuning's) from a preset's ``[tuning]`` table (with
-    ``overrides``, :func:`tuning_table`)."""
-    tuning = tuning_table(name, overrides)
-    shared = {"tune_seeds": tuple(tuning["tune_seeds"]), "final_seeds": tuple(tuning["final_seeds"]),
-              "max_extensions": tuning.get("max_extensions", 1), "refine": tuning.get("refine", False)}
-    return (Protocol(tuple(tuning["lr_grid"]), **shared), Protocol(tuple(tuning["full_lr_grid"]), **shared))
-
-
-def first_methods(name: str = "tuned", overrides: dict | None = None) -> tuple[str, ...]:
-    """The methods a preset runs on every task before any other method starts (``[tuning] first``): in the
-    tuned preset, every declared method, so a benchmark stopped midway has the same rows on every task."""
-    return tuple(tuning_table(name, overrides).get("first", ()))
-
-
-def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
-    """The benchmark rows of one suite: its methods, then full fine-tuning when the suite runs it."""
-    return (*methods, *([FULL] if suite.full is not None else []))
 
 
 def data_digests(suites: list[Suite], out: Path, log=print) -> tuple[dict[str, str], set[str]]:
@@ -216,8 +166,6 @@ def cpu_hours_left(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...]
                    full: Protocol) -> tuple[int, float | None]:
     """(runs left, an estimate of their CPU hours): each suite's runs at the mean CPU time of its finished
     runs, a suite with none yet at the mean over all finished runs (None before any run finished)."""
-    from .tuned_report import cpu_seconds_of
-
     spent: dict[str, list[float]] = {}
     for (name, _), records in ledger.records.items():
         spent.setdefault(name, []).extend(cpu_seconds_of(r) for r in records)
@@ -248,7 +196,6 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     from tqdm.auto import tqdm
 
     from .. import models
-    from .tuned_report import write_report
 
     out = Path(out)
     digests, unavailable = data_digests(suites, out, log)
@@ -346,7 +293,6 @@ def _sittings(out: Path) -> list[dict]:
 def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
            full: Protocol, command: str = "", make_plots: bool = True, log=print) -> dict:
     """Rebuild the tuned benchmark's report from the runs under ``out`` (no training)."""
-    from .tuned_report import write_report
 
     out = Path(out)
     ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0], init_digest=init_digest)

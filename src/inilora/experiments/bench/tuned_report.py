@@ -15,6 +15,7 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits
 from ..train.config import FULL
 from .schedule import Protocol
+from .tuned_preset import protocols, rows_of
 from .tuning import CONVERGED_FALL, budget_check, higher_is_better, mean_curve
 from .stats import SIGNIFICANCE, TOST_LEVEL, UNDEFINED
 from .verdict import (BASELINE, DECLARED, MARGINS, declared_verdict, mean_difference, mean_val_curve,
@@ -68,7 +69,6 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
     shape of issue 30 (comparison, delta, ci95, ci95_two_level, margin, p, p_holm, reading)."""
     from ...errors import DataError
     from . import answers
-    from .tuned import rows_of
 
     tasks, declared, cpu_seconds = {}, {}, 0.0
     for suite in suites:
@@ -297,8 +297,6 @@ def readme_block(results: dict) -> str:
     method's chosen learning rate, test mean ± std over its final seeds, the paired difference from
     ``lora`` and its p adjusted over all methods; above them the verdict on the declared comparisons —
     regenerated from the committed file, never typed."""
-    from .tuned import protocols
-
     summary = results["summary"]
     runs = results["runs"]
     final_seeds = len(protocols("tuned")[0].final_seeds)  # a declared comparison is read once both have them all

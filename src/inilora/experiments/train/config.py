@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ... import METHODS, get_method
+from ... import METHODS
+from ...methods import REGISTRY
 from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
 from ..peft_peers import PEERS
@@ -32,7 +33,8 @@ class Check:
 
 def has_fit(method: str) -> bool:
     """Whether ``method`` fits its factors (so a solver applies): inilora; not the references or PEFT's peers."""
-    return method in METHODS and get_method(method).has_fit
+    spec = REGISTRY.get(method)
+    return spec is not None and spec.has_fit
 
 
 def _finite_number(v: Any) -> bool:

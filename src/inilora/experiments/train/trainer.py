@@ -25,7 +25,7 @@ from ..._io import hash_tensors
 from .. import models
 from ..peft_peers import PEERS, get_peer_model
 from ..tasks import Task, data_record
-from .config import BASE, FULL, REFERENCES, TRAIN_INFO, RunResult, TrainConfig
+from .config import BASE, FULL, REFERENCES, TRAIN_INFO, RunResult, TrainConfig, has_fit
 from .encode import collator, encode, train_features, trainer_class
 from .evaluate import held_out_metrics, quiet_trainer
 
@@ -88,9 +88,8 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     """``inilora.get_peft_model`` with ``cfg``'s adapter settings (and extra ``options``, e.g.
     ``residual_fp32``). Returns (peft model, init summary)."""
     lora_config = _lora_config(model, cfg, task_type)
-    method = inilora.get_method(cfg.method)
     options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
-    if method.has_fit:
+    if has_fit(cfg.method):
         if cfg.solver:
             options["solver"] = cfg.solver
         if cfg.fit_steps:
@@ -101,7 +100,7 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
             "fitted_by_rank": [layer.fitted_by_rank for layer in report.layers],
-            "solver": report.solver if method.has_fit else None, "quantize": cfg.quantize}
+            "solver": report.solver if has_fit(cfg.method) else None, "quantize": cfg.quantize}
     return peft_model, init
 
 
