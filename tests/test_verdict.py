@@ -236,7 +236,7 @@ def test_declared_rows_carry_the_issue_shape_and_read_by_tost():
 
 
 def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
-    from inilora.experiments.bench.tuned_report import verdict_lines
+    verdict_lines = _render_tuned().verdict_lines
 
     def row(name, delta, p_holm, ci, n=5, margin=0.01, **extra):
         reading = extra.pop("reading", None)
@@ -281,7 +281,7 @@ def test_the_renderer_refuses_words_the_figures_contradict():
 
 
 def test_the_overview_sorts_each_declared_comparison_by_task_and_reading():
-    from inilora.experiments.bench.tuned_report import overview_lines
+    overview_lines = _render_tuned().overview_lines
 
     def row(name, delta, p_holm, ci, n=5, margin=0.01):
         return {"comparison": name, "delta": delta, "n": n, "p": p_holm, "p_holm": p_holm, "ci95": ci, "ci90": ci,
@@ -300,7 +300,7 @@ def test_the_overview_sorts_each_declared_comparison_by_task_and_reading():
         "reviews (+0.003, -0.002 to +0.008)", "–", "–"]
     assert table["inilora-alpha vs lora"] == ["–", "reviews (-0.020, -0.030 to -0.010)", "–", "–", "hyperbaton"]
     assert list(table) == ["inilora:svd vs lora", "inilora-alpha vs lora"]  # the declared order
-    assert "accuracy ±0.01, answer loss ±0.02" in lines[0] and "not evidence of no difference" in lines[0]
+    assert "accuracy ±0.01, held-out loss ±0.02" in lines[0] and "not evidence of no difference" in lines[0]
     assert overview_lines({}, {}, 5) == []
 
 
@@ -327,7 +327,7 @@ def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():
 
 
 def test_the_budget_line_shows_loras_mean_validation_curve_at_its_chosen_rate():
-    from inilora.experiments.bench.tuned_report import budget_line
+    budget_line = _render_tuned().budget_line
 
     runs = _records("lora", 1e-3, 0.0, 0.02) + _records("pissa", 1e-3, 0.0, 0.05)
     for r in runs:  # seed s's accuracy curve is 0.5 + 0.01 s at every step: the mean over seeds 0-4 is 0.52
@@ -378,3 +378,14 @@ def test_results_md_says_why_a_comparison_with_no_spread_has_no_p():
     assert row == "| inilora:svd vs lora | 5 | +0.100 | +0.100 to +0.100 | – | ±0.02 | undefined | – | inconclusive |"
     assert any("undefined: every seed gives the same difference" in line for line in lines)
     assert not any("0.000 |" in line.split("±0.02")[-1] for line in lines if line.startswith("| inilora"))
+
+
+def _render_tuned():
+    """The benchmark page's tuned block renderer (benchmarks/render/tuned.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from render import tuned
+
+    return tuned

@@ -4,7 +4,7 @@ tuned benchmark and the 4-bit error ratios, and the words comparing them checked
 
 from __future__ import annotations
 
-from inilora.experiments.bench.tuned import protocols
+from inilora.experiments.bench.tuned_preset import protocols
 from inilora.experiments.bench.stats import TOST_LEVEL, paired_values, read_comparison, t_interval
 from inilora.experiments.bench.tuned_report import declared_readings
 from inilora.experiments.bench.tuning import higher_is_better, holm

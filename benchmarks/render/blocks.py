@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from inilora.experiments.bench.tuned_report import README_BEGIN, README_END, readme_block
-
-from . import advice, drift, fit, geometry, gpu, quant, quick, scale, screening, sharded, timings, untuned
+from . import advice, drift, fit, geometry, gpu, quant, quick, scale, screening, sharded, timings, tuned, untuned
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,11 +27,6 @@ class Block:
     sources: tuple[str, ...]  # committed JSON files, relative to the repository root
     render: Callable[..., str]  # the loaded sources, in that order -> the Markdown between the markers
     whole: bool = False  # the block is the whole page (a results/*.md file), without markers
-
-
-def _tuned(results: dict) -> str:
-    # tuned_report renders its block with its own markers; the registry places it by ours
-    return readme_block(results).removeprefix(README_BEGIN).removesuffix(README_END)
 
 
 FIT, SCALE, TUNED, QUANT = ("results/fit_benchmark.json", "results/scale_7b.json", "results/tuned/results.json",
@@ -57,7 +50,7 @@ BLOCKS = {
     "fit-reading": Block("docs/fit.md", (FIT, SCALE), fit.readme_reading),
     "quick-run": Block("docs/benchmark.md", ("results/quick/results.json", "results/quick/lora_at_tuned_lr/results.json",
                                              TUNED, "results/quick/make_quick.json"), quick.readme_block),
-    "tuned-results": Block("docs/benchmark.md", (TUNED,), _tuned),
+    "tuned-results": Block("docs/benchmark.md", (TUNED,), tuned.readme_block),
     "untuned-results": Block("docs/benchmark.md", ("results/full/results.json",), untuned.table),
     "untuned-reading": Block("docs/benchmark.md", ("results/full/results.json", FIT), untuned.reading),
     # the Markdown each measurement's JSON is read through
