@@ -266,7 +266,8 @@ def test_without_an_atomic_exchange_a_kill_between_the_two_renames_is_undone_by_
 def test_a_trainer_run_killed_in_a_checkpoint_resumes_from_the_last_complete_one(tmp_path):
     from conftest import outputs, tiny_model
     from inilora.experiments.train.trainer import last_complete_checkpoint
-    from trainer_kill_worker import make, trainer
+    from conftest import checkpointing_trainer as trainer
+    from trainer_kill_worker import make
 
     run = tmp_path / "run"
     killed = subprocess.run([sys.executable, str(HERE / "trainer_kill_worker.py"), str(run)], env=_env(),

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig
 
 import inilora
-from conftest import TARGETS, tiny_model
+from conftest import TARGETS, checkpointing_trainer, tiny_model
 
 
 def make():
@@ -19,15 +19,7 @@ def make():
     return inilora.get_peft_model(tiny_model("llama"), config, method="inilora-alpha", progress=False, cache=False)
 
 
-def trainer(peft_model, out, max_steps: int = 4):
-    from transformers import Trainer, TrainingArguments
 
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 128, (16, 12), generator=torch.Generator()
-                                                                         .manual_seed(2))]
-    args = TrainingArguments(str(out), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
-                             learning_rate=1e-2, report_to="none", use_cpu=True, disable_tqdm=True,
-                             logging_strategy="no", remove_unused_columns=False, seed=0)
-    return Trainer(model=peft_model, args=args, train_dataset=rows)
 
 
 if __name__ == "__main__":
@@ -42,4 +34,4 @@ if __name__ == "__main__":
         return save_optimizer(self, output_dir)
 
     Trainer._save_optimizer_and_scheduler = killed_in_checkpoint_4
-    trainer(make(), sys.argv[1]).train()
+    checkpointing_trainer(make(), sys.argv[1]).train()
