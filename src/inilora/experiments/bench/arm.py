@@ -112,13 +112,14 @@ def scatter(summary: dict, path: Path) -> Path | None:
             if mine:
                 ax.scatter([p["error_ratio"] for p in mine], [p["diff"] for p in mine], color=f"C{i}",
                            marker=markers[j % len(markers)], alpha=0.75, label=f"{method} · {task}")
+    ax.scatter([1.0], [0.0], color="black", marker="x", label="QLoRA (1, 0) by definition")
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.axvline(1, color="gray", linewidth=0.8, linestyle=":")
     metrics = ", ".join(dict.fromkeys(f"{p['metric']} ({'higher' if higher_is_better(p['metric']) else 'lower'} "
                                       "is better)" for p in points))
     ax.set(xlabel="4-bit error ratio of the start (QLoRA = 1)",
-           ylabel=f"test {metrics}\nminus QLoRA's, same seed",
-           title="Start error vs fine-tuned result (one point per task × seed × method)")
+           ylabel=f"test {metrics}\nminus QLoRA's, same seed")
+    ax.set_title("Start error vs fine-tuned result: one point per task × seed × method", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
