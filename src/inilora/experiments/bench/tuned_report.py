@@ -135,7 +135,7 @@ def _p(value) -> str:
 def markdown(summary: dict, declared: dict, counts: dict) -> str:
     arm = summary.get("arm")
     title = "# Tuned benchmark: every method at its own learning rate" + (
-        f" — arm {arm['preset']}: every adapter method on a {arm['quantize']} residual (`lora` is QLoRA)" if arm else "")
+        f" — arm {arm['preset']}: every adapter method on an {arm['quantize']} residual (`lora` is QLoRA)" if arm else "")
     lines = [title, "", VALIDATION_NOTE, "",
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
