@@ -228,3 +228,36 @@ def test_a_results_markdown_is_rendered_from_its_json():
     _fit_cell(sources[0], "minilm", 8, "adam-batched").update(seconds=90.9)
     fresh = tables.regenerated(_page("fit-benchmark-md"), "fit-benchmark-md", sources)
     assert "| minilm | 8 | adam-batched | 90.90 |" in fresh and fresh != _page("fit-benchmark-md")
+
+
+def test_the_4bit_verdict_says_it_has_not_run_then_reads_the_arm_in_the_main_verdicts_words():
+    """The 4-bit arm's blocks: plainly not run while results/tuned_4bit has no results.json (no figure), then
+    its declared rows counted as the main verdict counts them, and the advice the rule for each gives."""
+    _tables()
+    from render import tuned_4bit
+
+    from inilora.experiments.bench.verdict import declared_family, declared_verdict
+
+    quant = json.loads((ROOT / "results" / "quant_error.json").read_text())
+    if not (ROOT / tuned_4bit.OUT / "results.json").is_file():
+        assert "It has not been run" in _page("verdict-4bit") and "it has not been run" in _page("quant-advice")
+    assert not re.search(r"\d\.\d{3}", tuned_4bit.verdict(None))  # no figure while nothing was run
+    seeds = [0, 1, 2, 3, 4]
+    values = {"lora": [0.80, 0.81, 0.79, 0.80, 0.82], "inilora:svd": [0.83, 0.85, 0.82, 0.84, 0.84],
+              "pissa": [0.81, 0.80, 0.80, 0.82, 0.81]}
+    methods = {m: {"test": {"seeds": seeds, "values": v}, "error_ratio": {"mean": r}}
+               for (m, v), r in zip(values.items(), (1.0, 0.924, 0.924))}
+    rows = declared_verdict(methods, seeds=5, margin=0.01, comparisons=declared_family("tuned-4bit")[0])
+    results = {"summary": {"tasks": {"reviews": {"model": "minilm", "metric": "accuracy", "methods": methods}}},
+               "declared": {"reviews": rows}, "runs": []}
+    verdict = tuned_4bit.verdict(results)
+    assert "4-bit IniLoRA vs QLoRA: better on 1 of 1 tasks (reviews), worse on 0" in verdict
+    assert "4-bit PiSSA vs QLoRA: better on 0 of 1 tasks, worse on 0, equivalent within the margin on 0, " \
+           "inconclusive on 1" in verdict
+    advice = tuned_4bit.advice(results, quant)
+    assert "4-bit IniLoRA beat QLoRA on every task measured (reviews): switch to it" in advice
+    assert "4-bit PiSSA was not shown better or worse than QLoRA (1 of 1 tasks inconclusive)" in advice
+    assert "QLoRA 1.000, 4-bit IniLoRA 0.924, 4-bit PiSSA 0.924" in advice
+    rows[0].update(reading="worse")  # a word its figures contradict: refused
+    with pytest.raises(ValueError, match="the report says 'worse'"):
+        tuned_4bit.verdict(results)

@@ -86,22 +86,34 @@ def fits_compared(tuned: dict) -> list[dict]:
     return rows
 
 
+def counted_readings(results: dict, seeds: int) -> dict[str, dict[str, list[str]]]:
+    """Per declared comparison of a tuned benchmark's ``results.json``, the tasks (of those with all ``seeds``
+    final seeds) it reads better, worse, equivalent within the margin and inconclusive on (:func:`reading_of`'s
+    words, checked against each row's figures)."""
+    metrics = {task: entry["metric"] for task, entry in results["summary"]["tasks"].items()}
+    return {comparison: {kind: [task for task, _ in kinds.get(kind, [])]
+                         for kind in ("better", "worse", "equivalent", "inconclusive")}
+            for comparison, kinds in declared_readings(results["declared"], metrics, seeds).items()}
+
+
+def counted(kinds: dict[str, list[str]]) -> str:
+    """One comparison's readings as the verdicts word them: "better on 1 of 6 tasks (hyperbaton), worse on 0, ..."."""
+    read = sum(map(len, kinds.values()))
+    return (f"better on {len(kinds['better'])} of {read} tasks{_named(kinds['better'])}, worse on "
+            f"{len(kinds['worse'])}{_named(kinds['worse'])}, equivalent within the margin on "
+            f"{len(kinds['equivalent'])}{_named(kinds['equivalent'])}, inconclusive on {len(kinds['inconclusive'])}")
+
+
 def _against_lora(tuned: dict) -> list[str]:
     """Per declared comparison with ``lora``: on how many tasks (of those with all final seeds) it reads better
     and worse after Holm's correction within the declared family, naming them, and how many read equivalent
     within the margin or inconclusive."""
-    metrics = {task: entry["metric"] for task, entry in tuned["summary"]["tasks"].items()}
     parts = []
-    for comparison, kinds in declared_readings(tuned["declared"], metrics, FINAL_SEEDS).items():
+    for comparison, kinds in counted_readings(tuned, FINAL_SEEDS).items():
         if not comparison.endswith(" vs lora"):
             continue
-        better, worse, same, open_ = ([task for task, _ in kinds.get(kind, [])]
-                                      for kind in ("better", "worse", "equivalent", "inconclusive"))
-        read = sum(len(tasks) for kind, tasks in kinds.items() if kind != "waiting")
-        _holds(2 * len(better) <= read, "no IniLoRA variant reliably beats plain lora")
-        parts.append(f"`{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
-                     f"tasks{_named(better)}, worse on {len(worse)}{_named(worse)}, equivalent within the margin on "
-                     f"{len(same)}{_named(same)}, inconclusive on {len(open_)}")
+        _holds(2 * len(kinds["better"]) <= sum(map(len, kinds.values())), "no IniLoRA variant reliably beats plain lora")
+        parts.append(f"`{comparison.removesuffix(' vs lora')}`: {counted(kinds)}")
     return parts
 
 

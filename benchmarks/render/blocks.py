@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import advice, drift, fit, geometry, gpu, quant, quick, scale, screening, sharded, timings, tuned, untuned
+from . import (advice, drift, fit, geometry, gpu, quant, quick, scale, screening, sharded, timings, tuned, tuned_4bit,
+               untuned)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,20 +28,24 @@ class Block:
     sources: tuple[str, ...]  # committed JSON files, relative to the repository root
     render: Callable[..., str]  # the loaded sources, in that order -> the Markdown between the markers
     whole: bool = False  # the block is the whole page (a results/*.md file), without markers
+    optional: tuple[str, ...] = ()  # sources not made yet (a benchmark not run): loaded as None while absent
 
 
 FIT, SCALE, TUNED, QUANT = ("results/fit_benchmark.json", "results/scale_7b.json", "results/tuned/results.json",
                             "results/quant_error.json")
+TUNED_4BIT = f"{tuned_4bit.OUT}/results.json"
 
 BLOCKS = {
     "try-it": Block("README.md", (SCALE, FIT, TUNED), advice.try_it),
     "verdict": Block("README.md", (TUNED,), advice.verdict),
+    "verdict-4bit": Block("README.md", (TUNED_4BIT,), tuned_4bit.verdict, optional=(TUNED_4BIT,)),
     "test-suite": Block("README.md", ("results/test_suite.json",), timings.suite_paragraph),
     "init-drift": Block("docs/api.md", ("results/init_drift.json",), drift.readme_block),
     "choosing": Block("docs/choosing.md", (FIT, SCALE, TUNED, QUANT), advice.choosing),
     "quant-error": Block("docs/quantization.md", (QUANT,), quant.readme_table),
     "quant-reading": Block("docs/quantization.md", (QUANT,), quant.readme_reading),
     "quant-finetune": Block("docs/quantization.md", ("results/quant_finetune.json",), quant.finetune_reading),
+    "quant-advice": Block("docs/quantization.md", (TUNED_4BIT, QUANT), tuned_4bit.advice, optional=(TUNED_4BIT,)),
     "sharded-fit": Block("docs/large-models.md", ("results/sharded_fit.json",), sharded.readme_paragraph),
     "scale-7b": Block("docs/large-models.md", (SCALE, FIT), scale.readme_block),
     "gpu": Block("docs/large-models.md", ("results/gpu/gpu_7b.json", "results/gpu/fit_benchmark_cuda.json", FIT),
@@ -75,7 +80,9 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def load_sources(name: str) -> list:
-    return [json.loads((ROOT / source).read_text()) for source in BLOCKS[name].sources]
+    block = BLOCKS[name]
+    return [None if source in block.optional and not (ROOT / source).is_file() else
+            json.loads((ROOT / source).read_text()) for source in block.sources]
 
 
 LINK = re.compile(r"(\]\()([^)\s]+)(\))")

@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, help="a predefined benchmark (default: full). "
                    "tuned: every method at its own learning rate, chosen on a validation split carved from the "
                    "training data (a grid at 2 seeds, then 5 final seeds; --seeds and --lr do not apply); "
-                   "CPU-hours, resumable")
+                   "CPU-hours, resumable. tuned-4bit: the same protocol with every adapter method on an nf4 "
+                   "residual (lora is QLoRA), compared with full-precision lora from the tuned results folder "
+                   "beside its --out")
     p.add_argument("--tasks", type=_csv_list, help="only these tasks of the preset")
     p.add_argument("--tuning", action="append", metavar="KEY=VALUE", help="the tuned preset: change one setting of "
                    "its [tuning] table, the value written as in TOML (repeatable): lr_grid=[1e-3,1e-2], "
@@ -293,6 +295,7 @@ def cmd_bench(args) -> int:
     import inilora
 
     from .experiments import bench
+    from .experiments.bench import tuned_preset
 
     if args.quick and args.preset not in (None, "quick"):
         raise UsageError("--quick is the quick preset; drop --preset.")
@@ -324,14 +327,14 @@ def cmd_bench(args) -> int:
         for method in args.methods:
             bench.check_variant(method)
         methods = tuple(args.methods)
-    if args.tuning and name != "tuned":
+    if args.tuning and not tuned_preset.is_tuned(name):
         raise UsageError("--tuning changes the tuned preset's protocol; add --preset tuned.")
     budget = {name: getattr(args, name, None) for name in BUDGET_SETTINGS}  # set only when given
     suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, revision=args.revision, **budget)
               for s in suites]
     out = args.out or os.path.join("runs", name)
-    if name == "tuned":
-        return _bench_tuned(args, suites, methods, out)
+    if tuned_preset.is_tuned(name):
+        return _bench_tuned(args, name, suites, methods, out)
     if args.aggregate_only:
         result = bench.aggregate(out, make_plots=not args.no_plots)
         if not result["runs"]:
@@ -348,22 +351,22 @@ def cmd_bench(args) -> int:
     return 1 if result.get("failures") else 0
 
 
-def _bench_tuned(args, suites, methods, out) -> int:
+def _bench_tuned(args, name, suites, methods, out) -> int:
     from .experiments.bench import tuned, tuned_preset
 
     if getattr(args, "lr", None):
         raise UsageError("--lr does not apply to the tuned preset: it chooses each method's learning rate.")
     overrides = tuned_preset.parse_overrides(args.tuning or [])
-    adapter, full = tuned_preset.protocols("tuned", overrides)
+    adapter, full = tuned_preset.protocols(name, overrides)
     command = _reproducing_command(args, out)
     if args.aggregate_only:
         result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots,
-                              log=lambda line: print(line, file=sys.stderr))
+                              log=lambda line: print(line, file=sys.stderr), preset=name)
     else:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,
                            command=command, log=lambda line: print(line, file=sys.stderr, flush=True),
-                           first=tuned_preset.first_methods("tuned", overrides))
+                           first=tuned_preset.first_methods(name, overrides), preset=name)
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(Path(out, "results.md").read_text())
     print(f"written: {out}/summary.json, {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in

@@ -60,6 +60,14 @@ class InitReport:
         ratios = [layer.ratio for layer in self.layers if layer.ratio is not None]
         return max(ratios) if ratios and self.approximates_weight else None
 
+    @property
+    def quant_ratio(self) -> float | None:
+        """The 4-bit error ratio of the whole start: the mean over the targeted matrices of each one's
+        :attr:`LayerReport.quant_ratio` (plain QLoRA: exactly 1), as results/quant_error.md averages it. None
+        unless every layer has one (a full-precision residual, factors fitted to a dequantized base)."""
+        ratios = [layer.quant_ratio for layer in self.layers]
+        return sum(ratios) / len(ratios) if ratios and None not in ratios else None
+
     def drifting_layers(self) -> list[LayerReport]:
         return [layer for layer in self.layers if layer.drift > self.drift_warn_threshold and not layer.quantized]
 

@@ -22,8 +22,8 @@ from ..peft_peers import PEERS
 from ..provenance import versions
 from ..train.config import BASE, FULL
 
-PRESETS = ("full", "quick", "tuned")
 CLOSED_FORM = "svd"  # the solver a benchmark row named by its bare method meant before rows named their solver
+VARIANT = "+"  # a row NAME+VARIANT is the row NAME with the settings its preset gives the variant (per_method)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,37 @@ class Suite:
 
 
 def _read_preset_file(name: str) -> dict:
-    return tomllib.loads(resources.files(__package__).joinpath("presets", f"{name}.toml").read_text())
+    """A preset's tables. ``BASE-ARM`` is the arm ``[arm.ARM]`` of ``BASE.toml`` (:func:`_with_arm`)."""
+    base, _, arm = name.partition("-")
+    data = tomllib.loads(resources.files(__package__).joinpath("presets", f"{base}.toml").read_text())
+    return _with_arm(data, arm, name) if arm else data
+
+
+def _with_arm(data: dict, arm: str, name: str) -> dict:
+    """The preset ``data`` as its arm ``[arm.ARM]`` changes it: only the arm's tasks, every adapter method on a
+    ``quantize`` residual (the preset's own tasks and the user's data alike), its methods (first, in its order),
+    its variants' settings and its declared comparisons; everything else (the protocol, the margins, each task's
+    settings) as the preset has it. The arm's table stays readable as ``arm``."""
+    table = data.get("arm", {}).get(arm)
+    if table is None:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    config = {"quantize": table["quantize"]} if table.get("quantize") else {}
+    per_method = table.get("variants", {})
+    suites = {entry["name"]: entry for entry in data["suite"]}
+    unknown = sorted(set(table["tasks"]) - set(suites))
+    if unknown:
+        raise ValueError(f"preset {name}: unknown task(s) {', '.join(unknown)}")
+    return {**data, "methods": table["methods"], "arm": table,
+            # full fine-tuning (a task's "full") has no adapter to put on a 4-bit residual: not run in an arm
+            "suite": [{**{k: v for k, v in suites[task].items() if k != "full"},
+                       "config": {**suites[task].get("config", {}), **config}, "per_method": per_method}
+                      for task in table["tasks"]],
+            "tuning": {**data["tuning"], "first": table["methods"]},
+            "declared": {**data["declared"], "comparisons": table["declared"]},
+            "custom": {**data.get("custom", {}), "config": config, "per_method": per_method}}
+
+
+PRESETS = ("full", "quick", "tuned", *(f"tuned-{arm}" for arm in _read_preset_file("tuned").get("arm", {})))
 
 
 def hyperparameters(name: str) -> dict:
@@ -106,11 +136,12 @@ def custom_suite(preset_name: str, name: str, model: str, **source) -> Suite:
     carved from the training data (the tuned preset: as for its own tasks). A preset without one: no validation
     split, and every setting ``inilora train``'s default (TrainConfig's)."""
     custom = _read_preset_file(preset_name).get("custom", {})
-    suite = Suite(name, model, validation=custom.get("validation", False), **source)
+    suite = Suite(name, model, validation=custom.get("validation", False), config=custom.get("config", {}),
+                  per_method=custom.get("per_method", {}), **source)
     defaults = custom.get("defaults", {})
     if not defaults:
         return suite
-    return dataclasses.replace(suite, config=hyperparameters(defaults[suite.load()[0].kind]))
+    return dataclasses.replace(suite, config={**hyperparameters(defaults[suite.load()[0].kind]), **suite.config})
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,9 @@ class RunSpec:
 
     def config(self) -> dict:
         """The TrainConfig fields this run overrides (the suite's, full fine-tuning's, its learning rate)."""
+        if VARIANT in self.method and self.method not in self.suite.per_method:
+            raise ValueError(f"row {self.method!r} names a variant its preset does not define (suite "
+                             f"{self.suite.name!r} defines {', '.join(self.suite.per_method) or 'none'})")
         config = {**self.suite.config, **self.suite.per_method.get(self.method, {}),
                   **((self.suite.full or {}) if self.method == FULL else {})}
         return dict(sorted({**config, **({"lr": self.lr} if self.lr is not None else {})}.items()))
@@ -205,7 +239,7 @@ def method_and_solver(name: str) -> tuple[str, str]:
     -> (its name, ``svd``, unused)."""
     if name in PEERS:
         return name, CLOSED_FORM
-    method, _, solver = row_name(name).partition(":")
+    method, _, solver = row_name(name.partition(VARIANT)[0]).partition(":")
     return method, solver or CLOSED_FORM
 
 
@@ -225,7 +259,7 @@ def check_variant(name: str) -> None:
         if name not in PEERS:
             raise InitError(f"Unknown PEFT peer {name!r}; choose one of {', '.join(PEERS)}.")
         return
-    method, _, solver = name.partition(":")
+    method, _, solver = name.partition(VARIANT)[0].partition(":")
     spec = get_method(method)
     if spec.solvers and not solver:
         raise InitError(f"method {name!r} is ambiguous in a benchmark: name its solver, {method}:svd (closed form, "

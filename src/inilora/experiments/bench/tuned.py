@@ -6,6 +6,7 @@ stopping and rerunning resumes where it stood."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,8 +18,9 @@ from ..._io import write_json_atomic
 from ..train.config import FULL
 from .execute import _summary_line, _worker, _worker_init, init_digest
 from .plan import RunSpec, Suite
+from .arm import reference_folder
 from .schedule import Protocol, stage
-from .tuned_preset import rows_of
+from .tuned_preset import arm, rows_of
 from .tuned_report import cpu_seconds_of, write_report
 from .tuning import ValScore, val_score
 
@@ -148,6 +150,20 @@ def pending(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...], adapt
     return todo, total
 
 
+def reference_runs(preset: str, out: Path, suites: list[Suite], digests: dict[str, str]) -> dict[str, list[dict]]:
+    """An arm's reference row (``[arm.NAME] reference``): per suite, that method's counted runs in the
+    full-precision results folder beside ``out`` — the runs of the same suite without the arm's ``quantize``
+    (same data, budget and versions). Empty for a preset that is no arm."""
+    table = arm(preset)
+    if table is None:
+        return {}
+    method = table["reference"]["method"]
+    plain = [dataclasses.replace(suite, config={k: v for k, v in suite.config.items() if k != "quantize"})
+             for suite in suites]
+    ledger = Ledger(reference_folder(table, out), plain, (method,), digests)
+    return {suite.name: ledger.records[suite.name, method] for suite in plain}
+
+
 def _rows(suites: list[Suite], methods: tuple[str, ...]) -> list[tuple[Suite, str]]:
     return [(suite, method) for suite in suites for method in rows_of(suite, methods)]
 
@@ -186,9 +202,10 @@ STOP_FILE = "STOP"  # created in the results folder: start no new run, finish th
 
 def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol, full: Protocol,
         jobs: int = 2, threads: int = 1, command: str = "", log=print, progress: bool = True,
-        first: tuple[str, ...] = ()) -> dict:
+        first: tuple[str, ...] = (), preset: str = "tuned") -> dict:
     """Run the tuned benchmark until every (task, method) has its final seeds (or a run failed), then
     write its report. ``first``: methods to run on every suite before the others (:func:`first_methods`).
+    ``preset``: the preset (or arm, ``tuned-4bit``) whose declared family and figures the report holds.
     A file named :data:`STOP_FILE` in ``out`` stops it gracefully: no new run starts, the runs in flight
     finish and are kept, the report is written, and the file is removed. Returns the report's summary."""
     import multiprocessing
@@ -255,7 +272,8 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
         stop.unlink()
         log(f"stopped on request ({STOP_FILE}); the finished runs are kept, the rest run on the next call")
     _record_sitting(out, {**sitting, "wall_seconds": round(time.time() - started, 1), "ended": True})
-    summary = write_report(out, every_suite, methods, adapter, full, ledger, command)
+    summary = write_report(out, every_suite, methods, adapter, full, ledger, command, preset=preset,
+                           reference=reference_runs(preset, out, every_suite, digests))
     summary["failures"] = failures
     return summary
 
@@ -291,10 +309,12 @@ def _sittings(out: Path) -> list[dict]:
 
 
 def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
-           full: Protocol, command: str = "", make_plots: bool = True, log=print) -> dict:
+           full: Protocol, command: str = "", make_plots: bool = True, log=print, preset: str = "tuned") -> dict:
     """Rebuild the tuned benchmark's report from the runs under ``out`` (no training)."""
 
     out = Path(out)
-    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0], init_digest=init_digest)
+    digests = data_digests(suites, out, log)[0]
+    ledger = Ledger(out, suites, methods, digests, init_digest=init_digest)
     _log_dropped(ledger, log)
-    return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots)
+    return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots, preset=preset,
+                        reference=reference_runs(preset, out, suites, digests))

@@ -58,3 +58,13 @@ def first_methods(name: str = "tuned", overrides: dict | None = None) -> tuple[s
 def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmark rows of one suite: its methods, then full fine-tuning when the suite runs it."""
     return (*methods, *([FULL] if suite.full is not None else []))
+
+
+def is_tuned(name: str) -> bool:
+    """Whether preset ``name`` runs the tuned protocol: ``tuned`` and its arms (``tuned-4bit``)."""
+    return name.partition("-")[0] == "tuned"
+
+
+def arm(name: str) -> dict | None:
+    """The ``[arm.ARM]`` table of preset ``tuned-ARM`` (None for a preset that is no arm)."""
+    return _read_preset_file(name)["arm"] if is_tuned(name) and "-" in name else None

@@ -14,11 +14,12 @@ from pathlib import Path
 from ..._io import write_json_atomic
 from ..tasks import example_hits
 from ..train.config import FULL
+from . import arm as arms
 from .schedule import Protocol
-from .tuned_preset import rows_of
+from .tuned_preset import arm as arm_of, rows_of
 from .tuning import CONVERGED_FALL, budget_check, higher_is_better, mean_curve
 from .stats import SIGNIFICANCE, TOST_LEVEL, UNDEFINED
-from .verdict import BASELINE, MARGINS, declared_verdict, mean_difference, reading_of_row, summarize_task
+from .verdict import BASELINE, declared_family, declared_verdict, mean_difference, reading_of_row, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
                    "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
@@ -56,7 +57,8 @@ def final_hits(task, runs: list[dict], entries: dict[str, dict]) -> dict[str, di
 
 
 def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,
-              previous: dict | None = None, out: Path | None = None) -> tuple[dict, dict]:
+              previous: dict | None = None, out: Path | None = None, preset: str = "tuned",
+              reference: dict[str, list[dict]] | None = None) -> tuple[dict, dict]:
     """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json).
     With ``out``, each loadable task's test answers are saved under it (:mod:`.answers`); a task whose data
     cannot be loaded here is scored from those, if they belong to the data its runs recorded. Failing that,
@@ -65,10 +67,14 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
     unchanged, and are missing otherwise.
 
     Each task's entry holds ``declared``: its declared comparisons (:func:`~.verdict.declared_verdict`) in the
-    shape of issue 30 (comparison, delta, ci95, ci95_two_level, margin, p, p_holm, reading)."""
+    shape of issue 30 (comparison, delta, ci95, ci95_two_level, margin, p, p_holm, reading): the family
+    ``preset`` declares. An arm of the tuned preset (``tuned-4bit``) adds its figures (:func:`.arm.add_to_task`),
+    its reference row read from ``reference`` (per task, the reference method's counted runs; ``out`` needed)."""
     from ...errors import DataError
     from . import answers
 
+    comparisons, margins = declared_family(preset)
+    arm = arm_of(preset)
     tasks, declared, cpu_seconds = {}, {}, 0.0
     for suite in suites:
         rows = [m for m in rows_of(suite, methods) if ledger.records[suite.name, m]]
@@ -93,11 +99,19 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
         carried = (previous or {}).get(suite.name) if task is None else None
         declared[suite.name] = declared_verdict(
             entries, hits, families=task.families if task is not None else None, seeds=len(adapter.final_seeds),
-            margin=MARGINS[metric], higher=higher_is_better(suite.metric), carried=carried)
+            margin=margins[metric], higher=higher_is_better(suite.metric), carried=carried, comparisons=comparisons)
         tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries,
                              **budget_check(ledger.records.get((suite.name, BASELINE), []), entries.get(BASELINE)),
                              "declared": [declared_entry(row) for row in declared[suite.name]]}
-    return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
+        if arm is not None:
+            row = arms.reference_entry(arm, arms.reference_folder(arm, out), (reference or {}).get(suite.name),
+                                       adapter, kind, suite.metric)
+            tasks[suite.name] = arms.add_to_task(tasks[suite.name], runs, arm, row)
+    summary = {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3)}
+    if arm is not None:
+        summary["arm"] = {"preset": preset, "quantize": arm.get("quantize"), "methods": arm["methods"],
+                          "declared": arm["declared"], "reference": arm["reference"]}
+    return {**summary, "tasks": _finite(tasks)}, declared
 
 
 def declared_entry(row: dict) -> dict:
@@ -119,7 +133,10 @@ def _p(value) -> str:
 
 
 def markdown(summary: dict, declared: dict, counts: dict) -> str:
-    lines = ["# Tuned benchmark: every method at its own learning rate", "", VALIDATION_NOTE, "",
+    arm = summary.get("arm")
+    title = "# Tuned benchmark: every method at its own learning rate" + (
+        f" — arm {arm['preset']}: every adapter method on an {arm['quantize']} residual (`lora` is QLoRA)" if arm else "")
+    lines = [title, "", VALIDATION_NOTE, "",
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
         majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
@@ -145,6 +162,8 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
                 + ("–" if entry["val_loss_auc"] is None else f"{entry['val_loss_auc']:.3f}") + " |")
         if declared.get(name):
             lines += ["", *declared_table(declared[name], task["metric"])]
+        if arm:
+            lines += ["", *arm_table(task)]
         lines.append("")
     lines += ["", ALL_METHODS_NOTE, ""]
     return "\n".join(lines)
@@ -153,6 +172,23 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
 ALL_METHODS_NOTE = ("\"p adj. over all methods\": every method's paired p against `lora` adjusted step-down over all "
                     "the methods of its task — an exploratory figure; the verdict reads only the declared comparisons "
                     "under each task and their Holm p, corrected within that family.")
+
+
+def arm_table(task: dict) -> list[str]:
+    """An arm's figures for one task: each method's error ratio and its gap to the full-precision reference."""
+    reference = task["reference"]
+    where = f"`{reference['method']}` in full precision, from {reference['folder']}"
+    lines = [f"Start and reference: the 4-bit error ratio of each start (its error over QLoRA's on the same weights, "
+             f"mean over the targeted matrices; final seeds) and the gap to {where} (method − reference, paired by "
+             "seed, 95 % CI over seeds)" + (f". Reference missing: {reference['missing']}." if "missing" in reference
+                                             else f" at its chosen rate {reference['chosen_lr']:.3g}."),
+             "", "| method | error ratio | gap to the reference | seeds |", "|---|---|---|---|"]
+    for method, entry in task["methods"].items():
+        ratio, gap = entry["error_ratio"]["mean"], entry["gap_to_reference"]
+        lines.append(f"| {method} | {'–' if ratio is None else f'{ratio:.4f}'} | "
+                     + ("–" if gap is None else f"{gap['delta']:+.3f} ({_ci(gap['ci95'])})") + " | "
+                     + ("–" if gap is None else str(gap["n"])) + " |")
+    return lines
 
 
 def _ci(interval) -> str:
@@ -300,18 +336,21 @@ def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
 
 
 def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, ledger, command: str,
-                 make_plots: bool = True) -> dict:
-    """Write summary.json, results.json, results.md and the plots under ``out``; returns the summary."""
+                 make_plots: bool = True, preset: str = "tuned", reference: dict[str, list[dict]] | None = None) -> dict:
+    """Write summary.json, results.json, results.md and the plots under ``out`` (an arm: its scatter too,
+    :func:`.arm.scatter`); returns the summary. ``preset``, ``reference``: see :func:`summarize`."""
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()).get("declared") if (out / "results.json").is_file() \
         else None
-    summary, declared = summarize(suites, methods, adapter, full, ledger, command, previous, out)
+    summary, declared = summarize(suites, methods, adapter, full, ledger, command, previous, out, preset, reference)
     write_json_atomic(out / "summary.json", summary)
     runs = [{k: v for k, v in r.items() if k != "predictions"} for records in ledger.records.values() for r in records]
     write_json_atomic(out / "results.json", _finite({"summary": summary, "declared": declared, "runs": runs}))
     counts = {key: len(records) for key, records in ledger.records.items()}
     (out / "results.md").write_text(markdown(summary, declared, counts))
     files = plots(summary, {(s, m): r for (s, m), r in ledger.records.items()}, out) if make_plots else []
-    for stale in {"tuning_curves.png", "test_metrics.png", "val_loss_curves.png"} - {f.name for f in files}:
+    if make_plots and "arm" in summary:
+        files += [path for path in [arms.scatter(summary, out / arms.SCATTER)] if path]
+    for stale in {"tuning_curves.png", "test_metrics.png", "val_loss_curves.png", arms.SCATTER} - {f.name for f in files}:
         (out / stale).unlink(missing_ok=True)  # an earlier report's plots
     return {**summary, "declared": declared, "files": [str(f) for f in files]}

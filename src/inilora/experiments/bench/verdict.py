@@ -132,8 +132,9 @@ def _rounded(interval) -> list[float] | None:
 
 def declared_verdict(methods: dict[str, dict], per_example: dict[str, dict[int, list[float]]] | None = None,
                      families: list | None = None, seeds: int = 0, margin: float = 0.0, higher: bool = True,
-                     carried: list[dict] | None = None) -> list[dict]:
-    """The pre-declared comparisons of one task (:data:`DECLARED`), each paired over the seeds both methods
+                     carried: list[dict] | None = None, comparisons=DECLARED) -> list[dict]:
+    """The pre-declared comparisons of one task (``comparisons``: a preset's family, :func:`declared_family`;
+    by default the tuned preset's, :data:`DECLARED`), each paired over the seeds both methods
     have: ``delta`` (mean difference, method − reference), ``ci95`` (t interval over seeds), ``p`` (paired
     t-test; None where undefined, with ``why``), ``p_holm`` (Holm within this family only), the ``margin``
     and the ``reading`` (:func:`~.stats.read_comparison`: better/worse on the Holm p, equivalent when the 90 %
@@ -149,7 +150,7 @@ def declared_verdict(methods: dict[str, dict], per_example: dict[str, dict[int, 
     per_example = per_example or {}
     earlier = {row["comparison"]: row for row in carried or ()}
     rows, raw = [], {}
-    for method, reference in DECLARED:
+    for method, reference in comparisons:
         if method not in methods or reference not in methods:
             continue
         a, b = methods[method]["test"], methods[reference]["test"]

@@ -84,6 +84,8 @@ class TrainConfig:
     quantize: str | None = setting(None, "store each target's residual in 4 bits (bitsandbytes; the factors come "
                                    "from the full-precision weight): QLoRA with --method lora", choices=QUANT_TYPES,
                                    cli_choices=tuple(q for q in QUANT_TYPES if q))
+    quant_iters: int | None = setting(None, "LoftQ-style refits of the factors to what 4-bit rounding loses (pissa, "
+                                      "inilora; with --quantize)", check=POSITIVE_INT)
     seed: int = setting(0, "seed of the factors, the head, the data order", group="training")
     lr: float = setting(3e-4, "learning rate", check=POSITIVE, group="training")
     epochs: float = setting(1.0, "epochs", check=POSITIVE, group="training")
@@ -119,6 +121,8 @@ class TrainConfig:
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}={getattr(self, name)!r} sets inilora's fit; method {self.method!r} has "
                                      "no fit, so it would be ignored (drop it, or use --method inilora).")
+        if self.quant_iters and not self.quantize:
+            raise ValueError(f"quant_iters={self.quant_iters!r} refits the factors to a 4-bit residual; set quantize too.")
         if self.quantize and self.method in REFERENCES:
             raise ValueError(f"quantize={self.quantize!r} stores an adapter's frozen residual in 4 bits; method "
                              f"{self.method!r} has no adapter (use --method lora for QLoRA).")

@@ -89,6 +89,8 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     ``residual_fp32``). Returns (peft model, init summary)."""
     lora_config = _lora_config(model, cfg, task_type)
     options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
+    if cfg.quant_iters:
+        options["quant_iters"] = cfg.quant_iters
     if has_fit(cfg.method):
         if cfg.solver:
             options["solver"] = cfg.solver
@@ -100,7 +102,8 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
             "fitted_by_rank": [layer.fitted_by_rank for layer in report.layers],
-            "solver": report.solver if has_fit(cfg.method) else None, "quantize": cfg.quantize}
+            "solver": report.solver if has_fit(cfg.method) else None, "quantize": cfg.quantize,
+            "quant_ratio": report.quant_ratio}
     return peft_model, init
 
 
