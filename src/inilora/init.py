@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from functools import partial
 
 import peft
 import torch
@@ -23,7 +24,7 @@ from .options import InitOptions
 from .peft_glue import collect_targets, lora_layers, mark_residual, resolve_config, set_residual, weight_view
 from .quantize import QuantizedTargets, needs_quantization, quantize_targets
 from .report import InitReport, LayerReport
-from .state import InitState, LayerState
+from .state import InitState, LayerState, fingerprint
 
 logger = logging.getLogger("inilora")
 
@@ -35,10 +36,11 @@ class InitDriftWarning(UserWarning):
 
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
                   method: Method, keep_fp32: bool, optimum: float | None,
-                  quantized: QuantizedTargets | None = None) -> LayerReport:
+                  quantized: QuantizedTargets | None = None, nonzero: bool | None = None) -> LayerReport:
     """Subtract ``s·B0·A0`` (factors as stored, product in fp32) from the base weight of one layer and
     measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed before
-    PEFT wrapped the layer (``quantized``): only its report is made here."""
+    PEFT wrapped the layer (``quantized``): only its report is made here. ``nonzero``: the weight is known to
+    have a non-zero entry (plain LoRA's error, ‖W − 0‖/‖W‖, is then 1 without reading the weight again)."""
     base = layer.get_base_layer()
     s = layer.scaling[adapter_name]
     if quantized is not None:
@@ -46,8 +48,8 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
         weight = weight_view(base).detach()
-        return LayerReport(name, tuple(weight.shape), layer.r[adapter_name], s, float(bool(weight.any())), optimum,
-                           0.0, 0.0)
+        return LayerReport(name, tuple(weight.shape), layer.r[adapter_name], s, float(bool(nonzero or weight.any())),
+                           optimum, 0.0, 0.0)
     W = weight_view(base).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
     product = s * (B0.to(W.device).float() @ A0.to(W.device).float())
     norm = float(torch.linalg.matrix_norm(W)) or 1.0
@@ -64,7 +66,20 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     return report
 
 
+def _unchanged_fingerprint(layer: BaseTunerLayer, name: str) -> str:
+    """The fingerprint of a base weight the initialization did not change, taken when a save needs it."""
+    if layer.merged:
+        raise InitError(f"Layer {name!r} has its adapter merged into the base weight, so the original weight's "
+                        "fingerprint cannot be taken from it; unmerge before saving.")
+    return fingerprint(weight_view(layer.get_base_layer()))
+
+
 def _wrapped_layer_names(peft_model: PeftModel, adapter_name: str) -> set[str]:
+    """The layers PEFT wrapped: the names it records as targeted (a fresh model holds one adapter; each is
+    checked to be a LoRA layer by :func:`lora_layers`), else a walk over the modules."""
+    targeted = getattr(peft_model.base_model, "targeted_module_names", None)
+    if targeted and len(peft_model.peft_config) == 1:
+        return set(targeted)
     return {name for name, module in peft_model.base_model.model.named_modules()
             if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {})}
 
@@ -134,14 +149,19 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
     method = opts.method
     spec = get_method(method)
     config = resolve_config(lora_config, model)
+    # a weight the initialization leaves as it was (plain LoRA, not quantized) is fingerprinted when a save asks
+    deferred = not spec.residual and opts.quantize is None
     targets = collect_targets(model, config, method, rank_limited=spec.rank_limited, residual=spec.residual,
-                              gather_partitioned=True)
+                              gather_partitioned=True, fingerprints=not deferred)
     fingerprints = {t.name: t.fingerprint for t in targets}
     dtypes = {t.name: t.weight.dtype for t in targets}
+    nonzero = {t.name: t.nonzero for t in targets}
     partitioned = zero3.partitioned_names(model, targets)
     if partitioned:
         zero3.refuse_unsupported(partitioned, opts, targets)
-    model_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+    # what sizes the fit's chunks (a method without a fit does not read it)
+    model_bytes = (sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+                   if spec.has_fit else None)
     cache = FitCache(opts.cache_dir) if opts.cache else None
     factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, targets, opts, cache) if partitioned
                                    else compute_factors(targets, opts, model_bytes, cache))
@@ -173,10 +193,11 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             A0, B0 = lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone()
             with zero3.gathered(layer.get_base_layer(), modify=True):  # a ZeRO-3 weight: alone, rank 0's write kept
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
-                                                         opts.residual_fp32, factors[name].optimum, quantized))
+                                                         opts.residual_fp32, factors[name].optimum, quantized,
+                                                         nonzero[name]))
             state.report.layers[-1].fitted_by_rank = factors[name].fitted_by_rank
-            state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
-                                            opts.residual_fp32)
+            state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name] or None,
+                                            dtypes[name], opts.residual_fp32, partial(_unchanged_fingerprint, layer, name))
     state.report.seconds = time.perf_counter() - start
     state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
     from .persistence import attach  # persistence imports this module

@@ -33,6 +33,7 @@ class Target:
     # σ of the published Adam start when fixed before the fit, from targets it does not see (a ZeRO-3
     # model's weights are fitted one at a time); None: computed from the targets being fitted
     sigma: float | None = None
+    nonzero: bool | None = None  # True: the weight has a non-zero entry (its sum is non-zero); None: not known
 
     @property
     def module_name(self) -> str:

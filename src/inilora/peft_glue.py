@@ -122,10 +122,12 @@ def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
 
 
 def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    residual: bool, gather_partitioned: bool = False) -> list[Target]:
+                    residual: bool, gather_partitioned: bool = False, fingerprints: bool = True) -> list[Target]:
     """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
     problem. Reads only. With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it
-    is checked; otherwise it is refused."""
+    is checked; otherwise it is refused. ``fingerprints=False`` leaves a plain weight's fingerprint empty, for
+    a caller that takes it later from a weight nothing changes (a 4-bit weight is still fingerprinted: it is
+    re-quantized)."""
     if isinstance(model, PeftModel):
         raise InitError("inilora.get_peft_model takes a transformers model, not a PeftModel; pass the base model "
                         "(merge_and_unload or unload the existing adapter first).")
@@ -144,7 +146,7 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
         refuse_unsupported(name, module)
         partitioned = gather_partitioned and zero3.is_partitioned(module.weight)
         with zero3.gathered(module) if partitioned else contextlib.nullcontext():
-            target = _checked_target(name, module, config, method, rank_limited, tied)
+            target = _checked_target(name, module, config, method, rank_limited, tied, fingerprints or partitioned)
         if partitioned:  # a view of the gathered weight would keep it whole: keep the parameter itself
             target.weight = module.weight
         targets.append(target)
@@ -152,7 +154,7 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
 
 
 def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    tied: set[tuple[str, int]]) -> Target:
+                    tied: set[tuple[str, int]], take_fingerprint: bool = True) -> Target:
     four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
     weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
     check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
@@ -170,15 +172,19 @@ def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: st
     if _weight_key(weight) in tied:
         raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
                         "replaces the weight with a residual, which would change the other module too.")
-    if not all_finite(weight):
+    total = weight.sum(dtype=torch.float32)
+    if not all_finite(weight, total):
         raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
-    return Target(name, view, r, scaling, fingerprint=fingerprint(view), dequantized=four_bit)
+    return Target(name, view, r, scaling, fingerprint=fingerprint(view) if take_fingerprint or four_bit else "",
+                  dequantized=four_bit, nonzero=bool(total != 0) or None)
 
 
-def all_finite(weight: Tensor) -> bool:
+def all_finite(weight: Tensor, total: Tensor | None = None) -> bool:
     """Whether every entry is finite. A finite fp32 sum proves it (a NaN or Inf entry makes the sum NaN or Inf)
-    without the weight-sized mask of ``isfinite``; only a sum that overflowed needs the entrywise check."""
-    return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
+    without the weight-sized mask of ``isfinite``; only a sum that overflowed needs the entrywise check.
+    ``total``: that sum, when the caller has it."""
+    total = weight.sum(dtype=torch.float32) if total is None else total
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(weight).all())
 
 
 def mark_residual(layer: BaseTunerLayer, method: str) -> None:

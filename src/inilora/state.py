@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -34,9 +35,17 @@ class LayerState:
     A0: Tensor
     B0: Tensor
     scaling: float
-    fingerprint: str
+    _fingerprint: str | None  # None: taken by ``fingerprint_of`` when first read
     weight_dtype: torch.dtype
     residual_fp32: bool
+    # the fingerprint of a base weight the initialization left as it was (plain LoRA), taken when a save asks
+    fingerprint_of: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self.fingerprint_of()
+        return self._fingerprint
 
 
 @dataclass
