@@ -184,6 +184,7 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 # 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh;
 # 3 (svd_randomized): the same iteration from a seeded start, stopped at 1e-5 × the optimum (was Halko 64/6);
 # 4 (both): each triplet's sign is canonical (base.canonical_signs) before the seeded rotation, not LAPACK's
+# 5 (both): Ritz pairs from the block's Gram matrix, and a cost model choosing iteration or eigendecomposition
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
                  solvers=tuple(FIT_CHUNK),
-                 init_versions={"svd": 4, "svd_randomized": 4})
+                 init_versions={"svd": 5, "svd_randomized": 5})
