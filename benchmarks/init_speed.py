@@ -188,6 +188,7 @@ def main() -> None:
                 row = measure(name, r, cell, args.repeats, peft_once, args.device)
                 if args.peft_once and PAIRS[cell][1] == "pissa":
                     peft_once.setdefault((name, "pissa"), {"times": row["peft_seconds"]})
+                row["git"] = git_state()  # rows of earlier runs keep the commit that measured them
                 rows.append(row)
                 print(f"{name:10s} r={r:<3d} {cell:32s} ratio {row['ratio']:.2f}  inilora "
                       f"{statistics.median(row['inilora_seconds']):.3f} s  peft {statistics.median(row['peft_seconds']):.3f} s"
