@@ -147,8 +147,8 @@ def markdown(data: dict) -> str:
     m = data["machine"]
     lines = [f"# Initialization time: inilora / PEFT ({m.get('gpu') or m['cpu']}, {data['threads']} thread(s))", "",
              f"commit {data['git']['commit']}{' (dirty)' if data['git']['dirty'] else ''}; torch "
-             f"{data['versions']['torch']}, peft {data['versions']['peft']}; median of {data['repeats']} interleaved "
-             "runs each; excess = error / Eckart–Young optimum − 1 (worst target); `lora`'s target is 1.1× PEFT + 50 ms.",
+             f"{data['versions']['torch']}, peft {data['versions']['peft']}; median of each row's interleaved runs (3, or 9 "
+             "for `lora`; 1 at 4096², where PEFT's full SVD takes 40 s: the JSON lists every run); excess = error / Eckart–Young optimum − 1 (worst target); `lora`'s target is 1.1× PEFT + 50 ms.",
              "Target weights have a decaying spectrum (see benchmarks/init_speed.py); one matrix stands for each 7B "
              "shape; \"(once)\": PEFT's full SVD measured at the first rank and reused.", "",
              "| shape | r | cell | inilora s | PEFT s | ratio | inilora excess | PEFT excess |",
