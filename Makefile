@@ -1,15 +1,19 @@
 # `make test` sets up a virtual environment on a fresh machine and runs the test suite.
 # `make quick` sets it up and runs the quick benchmark (LoRA vs IniLoRA vs PiSSA on MiniLM x reviews).
 # `make bench` runs the full benchmark (MiniLM x reviews, SmolLM2 x chain_sum, SmolLM2 x gsm_symbolic).
+# `make docs` builds the documentation site into site/ (the suite builds it too, strictly: tests/test_docs.py).
 PYTHON ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip install -q -c constraints.txt
 
-.PHONY: test test-min install quick bench
+.PHONY: test test-min install quick bench docs
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
 
 install: $(VENV)/.installed
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
 
 # `make test-min` checks the lower bounds pyproject.toml declares: a separate venv with the minimum
 # versions (constraints-min.txt) runs the library's core tests. torch is linked from $(VENV) (a torch

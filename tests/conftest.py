@@ -78,3 +78,24 @@ def train_steps(peft_model, input_ids: torch.Tensor, steps: int = 3, lr: float =
         optimizer.step()
         optimizer.zero_grad()
     peft_model.eval()
+
+
+def checkpointing_trainer(peft_model, out, max_steps: int = 4):
+    """A Trainer on 16 random token rows that saves a checkpoint every 2 steps (the resume tests)."""
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 128, (16, 12), generator=torch.Generator()
+                                                                         .manual_seed(2))]
+    args = TrainingArguments(str(out), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to="none", use_cpu=True, disable_tqdm=True,
+                             logging_strategy="no", remove_unused_columns=False, seed=0)
+    return Trainer(model=peft_model, args=args, train_dataset=rows)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny convolutions and matmuls run many times slower on two threads of a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

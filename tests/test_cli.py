@@ -129,6 +129,10 @@ def test_bench_runs_resumes_and_reports(files, capsys, tmp_path):
     (["bench", "--aggregate-only", "--out", "{tmp}"], "no finished runs"),
     (["bench", "--quick", "--preset", "full"], "--quick is the quick preset"),
     (["fit"], "invalid choice: 'fit'"),
+    (["bench", "--model", "{model}", "--train-file", "{train}", "--n-train", "10"],
+     "--n-train/--n-eval apply to built-in tasks; your files are used whole"),
+    (["init", "--model", "{model}", "-o", "{tmp}", "--quantize", "nf4"],
+     "inilora init: error: unrecognized arguments: --quantize nf4 (see inilora init --help)"),
 ])
 def test_bad_input_is_one_line(files, capsys, tmp_path, argv, message):
     bad = files["root"] / "bad.jsonl"
@@ -186,3 +190,162 @@ def test_deepspeed_s_no_gpu_notice_stays_off_stdout_in_inilora_s_programs():
     assert "Setting accelerator to CPU" in runs["loud"].stdout  # the line exists without the filter ...
     assert "Setting accelerator to CPU" not in runs["quiet"].stdout  # ... and is dropped with it
     assert "another DeepSpeed warning" in runs["quiet"].stdout  # DeepSpeed's other messages stay
+
+
+# bitsandbytes' CPU backend warns at import, on a CPU with AVX512-BF16, that the optional `kernels` package
+# is missing; this hook makes any CPU take that path (the warning is what a user on such a CPU sees)
+AVX512_BF16 = """
+import importlib.abc, importlib.util, sys
+class AsIfAvx512Bf16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, AsIfAvx512Bf16())
+"""
+
+
+def test_no_third_party_noise_from_a_command():
+    """Item 14: `inilora train --help` (and every command) prints nothing from bitsandbytes on stderr."""
+    pytest.importorskip("bitsandbytes")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    loud = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import bitsandbytes"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert "Failed to load CPU gemm_4bit_forward" in loud.stderr  # the hook reproduces the line ...
+    program = AVX512_BF16 + "import runpy; sys.argv = ['inilora', 'train', '--help']\n" \
+        "runpy.run_module('inilora.cli', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "usage: inilora train" in proc.stdout
+    assert proc.stderr == ""  # ... and the command drops it
+
+
+def _train(capsys, files, out, *extra, train=None):
+    return run(capsys, "train", "--model", files["model"], "--train-file", train or files["train"], "--method", "lora",
+               "--max-steps", "2", "--batch-size", "8", "-o", out, "--quiet", *extra)
+
+
+def test_eval_refuses_data_that_changed_and_other_labels_or_dtype(files, capsys, tmp_path):
+    """Items 1, 12, 13: a run's files are recorded with their content digests; eval refuses to rebuild a held-out
+    split from a file that changed, other class names, and a dtype its adapter cannot load onto."""
+    data = tmp_path / "train.jsonl"
+    data.write_text(files["train"].read_text())
+    out = tmp_path / "run"
+    code, stdout, err = _train(capsys, files, out, train=data)
+    assert code == 0, err
+    recorded = json.loads((out / "inilora_train.json").read_text())["data"]
+    assert list(recorded["files"]) == [str(data.resolve())] and len(recorded["rows"]) == 16
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(reversed(lines)) + "\n")  # the same rows in another order: another held-out split
+    code, stdout, err = run(capsys, "eval", out, "--json")
+    assert code == 2 and stdout == "" and f"{data.resolve()} changed since {out} was trained on it" in err
+    code, stdout, err = run(capsys, "eval", out, "--train-file", data, "--json")  # given explicitly: evaluated
+    assert code == 0 and json.loads(stdout)["n_eval"] == 6, err
+    names = {"pos": "good", "neg": "bad"}
+    renamed = tiny.write_jsonl(tmp_path / "renamed.jsonl", [{**row, "label": names[row["label"]]}
+                                                            for row in tiny.sentiment_rows(20)])
+    code, _, err = run(capsys, "eval", out, "--train-file", renamed)
+    assert code == 2 and "was trained with the classes neg, pos (in this order); 'renamed' has bad, good" in err
+    code, _, err = run(capsys, "eval", out, "--train-file", data, "--dtype", "bfloat16")
+    assert code == 2 and "holds an adapter made on a float32 base" in err and "--method full" in err
+    assert "applies to a --method full run" in cli.build_parser().commands["eval"].format_help().replace("\n", " ")
+
+
+def test_train_refuses_a_finished_run_unless_overwrite_and_then_leaves_no_mix(files, capsys, tmp_path):
+    """Items 4 and 16: a finished run is not replaced silently; --overwrite removes what it wrote; `--method full`
+    says that it wrote model/, not an adapter."""
+    out = tmp_path / "run"
+    assert _train(capsys, files, out)[0] == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = _train(capsys, files, out, "--method", "pissa")
+    assert code == 2 and "holds a finished run (method lora, task train); pass --overwrite" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+    code, _, err = _train(capsys, files, out, "--method", "full", "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["inilora_train.json", "metrics.json", "model"]
+    assert err.strip().splitlines()[-1] == f"saved to {out}: model/ (transformers), metrics.json, inilora_train.json"
+    code, _, err = _train(capsys, files, out, "--overwrite")
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["adapter", "adapter-lora", "inilora_train.json",
+                                                                    "metrics.json"]
+    assert "adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT)" in err
+
+
+def test_bench_redoes_runs_whose_data_changed_and_drops_old_plots(files, capsys, tmp_path):
+    """Items 2, 6, 17: a bench run records a digest of its data; a changed eval file is named and its runs are
+    redone; --no-plots removes an earlier report's plots; a custom benchmark trains with `inilora train`'s defaults."""
+    from inilora.experiments.train import TrainConfig
+
+    held = tmp_path / "ev.jsonl"
+    held.write_text(files["eval"].read_text())
+    argv = ["bench", "--model", files["model"], "--train-file", files["train"], "--eval-file", held, "--methods",
+            "lora", "--seeds", "1", "--max-steps", "2", "--jobs", "1", "--out", tmp_path / "b"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "1 to run" in err and (tmp_path / "b" / "loss_curves.png").is_file(), err
+    first = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    defaults = TrainConfig()
+    assert (first["config"]["lr"], first["config"]["max_len"], first["config"]["eval_batch_size"]) == (
+        defaults.lr, defaults.max_len, defaults.eval_batch_size)
+    flipped = [{**row, "label": {"pos": "neg", "neg": "pos"}[row["label"]]} for row in tiny.sentiment_rows(24, seed=1)]
+    tiny.write_jsonl(held, flipped)
+    code, _, err = run(capsys, *argv, "--no-plots")
+    assert code == 0, err
+    assert f"train: {held.resolve()} changed since 1 finished run(s); they will be redone" in err
+    assert "0 already done, 1 to run" in err
+    assert not list((tmp_path / "b").glob("*.png"))
+    again = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    assert again["test"]["metric"] == pytest.approx(1 - first["test"]["metric"], abs=1e-9)
+    code, _, err = run(capsys, *argv, "--no-plots")
+    assert code == 0 and "1 already done, 0 to run" in err
+
+
+def test_help_offers_only_what_works_and_shows_the_defaults():
+    """Items 11 and 17: no peft:NAME method on train/init, no `full` for init; bench's budget shows train's defaults."""
+    import inilora
+    from inilora.experiments.train import TrainConfig
+
+    parser = cli.build_parser()
+    helps = {name: parser.commands[name].format_help() for name in ("train", "init", "bench")}
+    assert "peft:" not in helps["train"] and "peft:" not in helps["init"]
+    method = {a.dest: a for a in parser.commands["init"]._actions}["method"]
+    assert tuple(method.choices) == tuple(inilora.METHODS) and "full" not in method.help
+    assert f"learning rate (default: {TrainConfig.lr})" in helps["bench"]
+    assert f"(default: {TrainConfig.max_len})" in helps["bench"]
+    assert "load_in_4bit" in helps["init"]  # where a 4-bit residual comes from, since init writes full precision
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(files, capsys, tmp_path):
+    """Item 17: the encoding error names the file and the line, as every other data error does."""
+    bad = tmp_path / "latin.jsonl"
+    bad.write_bytes(b'{"text": "fine", "label": "pos"}\n{"text": "ok", "label": "neg"}\n{"text": "caf\xe9", '
+                    b'"label": "pos"}\n')
+    code, _, err = run(capsys, "train", "--model", files["model"], "--train-file", bad, "-o", tmp_path / "o")
+    assert code == 2 and f"{bad}:3: not UTF-8 text" in err and not (tmp_path / "o").exists()
+
+
+def test_eval_refuses_a_built_in_task_whose_rows_changed(files, capsys, tmp_path, monkeypatch):
+    """Item 1 for a built-in task: its rows are recorded as a digest; a data source that now gives other rows
+    (another package version, say) is refused instead of evaluated as if it were the held-out set."""
+    from inilora.experiments import tasks
+
+    out = tmp_path / "run"
+    assert _train(capsys, files, out)[0] == 0
+    trained = tasks.file_task(files["train"])
+    info_path = out / "inilora_train.json"
+    info = json.loads(info_path.read_text())
+    info.update(task="toy", source="a built-in task", files={}, sizes={})  # as a built-in task's run records it
+    info["data"] = {"files": {}, "rows": tasks.data_record(trained)["rows"]}
+    info_path.write_text(json.dumps(info))
+    monkeypatch.setattr(tasks, "load_task", lambda name, **sizes: tasks.Task(
+        name, trained.kind, trained.train, trained.eval[::-1], trained.labels))  # the held-out rows reordered
+    code, _, err = run(capsys, "eval", out, "--json")
+    assert code == 2 and "task 'toy' now gives other examples than" in err
+    monkeypatch.setattr(tasks, "load_task", lambda name, **sizes: tasks.Task(
+        name, trained.kind, trained.train, trained.eval, trained.labels))  # the same rows: evaluated
+    code, stdout, err = run(capsys, "eval", out, "--json")
+    assert code == 0 and json.loads(stdout)["n_eval"] == len(trained.eval), err

@@ -83,7 +83,7 @@ def test_init_defaults_a_classifier_folder_to_seq_cls(folders, capsys, tmp_path)
 
 @pytest.mark.parametrize("argv, message", [
     (["init", "--model", "{llama}"], "required: --output-dir"),
-    (["init", "--model", "{llama}", "-o", "{tmp}", "--method", "full"], "method 'full' has no adapter"),
+    (["init", "--model", "{llama}", "-o", "{tmp}", "--method", "full"], "argument --method: invalid choice: 'full'"),
     (["init", "--model", "{llama}", "-o", "{tmp}", "--r", "0"], "argument --r: expected a positive integer"),
     (["init", "--model", "{llama}", "-o", "{tmp}", "--task-type", "seq2seq"], "argument --task-type: invalid choice"),
     (["init", "--model", "{llama}", "-o", "{tmp}", "--dtype", "int8"], "argument --dtype: invalid choice"),

@@ -47,3 +47,34 @@ def test_the_7b_cells_measure_init_time_exactness_and_a_training_step_on_a_tiny_
     assert lora["logit_change"] == 0.0  # B = 0: the model computes what it did
     assert 0 < svd["logit_change"] < 0.05  # the residual's bf16 rounding, nothing more
     assert lora["step_seconds"] > 0 and svd["seconds"] > 0
+
+
+def test_the_cpu_cuda_factor_check_makes_its_cpu_factors_from_the_pack_and_sees_a_sign_flip(tmp_path):
+    import json
+    import subprocess
+
+    from gpu_pack import pack
+    from same_factors import FACTOR_TOL, compare, factors
+
+    pack("minilm", tmp_path)
+    cpu = factors("svd_randomized", "cpu", tmp_path)
+    assert len(cpu) == 12
+    layer = next(iter(cpu))
+    A, B = cpu[layer]
+    signs = torch.ones(A.shape[0])
+    signs[3] = -1  # one triplet flipped: the same product, other factors
+    report = compare(cpu, {**cpu, layer: (A * signs[:, None], B * signs)})
+    assert report["factors"] == 24 and report["factors_over_tol"] == 2
+    assert report["worst_factor"] > 100 * FACTOR_TOL and report["worst_product"] < 1e-6
+    if not torch.cuda.is_available():  # without the device it makes the CPU factors, compares nothing, exits 0
+        import os
+
+        root, src = Path(__file__).resolve().parents[1], str(Path(__import__("inilora").__file__).parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        out = tmp_path / "same_factors.json"
+        run = subprocess.run([sys.executable, str(root / "benchmarks" / "same_factors.py"), "--device", "cuda",
+                              "--pack", str(tmp_path), "--paths", "pissa", "--out", str(out)],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        written = json.loads(out.read_text())
+        assert written["paths"] == {"pissa": {"factors": 24, "compared": False}} and "skipped" in written

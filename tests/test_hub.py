@@ -26,10 +26,9 @@ def _env_without_offline() -> dict:
 
 
 def test_imports_leave_the_environment_alone():
-    code = ("import os, inilora.train, inilora.experiments.train, inilora.experiments.models, "
+    code = ("import os, inilora.experiments.train, inilora.experiments.models, "
             "inilora.experiments.bench, inilora.cli; "
-            "assert 'HF_HUB_OFFLINE' not in os.environ, os.environ['HF_HUB_OFFLINE']; "
-            "assert inilora.train is inilora.experiments.train")  # the old path is an alias of the new one
+            "assert 'HF_HUB_OFFLINE' not in os.environ, os.environ['HF_HUB_OFFLINE']")
     proc = subprocess.run([sys.executable, "-c", code], env=_env_without_offline(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, PeftModel
 
 import inilora
-from conftest import TARGETS, outputs, tiny_model, train_steps
+from conftest import TARGETS, checkpointing_trainer, outputs, tiny_model, train_steps
 from inilora import persistence
 
 FAST = {"progress": False, "cache": False}
@@ -148,20 +148,12 @@ def test_opting_out_writes_an_adapter_for_plain_peft_on_the_residual_model(tmp_p
     assert (outputs(reloaded, IDS) - expected).abs().max().item() <= 1e-6
 
 
-def _trainer(peft_model, out, max_steps):
-    from transformers import Trainer, TrainingArguments
 
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 128, (16, 12), generator=torch.Generator()
-                                                                         .manual_seed(2))]
-    args = TrainingArguments(str(out), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
-                             learning_rate=1e-2, report_to="none", use_cpu=True, disable_tqdm=True,
-                             logging_strategy="no", remove_unused_columns=False, seed=0)
-    return Trainer(model=peft_model, args=args, train_dataset=rows)
 
 
 def test_trainer_checkpoints_reload_and_resume(tmp_path):
     peft_model = make("inilora-alpha")
-    _trainer(peft_model, tmp_path / "run", 4).train()
+    checkpointing_trainer(peft_model, tmp_path / "run", 4).train()
     expected = outputs(peft_model, IDS)
     final = tmp_path / "run" / "checkpoint-4"
     assert (final / "inilora_init.safetensors").is_file()
@@ -171,7 +163,7 @@ def test_trainer_checkpoints_reload_and_resume(tmp_path):
         PeftModel.from_pretrained(tiny_model("llama"), str(final))
     # resuming from the step-2 checkpoint ends where the uninterrupted run ended
     resumed = make("inilora-alpha")
-    _trainer(resumed, tmp_path / "run", 4).train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    checkpointing_trainer(resumed, tmp_path / "run", 4).train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert (outputs(resumed, IDS) - expected).abs().max().item() <= 1e-5
 
 

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from inilora.methods.base import layer_generator, relative_tail_energy
+from inilora.linalg import relative_tail_energy
+from inilora.methods.base import layer_generator
 from inilora.methods.random import alpha_factors, beta_factors, lora_factors
 from inilora.methods.svd import svd_factors
 from conftest import realistic_matrix
@@ -57,7 +58,7 @@ def test_pissa_and_milora_products(scaling):
 
 
 def test_random_rotation_is_orthogonal_and_keeps_the_product():
-    from inilora.methods.svd import random_orthogonal, rotate_basis
+    from inilora.linalg import random_orthogonal, rotate_basis
     Q = random_orthogonal(8, layer_generator(0, "x"))
     assert torch.allclose(Q @ Q.T, torch.eye(8), atol=1e-6)
     assert Q.abs().max(dim=1).values.min() < 0.95  # a mixed basis, not a signed permutation
@@ -68,7 +69,7 @@ def test_random_rotation_is_orthogonal_and_keeps_the_product():
 
 
 def test_equalized_entry_scale_keeps_the_product_and_matches_rms():
-    from inilora.methods.svd import equalize_entry_scale
+    from inilora.linalg import equalize_entry_scale
     f = svd_factors(realistic_matrix(192, 576), 8, 1.0)
     A1, B1 = equalize_entry_scale(f.A0, f.B0)
     assert torch.allclose(B1 @ A1, f.B0 @ f.A0, atol=1e-6)

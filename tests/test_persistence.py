@@ -90,8 +90,9 @@ def test_loading_on_a_different_base_is_refused(tmp_path, input_ids):
     with pytest.raises(inilora.AdapterLoadError, match="fingerprint mismatch"):
         inilora.from_pretrained(other, tmp_path / "adapter")
     assert not any("lora" in n for n, _ in other.named_modules())
-    with pytest.raises(inilora.AdapterLoadError, match="made on a float32 base"):
-        inilora.from_pretrained(tiny_model("llama", torch.bfloat16), tmp_path / "adapter")
+    # the same checkpoint in bf16 is accepted (tests/test_dtype_reload.py); another one in bf16 is not
+    with pytest.raises(inilora.AdapterLoadError, match="fingerprint mismatch"):
+        inilora.from_pretrained(tiny_model("llama", torch.bfloat16, seed=1), tmp_path / "adapter")
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "missing_meta"])
@@ -249,3 +250,41 @@ def test_another_adapter_and_the_mixed_batch_base_sit_on_the_original_base(metho
     for row, name in enumerate(names):
         want = {"__base__": base, "default": trained_out, "other": expected_other}[name]
         assert (mixed[row] - want[row]).abs().max() <= 1e-5, name
+
+
+def _tiny_classifier(seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     max_position_embeddings=64)).eval()
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "CAUSAL_LM", None])
+def test_plain_peft_refuses_a_residual_adapter_of_every_task_type(task_type, tmp_path, input_ids):
+    """Item 8: a classifier's adapter (modules_to_save) got PEFT's generic "No modules were targeted"."""
+    make = _tiny_classifier if task_type == "SEQ_CLS" else (lambda: tiny_model("llama" if task_type else "bert"))
+    arch = "bert" if task_type != "CAUSAL_LM" else "llama"
+    peft_model = inilora.get_peft_model(make(), LoraConfig(r=4, target_modules=TARGETS[arch], task_type=task_type),
+                                        method="pissa", progress=False)
+    inilora.save_pretrained(peft_model, tmp_path / "a")
+    base = make()
+    with pytest.raises(ValueError, match=r"load it with inilora\.from_pretrained"):
+        PeftModel.from_pretrained(base, str(tmp_path / "a"))
+    assert not any("lora" in n for n, _ in base.named_modules())
+    reloaded = inilora.from_pretrained(make(), tmp_path / "a")  # inilora's own load reads the true config
+    assert reloaded.peft_config["default"].task_type == task_type
+    assert torch.equal(outputs(reloaded, input_ids), outputs(peft_model, input_ids))
+
+
+def test_an_adapter_on_another_base_model_says_so_and_errors_name_the_function_called(tmp_path):
+    """Items 9 and 10."""
+    peft_model = inilora.get_peft_model(_tiny_classifier(), LoraConfig(r=4, target_modules=TARGETS["bert"],
+                                                                      task_type="SEQ_CLS"), method="pissa")
+    inilora.save_pretrained(peft_model, tmp_path / "a")
+    for other in (tiny_model("llama"), _tiny_classifier(seed=1)):  # other layer names; the same names, other weights
+        with pytest.raises(inilora.AdapterLoadError, match="^This adapter belongs to another base model: "):
+            inilora.from_pretrained(other, tmp_path / "a")
+    with pytest.raises(inilora.InitError, match="^inilora.from_pretrained takes a transformers model, not a PeftModel"):
+        inilora.from_pretrained(peft_model, tmp_path / "a", adapter_name="other")

@@ -1,5 +1,6 @@
 """The README's first example runs as written (in a fresh process, on a tiny model built from a config), and every
-generated block of figures equals what benchmarks/readme_tables.py renders from the committed results."""
+generated block of figures, in README.md and in docs/, equals what benchmarks/render renders from the committed
+results."""
 
 import json
 import re
@@ -27,16 +28,21 @@ def test_the_first_readme_example_runs(tmp_path):
 
 def _tables():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import readme_tables
+    from render import blocks
 
-    return readme_tables
+    return blocks
+
+
+def _page(name: str) -> str:
+    """The text of the page block ``name`` sits on."""
+    return (ROOT / _tables().BLOCKS[name].page).read_text()
 
 
 @pytest.mark.parametrize("record", ["results/quick/make_quick.json", "results/test_suite.json"])
 def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
-    _tables()
-    import timings
+    from render import timings
 
+    _tables()
     copy = json.loads((ROOT / record).read_text())
     markdown = (ROOT / copy["markdown"]).read_text()
     assert timings.markdown_figures(markdown) == pytest.approx(timings.copied_figures(copy))
@@ -47,7 +53,8 @@ def test_a_timing_copied_into_json_says_what_its_markdown_says(record):
 def test_the_make_timings_are_written_as_markdown_that_says_what_their_json_says():
     _tables()
     import time_make
-    import timings
+
+    from render import timings
 
     record = {"markdown": "results/test_suite.md", "measured_by": "benchmarks/time_make.py",
               "command": "time make test", "commit": "abc1234", "cpus": 2, "passed": 481, "warnings": 3,
@@ -63,14 +70,20 @@ def test_the_make_timings_are_written_as_markdown_that_says_what_their_json_says
 
 
 @pytest.mark.parametrize("name", sorted(_tables().BLOCKS))
-def test_every_generated_readme_block_is_regenerated_from_its_committed_source(name):
-    readme = (ROOT / "README.md").read_text()
-    assert _tables().regenerated(readme, name) == readme, \
-        f"README block {name} is stale: run python benchmarks/readme_tables.py"
+def test_every_generated_block_is_regenerated_from_its_committed_source(name):
+    text = _page(name)
+    assert _tables().regenerated(text, name) == text, f"block {name} is stale: run python benchmarks/render"
+
+
+def test_the_check_passes_on_the_committed_pages():
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render"), "--check"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
 
 
 def test_the_tuned_block_shows_what_the_file_holds():
-    readme = (ROOT / "README.md").read_text()
+    readme = _page("tuned-results")
     results = json.loads((ROOT / "results" / "tuned" / "results.json").read_text())
     for task in results["summary"]["tasks"].values():
         for method, entry in task["methods"].items():
@@ -117,6 +130,9 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
                   "installing included: 8 min 20 s, of which"),
     "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
+    "verdict": (lambda tuned: next(row for row in tuned["declared"]["hyperbaton"]
+                                   if row["comparison"] == "inilora-beta vs lora").update(p_holm=0.001, reading="worse"),
+                "`inilora-beta`: better on 0 of 6 tasks, worse on 2 (hyperbaton, winowhy)"),
     "gpu": (lambda gpu, fit, cpu_fit: _gpu_cell(gpu, "inilora svd", "q/v").update(seconds=33.5),
             "`svd` initializes the 64 q/v matrices in 33.5 s, 0.50× the time of"),
 }
@@ -125,7 +141,7 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_a_changed_number_in_a_source_changes_its_readme_block(name):
     tables = _tables()
-    readme = (ROOT / "README.md").read_text()
+    readme = _page(name)
     change, row = CHANGES[name]
     sources = tables.load_sources(name)
     assert row not in readme
@@ -139,7 +155,7 @@ def test_a_changed_number_in_a_source_changes_its_readme_block(name):
 
 def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
     tables = _tables()
-    readme = (ROOT / "README.md").read_text()
+    readme = _page("untuned-reading")
     full, fit = tables.load_sources("untuned-reading")
     for run in full["runs"]:  # PiSSA no longer above LoRA on every seed
         if (run["task"], run["method"], run["seed"]) == ("reviews", "pissa", 2):
@@ -151,6 +167,10 @@ def test_the_untuned_reading_refuses_figures_that_no_longer_fit_its_words():
 def _shift_finals(tuned, task, method, by):
     test = tuned["summary"]["tasks"][task]["methods"][method]["test"]
     test["values"] = [v + by for v in test["values"]]
+
+
+def _declared_row(tuned, task, comparison):
+    return next(row for row in tuned["declared"][task] if row["comparison"] == comparison)
 
 
 def _tuned_lora(tuned):
@@ -167,7 +187,9 @@ REFUSALS = {  # block -> (a change to its loaded sources that makes its words fa
     "choosing": (lambda fit, scale, tuned, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
                  "on small layers svd_randomized gains less"),
     "try-it": (lambda scale, fit, tuned: _shift_finals(tuned, "chain_sum", "inilora:adam", 0.3),
-               "the two fits trained alike after Holm's correction"),
+               "neither fit shown better than the other on any task"),
+    "tuned-results": (lambda tuned: _declared_row(tuned, "reviews", "inilora-alpha vs lora").update(
+        reading="equivalent"), "its figures give 'inconclusive'"),
     "sharded-fit": (lambda sharded: sharded["runs"]["2"][0].update(fitted_by_rank=[0]),
                     "both processes fitted a share"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: _tuned_lora(tuned).update(chosen_lr=0.002),
@@ -184,18 +206,25 @@ def test_a_block_refuses_figures_that_no_longer_fit_its_words(name):
     sources = tables.load_sources(name)
     change(*sources)
     with pytest.raises(ValueError, match=claim):
-        tables.regenerated((ROOT / "README.md").read_text(), name, sources)
+        tables.regenerated(_page(name), name, sources)
 
 
 def test_the_choosing_advice_refuses_a_tuned_verdict_that_favours_an_inilora_variant():
     tables = _tables()
-    readme = (ROOT / "README.md").read_text()
+    readme = _page("choosing")
     fit, scale, tuned, quant = tables.load_sources("choosing")
-    for task in tuned["summary"]["tasks"].values():
-        task["metric"] = "accuracy"
-    for rows in tuned["declared"].values():  # inilora:svd now better than lora on every task
+    for name, rows in tuned["declared"].items():  # inilora:svd now better than lora on every task
+        lower = tuned["summary"]["tasks"][name]["metric"] == "eval_loss"
         for row in rows:
             if row["comparison"] == "inilora:svd vs lora":
-                row.update(p_holm=0.001, diff_mean=0.05)
+                row.update(p_holm=0.001, delta=-0.05 if lower else 0.05, reading="better")
     with pytest.raises(ValueError, match="no IniLoRA variant reliably beats plain lora"):
         tables.regenerated(readme, "choosing", [fit, scale, tuned, quant])
+
+
+def test_a_results_markdown_is_rendered_from_its_json():
+    tables = _tables()
+    sources = tables.load_sources("fit-benchmark-md")
+    _fit_cell(sources[0], "minilm", 8, "adam-batched").update(seconds=90.9)
+    fresh = tables.regenerated(_page("fit-benchmark-md"), "fit-benchmark-md", sources)
+    assert "| minilm | 8 | adam-batched | 90.90 |" in fresh and fresh != _page("fit-benchmark-md")

@@ -8,11 +8,12 @@ import pytest
 
 import tiny
 from inilora.experiments import bench
-from inilora.experiments.bench import tuned
+from inilora.experiments.bench import tuned, tuned_preset
 from inilora.experiments.bench.schedule import Protocol
 
 SHAPE_METHOD = {"lr_grid", "chosen_lr", "val_by_lr", "test", "steps_to_lora_final", "val_loss_auc"}
-SHAPE_TEST = {"mean", "std", "seeds", "values", "p_vs_lora", "p_holm", "win_rate_vs_lora"}
+SHAPE_TEST = {"mean", "std", "seeds", "values", "p_vs_lora", "p_adjusted_all_methods", "win_rate_vs_lora"}
+SHAPE_DECLARED = {"comparison", "delta", "ci95", "ci95_two_level", "margin", "p", "p_holm", "reading"}
 
 
 def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
@@ -78,6 +79,16 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
         assert record["provenance"]["versions"]["torch"] and "commit" in record["provenance"]
         assert record["provenance"]["machine"]["cpus"] == os.cpu_count()
     assert task["methods"]["lora"]["test"]["p_vs_lora"] is None
+    (declared,) = task["declared"]
+    assert SHAPE_DECLARED <= set(declared) and declared["comparison"] == "inilora:svd vs lora"
+    assert declared["margin"] == 0.01 and declared["reading"] in ("better", "worse", "equivalent", "inconclusive")
+    # today's factors for a run's spec, made without training, are the ones its run recorded (what a resume checks)
+    from inilora.experiments.bench.execute import init_digest
+
+    for method in methods:
+        record = json.loads(sorted(out.glob(f"runs/toy/{method.removesuffix(':svd')}/lr*/seed1.json"))[0].read_text())
+        spec = bench.RunSpec(suite, method, 1, lr=record["lr"])
+        assert init_digest(spec) == record["init"]["digest"] != init_digest(bench.RunSpec(suite, method, 0))
     assert task["methods"]["inilora:svd"]["test"]["win_rate_vs_lora"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert (out / "tuning_curves.png").stat().st_size > 1000 and "inilora:svd" in (out / "results.md").read_text()
     # resuming runs nothing more; a changed budget redoes the runs
@@ -101,9 +112,9 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     assert lines[0].startswith("toy: data unavailable here") and "does not exist" in lines[0]
     # its runs still count, but not in the progress count of this sitting, which adds none to it
     assert "about 0 runs on 0 task(s), 0 already done, 0 to go" in lines[1] and gone["tasks"] == summary["tasks"] and not gone["failures"]
-    # the item-level test needs the test answers: saved beside the runs by every report that loaded the data
+    # the two-level interval needs the test answers: saved beside the runs by every report that loaded the data
     (row,) = gone["declared"]["toy"]
-    assert row == declared_before and row["p_items"] is not None and "p_items_carried" not in row
+    assert row == declared_before and row["ci95_two_level"] is not None and "two_level_carried" not in row
     key = json.loads((out / "answers" / "toy.json").read_text())
     assert key["data"] == digests["toy"]
     assert [r["label"] for r in key["test"]] == [["neg", "pos"].index(r["label"]) for r in tiny_test]
@@ -111,7 +122,7 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
     key["data"] = "0" * 16
     (out / "answers" / "toy.json").write_text(json.dumps(key))
     (row,) = tuned.report([suite], methods, out, adapter, adapter, make_plots=False, log=lines.append)["declared"]["toy"]
-    assert row["p_items_carried"] and row["p_items"] == declared_before["p_items"]
+    assert row["two_level_carried"] and row["ci95_two_level"] == declared_before["ci95_two_level"]
     assert len(list(out.glob("runs/toy/*/lr*/seed*.json"))) == run_files
     first = sorted(out.glob("runs/toy/lora/lr*/seed*.json"))[0]
     record = json.loads(first.read_text())
@@ -124,10 +135,10 @@ def test_tuned_benchmark_runs_its_schedule_and_writes_the_summary(tmp_path):
 
 def test_the_tuned_preset_follows_the_protocol_of_the_issue():
     suites, methods = bench.preset("tuned")
-    adapter, full = tuned.protocols("tuned")
+    adapter, full = tuned_preset.protocols("tuned")
     for protocol in (adapter, full):
         assert len(protocol.lr_grid) >= 4 and protocol.lr_grid[-1] / protocol.lr_grid[0] >= 30 - 1e-9
-        assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5
+        assert len(protocol.tune_seeds) >= 2 and len(protocol.final_seeds) >= 5 and protocol.refine
     assert all(suite.validation for suite in suites)
     assert sum(m.startswith("peft:") for m in methods) >= 3 and methods[0] == "lora"
     assert {s.name: s.metric for s in suites if s.metric} == {"gsm_symbolic": "eval_loss"}
@@ -148,11 +159,9 @@ def test_the_first_methods_run_on_every_task_before_the_rest(tmp_path):
     plain, _ = tuned.pending(ledger, suites, methods, adapter, adapter, set())
     assert [(s.suite.name, s.method) for s in plain][:6] == [("a", "lora")] * 2 + [("a", "milora")] * 2 + \
         [("a", "inilora:svd")] * 2
-    first = tuned.first_methods("tuned")
+    first = tuned_preset.first_methods("tuned")
     _, preset_methods = bench.preset("tuned")
-    assert set(first) <= set(preset_methods) and {"lora", "inilora:svd", "pissa", "inilora-alpha",
-                                                  "inilora-beta"} <= set(first)
-    assert sum(m.startswith("peft:") for m in first) >= 3
+    assert list(first) == list(preset_methods)  # every declared method, inilora:adam included, in its order
 
 
 def _complete_results() -> dict:
@@ -169,7 +178,7 @@ def _complete_results() -> dict:
             runs += [{"task": name, "method": method, "lr": chosen, "seed": s, **curve} for s in (2, 3, 4)]
             p = None if method == "lora" else 0.5
             entries[method] = {"lr_grid": grid, "chosen_lr": chosen, "val_by_lr": {},
-                               "test": {"seeds": [0, 1, 2, 3, 4], "p_holm": p}}
+                               "test": {"seeds": [0, 1, 2, 3, 4], "p_adjusted_all_methods": p}}
         tasks[name] = {"model": model, "methods": entries}
     return {"summary": {"command": "inilora bench --preset tuned", "cpu_hours": 1.0, "tasks": tasks}, "runs": runs}
 
@@ -230,3 +239,124 @@ def test_a_generation_suite_compared_on_its_loss_end_to_end(tmp_path):
     chosen = next(r for r in runs if r["lr"] == entry["chosen_lr"])
     assert entry["test"]["values"] == pytest.approx([chosen["test"]["loss"]])
 
+
+
+def test_every_method_and_solver_has_an_init_version_and_older_records_read_as_the_first():
+    from inilora.experiments.bench.plan import FIRST_INIT_VERSION, init_version
+    from inilora.methods import REGISTRY
+
+    _, methods = bench.preset("tuned")
+    rows = {*methods, *(f"{name}:{solver}" for name, m in REGISTRY.items() for solver in m.solvers)}
+    versions = {row: init_version(row) for row in rows}
+    assert all(isinstance(versions[row], int) for row in rows if not row.startswith("peft:")), versions
+    assert versions["inilora:adam"] is not None and versions["peft:olora"] is None
+    suite = bench.Suite("toy", "minilm", task="reviews", validation=True)
+    for method in ("lora", "inilora:adam", "inilora:svd"):
+        spec = bench.RunSpec(suite, method, 0, lr=1e-3)
+        recorded = {k: v for k, v in spec.key().items() if k != "init_version"}
+        # a spec recorded before every method had a version counts while the method is at its first one
+        assert spec.matches(recorded) == (init_version(method) == FIRST_INIT_VERSION)
+        assert spec.matches(spec.key()) and not spec.matches({**spec.key(), "init_version": init_version(method) + 1})
+
+
+def _record(ledger, suite, method, lr, seed, digest) -> dict:
+    from inilora.experiments.train.trainer import VAL_EVALUATIONS, evaluation_steps
+
+    return {"task": suite.name, "method": method, "lr": lr, "seed": seed,
+            "spec": ledger.spec(suite, method, lr, seed).key(),
+            "val": {"metric": 0.5, "loss": 1.0}, "metrics": {"steps": 16}, "init": {"digest": digest},
+            "val_curve": [[step, 1.0, 0.5] for step in evaluation_steps(16, VAL_EVALUATIONS)]}
+
+
+def test_runs_made_from_other_initial_factors_than_todays_are_redone(tmp_path):
+    suite = bench.Suite("toy", "minilm", task="reviews", validation=True)
+    adapter = Protocol((1e-4, 1e-3), tune_seeds=(0,), final_seeds=(0, 1), max_extensions=0)
+    empty = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"})
+    # seed 0's two grid runs recorded different factors (made on different machines, say): today's decide
+    for lr, digest in ((1e-4, "old"), (1e-3, "new")):
+        path = empty.spec(suite, "lora", lr, 0).path(tmp_path)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_record(empty, suite, "lora", lr, 0, digest)))
+    asked = []
+
+    def today(spec):
+        asked.append((spec.method, spec.seed))
+        return "new"
+
+    ledger = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"}, init_digest=today)
+    assert asked == [("lora", 0)] and list(ledger.scores["toy", "lora"]) == [(1e-3, 0)]
+    assert [r["lr"] for r in ledger.dropped] == [1e-4]
+    todo, _ = tuned.pending(ledger, [suite], ("lora",), adapter, adapter, set())
+    assert [(spec.lr, spec.seed) for spec in todo] == [(1e-4, 0)]  # redone
+    # once redone, the runs agree and need no check; a run made now sets today's factors for its seed
+    redone = empty.spec(suite, "lora", 1e-4, 0).path(tmp_path)
+    redone.write_text(json.dumps(_record(empty, suite, "lora", 1e-4, 0, "new")))
+    agreed = tuned.Ledger(tmp_path, [suite], ("lora",), {"toy": "x"}, init_digest=lambda spec: pytest.fail())
+    assert len(agreed.scores["toy", "lora"]) == 2 and not agreed.dropped
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-3, 1, "newer"), made_now=True)  # seed 1: its own factors
+    assert len(agreed.scores["toy", "lora"]) == 3 and not agreed.dropped
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-2, 0, "newer"), made_now=True)  # a grown grid's rate
+    assert sorted(agreed.scores["toy", "lora"]) == [(1e-3, 1), (1e-2, 0)]
+    assert sorted(r["lr"] for r in agreed.dropped) == [1e-4, 1e-3]
+    agreed.add(suite, _record(agreed, suite, "lora", 1e-3, 0, "new"))  # a stale one read later does not count
+    assert len(agreed.scores["toy", "lora"]) == 2
+
+
+def test_the_tuned_protocol_on_your_own_data_from_the_command_line(tmp_path, capsys):
+    """`inilora bench --preset tuned --train-file ... --eval-file ...` runs the preset's protocol on the user's file:
+    validation carved from it, the grid, the half-steps, the final seeds, a filled summary, a command that
+    reproduces it, and a resume that redoes nothing."""
+    import shlex
+
+    from inilora import cli
+
+    bert = tiny.bert_folder(tmp_path / "bert")
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.sentiment_rows(60))
+    test = tiny.write_jsonl(tmp_path / "test.jsonl", tiny.sentiment_rows(20, seed=1))
+    out = tmp_path / "out"
+    argv = ["bench", "--preset", "tuned", "--model", str(bert), "--train-file", str(train), "--eval-file", str(test),
+            "--methods", "lora,inilora:svd", "--max-steps", "4", "--batch-size", "8", "--max-len", "32",
+            "--tuning", "lr_grid=[1e-3, 1e-2]", "--tuning", "tune_seeds=[0]", "--tuning", "final_seeds=[0, 1]",
+            "--tuning", "max_extensions=0", "--out", str(out)]
+    assert cli.main([*argv, "--jobs", "2", "--no-plots"]) == 0
+    runs = [json.loads(path.read_text()) for path in sorted(out.glob("runs/train/*/lr*/seed*.json"))]
+    # per method: the 2 rates, the 2 half-steps around the better one (seed 0), then seed 1 at the chosen rate
+    assert len(runs) == 2 * 5 and {r["method"] for r in runs} == {"lora", "inilora:svd"}
+    assert all(r["val"] is not None and r["val"]["n"] == 12 and r["val_curve"] for r in runs)  # 20 % of 60 carved
+    assert all(r["n_train"] == 48 and r["spec"]["validation"] is True for r in runs)  # trained on the rest only
+    summary = json.loads((out / "summary.json").read_text())
+    task = summary["tasks"]["train"]
+    for method in ("lora", "inilora:svd"):
+        entry = task["methods"][method]
+        assert len(entry["lr_grid"]) == 4 and {1e-3, 1e-2} < set(entry["lr_grid"])
+        assert entry["chosen_lr"] in entry["lr_grid"] and entry["test"]["seeds"] == [0, 1]
+        best = max(entry["val_by_lr"], key=entry["val_by_lr"].get)  # chosen on validation (ties: lower loss)
+        assert entry["val_by_lr"][f"{entry['chosen_lr']:.3g}"] == entry["val_by_lr"][best]
+    assert task["converged"] in (True, False) and task["val_loss_fall_last_quarter"] is not None
+    (row,) = json.loads((out / "results.json").read_text())["declared"]["train"]
+    assert row["comparison"] == "inilora:svd vs lora" and row["n"] == 2
+    (declared,) = task["declared"]  # summary.json: the declared comparison in its published shape
+    assert SHAPE_DECLARED <= set(declared) and declared["comparison"] == "inilora:svd vs lora"
+    # the recorded command names the data and the protocol's settings; run again, it finds everything done
+    command = shlex.split(summary["command"])
+    assert command[:2] == ["inilora", "bench"]
+    assert {"--train-file", "--eval-file", "--model", "--tuning"} <= set(command)
+    capsys.readouterr()
+    assert cli.main([*command[1:], "--no-plots"]) == 0
+    assert "about 10 runs on 1 task(s), 10 already done, 0 to go" in capsys.readouterr().err
+    assert len(list(out.glob("runs/train/*/lr*/seed*.json"))) == 10
+    assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tuning", "lr_grid=[1e-3,"], "expected a tuning setting KEY=VALUE"),
+    (["--tuning", "lr_grids=[1e-3, 1e-2]"], "unknown tuning setting(s) lr_grids; the tuned preset's [tuning] table"),
+    (["--tuning", "lr_grid=[1e-2, 1e-3]"], "lr_grid must hold >= 2 ascending learning rates"),
+])
+def test_tuning_settings_are_checked_before_any_run(tmp_path, capsys, extra, message):
+    from inilora import cli
+
+    assert cli.main(["bench", "--preset", "tuned", "--tasks", "reviews", "--out", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err and not any(tmp_path.iterdir())
+    assert cli.main(["bench", "--tasks", "reviews", "--tuning", "refine=false"]) == 2
+    assert "--tuning changes the tuned preset's protocol" in capsys.readouterr().err

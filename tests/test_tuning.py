@@ -82,3 +82,42 @@ def test_curve_auc_is_the_mean_level_and_steps_to_reach():
     assert steps_to_reach(metric, 0.75) == 20
     assert steps_to_reach(metric, 0.9) is None
     assert steps_to_reach(curve, 0.6, higher_is_better=False) == 10
+
+
+def test_half_steps_split_the_grid_step_in_log_scale():
+    from inilora.experiments.bench.tuning import half_steps
+
+    low, high = half_steps([2e-4, 6e-4, 2e-3, 6e-3], 2e-3)
+    half = 30 ** (1 / 6)  # the square root of the mean ratio, (6e-3 / 2e-4) ** (1 / 3)
+    assert low == pytest.approx(2e-3 / half, rel=0.005) and high == pytest.approx(2e-3 * half, rel=0.005)
+    assert half_steps([1e-3, 1e-2], 1e-3) == [0.000316, 0.00316]  # ×√10 steps: ×√3.16 on each side
+
+
+def test_the_budget_check_reads_the_last_quarter_of_the_validation_loss():
+    from inilora.experiments.bench.tuning import budget_check, last_quarter_fall
+
+    assert last_quarter_fall([(s, 1.0) for s in range(1, 9)]) == 0.0
+    # 8 evaluations of 16 steps: 3/4 is step 12, a logged point; 0.5 -> 0.4 is a 20 % fall
+    assert last_quarter_fall([(2 * s, 1.0 if s < 6 else {6: 0.5, 7: 0.45, 8: 0.4}[s]) for s in range(1, 9)]) == \
+        pytest.approx(0.2)
+    assert last_quarter_fall([(4, 1.0), (8, 0.8)]) == pytest.approx((0.9 - 0.8) / 0.9)  # interpolated at step 6
+    assert last_quarter_fall([(3, 1.0)]) is None
+
+    def run(lr, seed, losses):
+        return {"lr": lr, "seed": seed, "val_curve": [[step, loss, None] for step, loss in enumerate(losses, 1)]}
+
+    entry = {"chosen_lr": 1e-3, "test": {"seeds": [0, 1]}}
+    flat, falling = [1.0, 0.6, 0.5, 0.5], [1.0, 0.6, 0.5, 0.4]
+    runs = [run(1e-3, 0, flat), run(1e-3, 1, falling), run(1e-2, 0, [1, 1, 1, 0.1]), run(1e-3, 2, [1, 1, 1, 0.1])]
+    check = budget_check(runs, entry)  # the other rate and the seed outside the finals are not read
+    assert check["val_loss_fall_last_quarter"] == pytest.approx((0.5 - 0.45) / 0.5) and check["converged"] is False
+    assert budget_check(runs[:1], entry) == {"converged": True, "val_loss_fall_last_quarter": 0.0}
+    assert budget_check(runs, {"chosen_lr": None, "test": {"seeds": []}})["converged"] is None
+    assert budget_check(runs, None)["converged"] is None
+    from inilora.experiments.bench.tuned_report import markdown
+
+    task = {"model": "m", "metric": "accuracy", "majority": None, "methods": {}, **check}
+    shown = markdown({"command": "c", "cpu_hours": 0.0, "tasks": {"t": task}}, {}, {})
+    assert "Not converged: `lora`'s validation loss still fell 10.0% over the last quarter" in shown
+    assert "Not converged" not in markdown({"command": "c", "cpu_hours": 0.0, "tasks": {"t": {
+        **task, **budget_check(runs[:1], entry)}}}, {}, {})

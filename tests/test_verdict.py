@@ -1,4 +1,5 @@
-"""summary.json entries from synthetic run records: selection on validation, finals, Holm, convergence."""
+"""summary.json entries from synthetic run records: selection on validation, finals, convergence; the declared
+comparisons' statistics (t and two-level bootstrap intervals, Holm within the family, TOST) and their words."""
 
 import pytest
 
@@ -38,12 +39,10 @@ def test_summary_chooses_on_validation_and_tests_the_finals():
     assert lora["chosen_lr"] == 1e-3 and ini["chosen_lr"] == 3e-4
     assert ini["test"]["seeds"] == [0, 1, 2, 3, 4]
     assert ini["test"]["mean"] == pytest.approx(0.75 + 0.02)
-    assert ini["test"]["p_vs_lora"] == 0.0  # a constant +0.05 on every seed
+    assert ini["test"]["p_vs_lora"] is None  # a constant +0.05 on every seed: the t-test is undefined, not p = 0
     assert ini["test"]["win_rate_vs_lora"] == 1.0
     assert lora["test"]["p_vs_lora"] is None
-    # Holm over {inilora, pissa}: never below the raw p
-    for m in ("inilora:svd", "pissa"):
-        assert methods[m]["test"]["p_holm"] >= methods[m]["test"]["p_vs_lora"]
+    assert methods["pissa"]["test"]["p_adjusted_all_methods"] == pytest.approx(methods["pissa"]["test"]["p_vs_lora"])
     # lora's curve ends at step 80 at 0.5 + 0.02 * 8 = 0.66; inilora (0.05 per 10 steps) first logs
     # >= 0.66 at step 40; pissa, as fast as lora, only at step 80
     assert ini["steps_to_lora_final"] == 40
@@ -51,7 +50,9 @@ def test_summary_chooses_on_validation_and_tests_the_finals():
     assert ini["val_by_lr"]["0.0003"] == pytest.approx(0.8)
     verdict = {row["comparison"]: row for row in declared_verdict(methods)}
     assert set(verdict) == {"inilora:svd vs lora", "inilora:svd vs pissa"}
-    assert verdict["inilora:svd vs lora"]["diff_mean"] == pytest.approx(0.05)
+    assert verdict["inilora:svd vs lora"]["delta"] == pytest.approx(0.05)
+    row = verdict["inilora:svd vs lora"]
+    assert row["p"] is None and row["p_holm"] is None and row["reading"] == "inconclusive" and "undefined" in row["why"]
 
 
 def test_validation_by_lr_is_what_the_choice_read_the_tuning_seeds():
@@ -77,16 +78,17 @@ def test_a_method_short_of_its_final_seeds_stays_out_of_the_holm_family():
             r["test"]["metric"] -= 0.03 * (r["seed"] % 2)
     everything = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "pissa", "inilora-alpha")},
                                 "classification")
-    assert everything["pissa"]["test"]["p_holm"] > everything["pissa"]["test"]["p_vs_lora"]  # a family of two
+    assert everything["pissa"]["test"]["p_adjusted_all_methods"] > everything["pissa"]["test"]["p_vs_lora"]
     runs = [r for r in runs if not (r["method"] == "inilora-alpha" and r["seed"] == 4)]
     methods = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "pissa", "inilora-alpha")},
                              "classification")
     alpha, pissa = methods["inilora-alpha"]["test"], methods["pissa"]["test"]
-    assert alpha["seeds"] == [0, 1, 2, 3] and alpha["p_vs_lora"] is None and alpha["p_holm"] is None
-    assert pissa["p_holm"] == pytest.approx(pissa["p_vs_lora"])  # alone in its family now
+    assert alpha["seeds"] == [0, 1, 2, 3] and alpha["p_vs_lora"] is None and alpha["p_adjusted_all_methods"] is None
+    assert pissa["p_adjusted_all_methods"] == pytest.approx(pissa["p_vs_lora"])  # alone in its family now
     rows = {row["comparison"]: row for row in declared_verdict(methods, seeds=5)}
     assert rows["inilora-alpha vs lora"]["n"] == 4 and rows["inilora-alpha vs lora"]["p"] is None
-    assert rows["inilora-alpha vs lora"]["diff_mean"] == pytest.approx(0.005)
+    assert rows["inilora-alpha vs lora"]["delta"] == pytest.approx(0.005)
+    assert rows["inilora-alpha vs lora"]["reading"] == "inconclusive" and "waiting" in rows["inilora-alpha vs lora"]["why"]
     assert declared_verdict(methods)[0]["p"] > 0  # without a required count, 4 seeds are tested
 
 
@@ -96,43 +98,8 @@ def test_paired_p_agrees_with_scipy():
     a, b = {0: 0.7, 1: 0.72, 2: 0.69}, {0: 0.68, 1: 0.71, 2: 0.70}
     assert paired_p(a, b) == pytest.approx(stats.ttest_rel([0.7, 0.72, 0.69], [0.68, 0.71, 0.70]).pvalue)
     assert paired_p({0: 1.0}, {0: 0.0}) is None
-
-
-def test_item_level_bootstrap_separates_a_real_gap_from_one_example():
-    import random
-
-    from inilora.experiments.bench.verdict import paired_bootstrap_p
-
-    rng = random.Random(0)
-    base = {s: [rng.random() < 0.7 for _ in range(400)] for s in range(5)}
-    better = {s: [True if i < 60 else h for i, h in enumerate(hits)] for s, hits in base.items()}
-
-    def churn(hits):  # 10 wrong answers made right, 9 right ones made wrong: +1 example, much noise
-        wrong, right = [i for i, h in enumerate(hits) if not h][:10], [i for i, h in enumerate(hits) if h][:9]
-        return [not h if i in wrong or i in right else h for i, h in enumerate(hits)]
-
-    one_more = {s: churn(hits) for s, hits in base.items()}
-    assert paired_bootstrap_p(base, base) == 1.0
-    strong = paired_bootstrap_p(better, base)
-    assert strong < 0.01 and strong == paired_bootstrap_p(base, better)  # symmetric in its arguments
-    assert paired_bootstrap_p(one_more, base) > 0.3
-    assert paired_bootstrap_p(better, {7: base[0]}) is None  # no common seed
-
-
-def test_declared_verdict_reports_item_level_p_with_holm():
-    runs = _records("lora", 1e-3, 0.0, 0.02) + _records("inilora:svd", 3e-4, 0.05, 0.05) + \
-        _records("inilora-alpha", 1e-3, 0.0, 0.02)
-    methods = summarize_task(runs, {m: Protocol(GRID) for m in ("lora", "inilora:svd", "inilora-alpha")},
-                             "classification")
-    base = [i % 3 != 0 for i in range(300)]
-    hits = {"lora": {s: base for s in range(5)},
-            "inilora:svd": {s: [True] * 300 for s in range(5)},
-            "inilora-alpha": {s: base for s in range(5)}}
-    rows = {row["comparison"]: row for row in declared_verdict(methods, hits)}
-    assert rows["inilora:svd vs lora"]["p_items"] < 0.01 and rows["inilora-alpha vs lora"]["p_items"] == 1.0
-    for row in rows.values():
-        assert row["p_items_holm"] >= row["p_items"]
-    assert all(row["p_items"] is None for row in declared_verdict(methods))
+    # the same difference on every seed: undefined (no spread), never 0 or 1
+    assert paired_p({0: 0.1, 1: 0.1}, {0: 0.0, 1: 0.0}) is None and paired_p({0: 0.3, 1: 0.5}, {0: 0.3, 1: 0.5}) is None
 
 
 def test_example_hits_scores_classes_and_answers_and_refuses_a_length_mismatch():
@@ -146,41 +113,194 @@ def test_example_hits_scores_classes_and_answers_and_refuses_a_length_mismatch()
         example_hits("classification", rows, [1])
 
 
-def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
-    from inilora.experiments.bench.tuned_report import verdict_lines
+def _methods(values: dict[str, list[float]]) -> dict:
+    """summary.json-like method entries: the test values of seeds 0, 1, ... per method."""
+    return {m: {"test": {"seeds": list(range(len(v))), "values": list(v)}} for m, v in values.items()}
 
-    rows = [{"comparison": "inilora:svd vs lora", "diff_mean": 0.012, "n": 5, "p": 0.001, "p_holm": 0.01, "p_items_holm": 0.2},
-            {"comparison": "inilora-alpha vs lora", "diff_mean": -0.02, "n": 5, "p": 0.001, "p_holm": 0.004, "p_items_holm": None},
-            {"comparison": "inilora-beta vs lora", "diff_mean": 0.03, "n": 5, "p": 0.001, "p_holm": 0.08, "p_items_holm": 0.01},
-            {"comparison": "inilora:svd vs pissa", "diff_mean": 0.05, "n": 2, "p": 0.001, "p_holm": 0.001, "p_items_holm": 0.001}]
+
+def test_holm_on_known_p_values():
+    from inilora.experiments.bench.tuning import holm
+
+    # sorted 0.01, 0.03, 0.04 over m = 3: 0.03, 0.06, max(0.06, 0.04) = 0.06 (step-down, kept monotone)
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": None})
+    assert holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}  # capped at 1
+
+
+def test_holm_is_over_the_declared_family_only():
+    """A method outside the declared comparisons (milora) does not enter the family; an undefined p stays
+    in it at its largest (1), so a family with an undefined member is not corrected less."""
+    from inilora.experiments.bench.tuning import holm
+
+    lora = [0.70, 0.72, 0.71, 0.69, 0.73]
+    methods = _methods({"lora": lora, "inilora:svd": [v + d for v, d in zip(lora, (0.02, 0.03, 0.01, 0.025, 0.02))],
+                        "pissa": [v + d for v, d in zip(lora, (0.01, -0.01, 0.02, 0.0, 0.005))],
+                        "inilora-alpha": [v + 0.01 for v in lora],  # the same difference on every seed
+                        "milora": [v - 0.05 for v in lora]})
+    rows = {row["comparison"]: row for row in declared_verdict(methods, seeds=5, margin=0.01)}
+    assert set(rows) == {"inilora:svd vs lora", "inilora:svd vs pissa", "inilora-alpha vs lora"}
+    raw = {name: row["p"] for name, row in rows.items()}
+    assert raw["inilora-alpha vs lora"] is None and "undefined" in rows["inilora-alpha vs lora"]["why"]
+    expected = holm({**raw, "inilora-alpha vs lora": 1.0})
+    for name in ("inilora:svd vs lora", "inilora:svd vs pissa"):
+        assert rows[name]["p_holm"] == pytest.approx(expected[name])
+    assert rows["inilora:svd vs lora"]["p_holm"] == pytest.approx(min(1.0, 3 * raw["inilora:svd vs lora"]))
+
+
+def test_t_interval_matches_the_textbook_formula():
+    from scipy import stats
+
+    from inilora.experiments.bench.stats import t_interval
+
+    diffs = [0.02, 0.03, 0.01, 0.025, 0.02]
+    mean, sd = 0.021, 0.0074162  # by hand: fmean, sample std
+    half = stats.t.ppf(0.975, 4) * sd / 5 ** 0.5  # t(0.975, 4) = 2.776
+    assert t_interval(diffs) == pytest.approx((mean - half, mean + half), abs=1e-6)
+    assert t_interval(diffs, 0.90)[1] - t_interval(diffs, 0.90)[0] < t_interval(diffs)[1] - t_interval(diffs)[0]
+    assert t_interval([0.1]) is None and t_interval([0.1, 0.1]) == (0.1, 0.1)
+
+
+def test_two_level_bootstrap_against_known_answers():
+    import numpy as np
+
+    from inilora.experiments.bench.stats import percentile_interval, two_level_bootstrap
+
+    # seeds only: two seeds whose every example differs by 0 and by 1; a draw's mean is 0, 1/2 or 1 with
+    # probability 1/4, 1/2, 1/4 (both seeds the same / one of each), so the 95 % interval is [0, 1] and the
+    # draws' variance is the variance of a mean of two draws from {0, 1}: 1/8
+    draws = two_level_bootstrap({0: [0.0] * 50, 1: [1.0] * 50})
+    assert percentile_interval(draws) == (0.0, 1.0)
+    assert np.mean(draws == 0.5) == pytest.approx(0.5, abs=0.02) and np.var(draws) == pytest.approx(1 / 8, rel=0.05)
+    # examples only: every seed has the same per-example differences x; the draws' std is the standard error
+    # std(x) / sqrt(n) (population std), and the 95 % interval mean ± 1.96 of it
+    rng = np.random.default_rng(1)
+    x = rng.choice([-1.0, 0.0, 1.0], size=2000, p=[0.2, 0.5, 0.3])
+    draws = two_level_bootstrap({s: x for s in range(5)})
+    se = x.std() / np.sqrt(len(x))
+    assert draws.std() == pytest.approx(se, rel=0.03)
+    low, high = percentile_interval(draws)
+    assert low == pytest.approx(x.mean() - 1.96 * se, abs=0.1 * se) and high == pytest.approx(x.mean() + 1.96 * se, abs=0.1 * se)
+    with pytest.raises(ValueError, match="3 family ids for 2000 examples"):
+        two_level_bootstrap({0: x}, families=[0, 1, 2])
+
+
+def test_whole_families_widen_the_interval_as_their_size_says():
+    """Families of 9 identical examples carry the information of one example each: resampling them whole
+    widens the interval by sqrt(9) = 3 over resampling the examples as if they were independent."""
+    import numpy as np
+
+    from inilora.experiments.bench.stats import percentile_interval, two_level_bootstrap
+
+    rng = np.random.default_rng(2)
+    per_family = rng.choice([-1.0, 0.0, 1.0], size=300, p=[0.25, 0.45, 0.3])
+    x = np.repeat(per_family, 9)
+    families = np.repeat(np.arange(300), 9).tolist()
+    flat = np.subtract(*percentile_interval(two_level_bootstrap({0: x, 1: x})))
+    clustered = np.subtract(*percentile_interval(two_level_bootstrap({0: x, 1: x}, families)))
+    assert clustered / flat == pytest.approx(3.0, rel=0.1)
+
+
+def test_tost_readings():
+    from inilora.experiments.bench.stats import read_comparison
+
+    # better/worse on the Holm p alone; the direction from the metric (a loss: lower is better)
+    assert read_comparison(0.02, 0.01, 0.01, [(0.01, 0.03)]) == "better"
+    assert read_comparison(0.02, 0.01, 0.01, [(0.01, 0.03)], higher_is_better=False) == "worse"
+    assert read_comparison(-0.05, 0.004, 0.02, [(-0.07, -0.03)], higher_is_better=False) == "better"
+    # equivalent only when every 90 % interval lies inside ±margin
+    assert read_comparison(0.001, 0.8, 0.01, [(-0.004, 0.006), (-0.008, 0.009)]) == "equivalent"
+    assert read_comparison(0.001, 0.8, 0.01, [(-0.004, 0.006), (-0.008, 0.011)]) == "inconclusive"
+    assert read_comparison(0.001, 0.8, 0.01, [(-0.004, 0.006), None]) == "equivalent"  # only the one there is
+    assert read_comparison(0.0, 1.0, 0.01, [None, None]) == "inconclusive"  # no interval: nothing shown
+    # a wide interval around zero is not "no difference"
+    assert read_comparison(0.0, 1.0, 0.02, [(-0.12, 0.12)]) == "inconclusive"
+    assert read_comparison(0.005, 0.3, 0.01, [(-0.001, 0.0101)]) == "inconclusive"  # touching the margin
+
+
+def test_declared_rows_carry_the_issue_shape_and_read_by_tost():
+    lora = [0.70, 0.72, 0.71, 0.69, 0.73]
+    wobble = (0.001, -0.001, 0.002, 0.0, -0.002)
+    methods = _methods({"lora": lora, "inilora:svd": [v + w for v, w in zip(lora, wobble)],
+                        "inilora-alpha": [v + w * 20 for v, w in zip(lora, wobble)]})
+    # per example: 400 test examples per seed; svd differs from lora on 0-1 of them per seed
+    per_example = {"lora": {s: [1.0] * 280 + [0.0] * 120 for s in range(5)}}
+    per_example["inilora:svd"] = {s: [1.0] * 280 + [0.0] * 120 for s in range(5)}
+    rows = {row["comparison"]: row for row in declared_verdict(methods, per_example, seeds=5, margin=0.01)}
+    svd, alpha = rows["inilora:svd vs lora"], rows["inilora-alpha vs lora"]
+    assert {"comparison", "delta", "ci95", "ci95_two_level", "margin", "p", "p_holm", "reading"} <= set(svd)
+    assert svd["delta"] == pytest.approx(0.0) and svd["margin"] == 0.01
+    assert svd["ci95_two_level"] == [0.0, 0.0]  # identical answers on every example
+    assert svd["reading"] == "equivalent"
+    assert alpha["ci95_two_level"] is None and alpha["reading"] == "inconclusive"  # ±0.04 seed to seed
+    assert alpha["ci95"][0] < -0.01 < 0.01 < alpha["ci95"][1]
+
+
+def test_the_readme_verdict_reads_only_complete_comparisons_after_holm():
+    verdict_lines = _render_tuned().verdict_lines
+
+    def row(name, delta, p_holm, ci, n=5, margin=0.01, **extra):
+        reading = extra.pop("reading", None)
+        r = {"comparison": name, "delta": delta, "n": n, "p": p_holm, "p_holm": p_holm, "ci95": ci, "ci90": ci,
+             "margin": margin, **extra}
+        return r if reading is None else {**r, "reading": reading}
+
+    rows = [row("inilora:svd vs lora", 0.012, 0.01, [0.004, 0.02], ci95_two_level=[-0.01, 0.03]),
+            row("inilora-alpha vs lora", -0.02, 0.004, [-0.03, -0.01]),
+            row("inilora-beta vs lora", 0.001, 0.8, [-0.005, 0.007]),
+            row("inilora:adam vs lora", 0.03, 0.08, [-0.01, 0.07]),
+            row("inilora:svd vs pissa", 0.05, None, None, n=2)]
     lines = verdict_lines(rows, 5)
-    assert lines[0] == "- inilora:svd vs lora: +0.012 (Holm p 0.010 over seeds, 0.200 over test examples): better."
-    assert lines[1] == "- inilora-alpha vs lora: -0.020 (Holm p 0.004 over seeds): worse."
-    assert lines[2].endswith("no difference after correction.")  # seeds decide; items only complement
-    assert lines[3] == "- inilora:svd vs pissa: waiting for the final runs (2 of 5 paired seeds)."
+    assert lines[0] == ("- inilora:svd vs lora: Δ +0.012 (95 % CI +0.004 to +0.020 over seeds; -0.010 to +0.030 over "
+                        "seeds and test examples), Holm p 0.010: better.")
+    assert lines[1] == "- inilora-alpha vs lora: Δ -0.020 (95 % CI -0.030 to -0.010 over seeds), Holm p 0.004: worse."
+    assert lines[2].endswith("Holm p 0.800: equivalent within ±0.01.")
+    assert lines[3].endswith("Holm p 0.080: inconclusive.")
+    assert lines[4] == "- inilora:svd vs pissa: waiting for the final runs (2 of 5 paired seeds)."
+    assert not any("no difference" in line or "alike" in line for line in lines)
     # a task compared on its loss: a lower value is the better one
     lines = verdict_lines(rows, 5, higher=False)
     assert lines[0].endswith(": worse.") and lines[1].endswith(": better.")
     assert lines[-1] == ("- Holm's correction is over the 4 of the 6 declared comparisons with a p so far: a Holm "
                          "p can only grow as the others arrive.")
-    rows += [{"comparison": f"c{i}", "diff_mean": 0.0, "n": 5, "p": 0.5, "p_holm": 1.0} for i in range(2)]
-    assert len(verdict_lines(rows, 5)) == 6  # the whole family has a p: no note
 
 
-def test_the_overview_sorts_each_declared_comparison_by_task_and_direction():
-    from inilora.experiments.bench.tuned_report import overview_lines
+def test_the_renderer_refuses_words_the_figures_contradict():
+    from inilora.experiments.bench.tuned_report import reading_of
 
-    def row(name, diff, p_holm, n=5):
-        return {"comparison": name, "diff_mean": diff, "n": n, "p": p_holm, "p_holm": p_holm}
+    base = {"comparison": "inilora:svd vs lora", "delta": 0.012, "n": 5, "p": 0.01, "p_holm": 0.03,
+            "ci95": [0.004, 0.02], "ci90": [0.005, 0.019], "margin": 0.01}
+    assert reading_of(base, True) == "better" and reading_of({**base, "reading": "better"}, True) == "better"
+    for stored in ("equivalent", "inconclusive", "worse"):
+        with pytest.raises(ValueError, match="its figures give 'better'"):
+            reading_of({**base, "reading": stored}, True)
+    wide = {**base, "delta": 0.001, "p": 0.9, "p_holm": 1.0, "ci90": [-0.004, 0.012]}
+    with pytest.raises(ValueError, match="its figures give 'inconclusive'"):
+        reading_of({**wide, "reading": "equivalent"}, True)  # the 90 % interval reaches past the margin
+    undefined = {**base, "p": None, "p_holm": None, "ci90": [0.01, 0.01], "ci95": [0.01, 0.01]}
+    assert reading_of(undefined, True) == "inconclusive"
 
-    declared = {"reviews": [row("inilora:svd vs lora", 0.003, 0.47), row("inilora-alpha vs lora", -0.02, 0.01)],
-                "hyperbaton": [row("inilora:svd vs lora", 0.026, 0.007), row("inilora-alpha vs lora", -0.01, None, 4)],
-                "gsm_symbolic": [row("inilora:svd vs lora", -0.05, 0.02)]}  # a loss: lower is better
+
+def test_the_overview_sorts_each_declared_comparison_by_task_and_reading():
+    overview_lines = _render_tuned().overview_lines
+
+    def row(name, delta, p_holm, ci, n=5, margin=0.01):
+        return {"comparison": name, "delta": delta, "n": n, "p": p_holm, "p_holm": p_holm, "ci95": ci, "ci90": ci,
+                "margin": margin}
+
+    declared = {"reviews": [row("inilora:svd vs lora", 0.003, 0.47, [-0.002, 0.008]),
+                            row("inilora-alpha vs lora", -0.02, 0.01, [-0.03, -0.01])],
+                "hyperbaton": [row("inilora:svd vs lora", 0.026, 0.007, [0.016, 0.037]),
+                               row("inilora-alpha vs lora", -0.01, None, None, 4)],
+                "gsm_symbolic": [row("inilora:svd vs lora", -0.05, 0.02, [-0.08, -0.02], margin=0.02)]}
     lines = overview_lines(declared, {"reviews": "accuracy", "hyperbaton": "accuracy", "gsm_symbolic": "eval_loss"}, 5)
-    table = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in lines if line.startswith("| inilora")}
-    assert table["inilora:svd vs lora"] == ["hyperbaton (+0.026), gsm_symbolic (-0.050)", "reviews", "–", "–"]
-    assert table["inilora-alpha vs lora"] == ["–", "–", "reviews (-0.020)", "hyperbaton"]
+    table = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in lines
+             if line.startswith("| inilora")}
+    assert table["inilora:svd vs lora"] == [
+        "hyperbaton (+0.026, +0.016 to +0.037), gsm_symbolic (-0.050, -0.080 to -0.020)", "–",
+        "reviews (+0.003, -0.002 to +0.008)", "–", "–"]
+    assert table["inilora-alpha vs lora"] == ["–", "reviews (-0.020, -0.030 to -0.010)", "–", "–", "hyperbaton"]
     assert list(table) == ["inilora:svd vs lora", "inilora-alpha vs lora"]  # the declared order
+    assert "accuracy ±0.01, held-out loss ±0.02" in lines[0] and "not evidence of no difference" in lines[0]
     assert overview_lines({}, {}, 5) == []
 
 
@@ -207,7 +327,7 @@ def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():
 
 
 def test_the_budget_line_shows_loras_mean_validation_curve_at_its_chosen_rate():
-    from inilora.experiments.bench.tuned_report import budget_line
+    budget_line = _render_tuned().budget_line
 
     runs = _records("lora", 1e-3, 0.0, 0.02) + _records("pissa", 1e-3, 0.0, 0.05)
     for r in runs:  # seed s's accuracy curve is 0.5 + 0.01 s at every step: the mean over seeds 0-4 is 0.52
@@ -218,3 +338,54 @@ def test_the_budget_line_shows_loras_mean_validation_curve_at_its_chosen_rate():
                                             "steps 10, 20: 0.520, 0.520.")
     task["methods"]["lora"]["chosen_lr"] = None  # still tuning: nothing to show yet
     assert budget_line("t", task, runs) is None
+
+
+def test_a_task_with_example_families_gives_them_to_the_two_level_interval():
+    """The answer key keeps each test row's family (``group``, e.g. winowhy's sentence with its candidate
+    reasons); the declared comparison resamples whole families, so shared answers widen its interval."""
+    from types import SimpleNamespace
+
+    from inilora.experiments.bench.answers import AnswerKey
+
+    rows = [{"text": f"s{i // 8} r{i % 8}", "label": i % 2, "group": f"s{i // 8}"} for i in range(400)]
+    key = AnswerKey.of_task(SimpleNamespace(kind="classification", eval=rows), "d")
+    assert key.families == [f"s{i // 8}" for i in range(400)] and key.eval[0] == {"label": 0, "group": "s0"}
+    alone = AnswerKey.of_task(SimpleNamespace(kind="classification", eval=[{"label": 1}, {"label": 0}]), "d")
+    assert alone.families is None and alone.eval == [{"label": 1}, {"label": 0}]
+
+    lora = [0.70, 0.72, 0.71, 0.69, 0.73]
+    methods = _methods({"lora": lora, "inilora:svd": [v + d for v, d in zip(lora, (0.01, 0.0, 0.02, 0.01, 0.0))]})
+    # svd right where lora is wrong on every example of families 0-9, wrong where lora is right on 40-44: the
+    # per-example differences come in blocks of 8
+    per_family = [1.0] * 10 + [0.0] * 30 + [-1.0] * 5 + [0.0] * 5
+    differences = [per_family[i // 8] for i in range(400)]
+    per_example = {"lora": {s: [0.0] * 400 for s in range(5)}, "inilora:svd": {s: differences for s in range(5)}}
+    flat, = declared_verdict(methods, per_example, seeds=5, margin=0.01)
+    clustered, = declared_verdict(methods, per_example, families=key.families, seeds=5, margin=0.01)
+    width = lambda row: row["ci95_two_level"][1] - row["ci95_two_level"][0]  # noqa: E731
+    assert width(clustered) / width(flat) == pytest.approx(8 ** 0.5, rel=0.15)
+
+
+def test_results_md_says_why_a_comparison_with_no_spread_has_no_p():
+    """Exact match 0 on every seed for lora and 0.1 on every seed for pissa: the t-test is undefined, shown as
+    such with the reason, never as p = 0."""
+    from inilora.experiments.bench.tuned_report import declared_table
+
+    methods = _methods({"lora": [0.0, 0.0, 0.0, 0.0, 0.0], "inilora:svd": [0.1] * 5, "pissa": [0.1] * 5})
+    rows = declared_verdict(methods, seeds=5, margin=0.02)
+    lines = declared_table(rows, "exact_match")
+    row = next(line for line in lines if line.startswith("| inilora:svd vs lora"))
+    assert row == "| inilora:svd vs lora | 5 | +0.100 | +0.100 to +0.100 | – | ±0.02 | undefined | – | inconclusive |"
+    assert any("undefined: every seed gives the same difference" in line for line in lines)
+    assert not any("0.000 |" in line.split("±0.02")[-1] for line in lines if line.startswith("| inilora"))
+
+
+def _render_tuned():
+    """The benchmark page's tuned block renderer (benchmarks/render/tuned.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from render import tuned
+
+    return tuned

@@ -13,10 +13,15 @@ Public API::
     print(peft_model.inilora.report)                     # one line; .table(): per-layer fit error, drift
 """
 
+from ._quiet import drop_bitsandbytes_kernel_notice
+
+drop_bitsandbytes_kernel_notice()  # before PEFT imports bitsandbytes (see _quiet)
+
 from .distributed import UnshardedFitWarning
 from .errors import AdapterLoadError, InitError
 from .export import export_lora, merge_and_unload
-from .init import InitDriftWarning, get_peft_model
+from .init import get_peft_model
+from .install import InitDriftWarning
 from .methods import METHODS, get_method
 from .offline import save_residual_model
 from .options import AdamSchedule, InitOptions, RandomizedSVD

@@ -5,8 +5,9 @@ weight's fingerprint, its layer name (the seed is drawn per name), rank, scaling
 options. Writes are atomic (a temp file in the same directory, then a rename), so processes sharing
 the directory never see a partial entry: two that fit the same matrix at once both write the same
 factors, and the last rename wins. A write that fails (disk full, read-only directory) leaves no
-file behind and only costs a refit next time. An entry whose checksum, key or shapes do not match is
-treated as a miss and refitted.
+file behind and only costs a refit next time; a process killed while writing leaves only a hidden
+temporary file, which the next write to the cache removes. An entry whose checksum, key or shapes do
+not match is treated as a miss and refitted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._io import atomic_path, cache_root, hash_tensors
+from ._io import atomic_path, cache_root, hash_tensors, remove_stale_temps
 from .matrices import Factors
 
 logger = logging.getLogger("inilora")
@@ -50,6 +51,7 @@ class FitCache:
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.hits = self.misses = self.corrupt = 0
+        self._swept = False  # the temporary files of killed writers, removed before the first write
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
@@ -84,6 +86,9 @@ class FitCache:
                    "B0": factors.B0.detach().float().cpu().contiguous()}
         meta = {"key": key, "checksum": _tensor_checksum(tensors), "optimum": str(factors.optimum)}
         try:
+            if not self._swept and self.directory.is_dir():
+                remove_stale_temps(self.directory)
+                self._swept = True
             with atomic_path(self.path(key)) as tmp:
                 save_file(tensors, tmp, metadata=meta)
         except (OSError, SafetensorError) as exc:

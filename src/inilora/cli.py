@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .experiments import models
+from .experiments.tasks import TASKS
 
 EXIT_BAD_INPUT = 2
 MODEL_HELP = ("minilm or smollm2 (offline, from PyPI packages), a local transformers model folder, or a hub id "
@@ -25,8 +26,19 @@ class UsageError(ValueError):
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad command line answered in one line (and a pointer to --help)."""
 
+    commands: dict = {}  # the top-level parser's subcommand parsers, by name
+
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, except that an unknown option is answered by the subcommand it was given to (which
+        points at that subcommand's --help), not by the top-level parser."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def _checked(convert, accept, what: str):
@@ -43,7 +55,6 @@ def _checked(convert, accept, what: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -56,7 +67,7 @@ def _csv_list(text: str) -> list[str]:
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group = p.add_argument_group("data (a built-in task or your own files)")
     source = group.add_mutually_exclusive_group(required=required)
-    source.add_argument("--task", help="built-in task: reviews, gsm_symbolic, chain_sum, or rg:<reasoning-gym name>")
+    source.add_argument("--task", help=f"built-in task: {', '.join(TASKS)}, or rg:<reasoning-gym name>")
     source.add_argument("--train-file", help="your data: .jsonl or .csv with text,label (classification) or "
                         "prompt,completion (generation)")
     group.add_argument("--eval-file", help="held-out data in the same format (default: hold out 10%% of --train-file)")
@@ -64,12 +75,14 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--n-eval", type=_positive_int, help="use a fixed subset of this many held-out examples")
 
 
-def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...] | None = None) -> None:
+def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...] | None = None,
+                 into=None, overrides: dict | None = None) -> None:
     """One option per field of ``config_class`` that has help text (of the fields named in ``only``, all
-    in one group, when given): its flag, type, check, choices and help come from the field, and nothing
-    is set unless given (the dataclass keeps the defaults)."""
-    groups = {None: p, "adapter": p.add_argument_group("adapter"),
-              "training": p.add_argument_group("training (transformers Trainer)")}
+    in one group, ``into`` or the adapter group, when given): its flag, type, check, choices, help and default
+    come from the field (``overrides`` may narrow a field's ``choices`` or replace its ``help`` for one
+    command), and nothing is set unless given (the dataclass keeps the defaults)."""
+    groups = {None: p, "adapter": into or p.add_argument_group("adapter"),
+              "training": p.add_argument_group("training (transformers Trainer)") if only is None else None}
     for f in dataclasses.fields(config_class):
         meta = f.metadata
         if not meta.get("help") or (only is not None and f.name not in only):
@@ -77,6 +90,7 @@ def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...]
         cli = dict(meta["cli"])
         group, unset = cli.pop("group", "adapter"), cli.pop("unset", None)
         group = groups[group if only is None else "adapter"]
+        override = (overrides or {}).get(f.name, {})
         shown = f" (default: {f.default})" if f.default not in (None, unset) else ""
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.type == "bool":
@@ -87,16 +101,21 @@ def _config_args(p: argparse.ArgumentParser, config_class, only: tuple[str, ...]
             convert = {"int": int, "float": float, "str": str}[f.type.split(" |")[0]]
             check = meta["check"]
             kwargs["type"] = _checked(convert, check.accept, check.what) if check else convert
-            kwargs["choices"] = cli.pop("cli_choices", meta["choices"])
-        group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=meta["help"] + shown, **kwargs, **cli)
+            kwargs["choices"] = override.get("choices", cli.pop("cli_choices", meta["choices"]))
+            cli.pop("cli_choices", None)
+        group.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), help=override.get("help", meta["help"])
+                           + shown, **kwargs, **cli)
 
 
 INIT_SETTINGS = ("method", "r", "alpha", "dropout", "targets", "solver", "fit_steps", "seed", "progress")
+BUDGET_SETTINGS = ("max_steps", "max_len", "batch_size", "lr", "dtype", "quantize")  # bench's overrides
 INIT_KINDS = {"causal": "generation", "seq-cls": "classification", "base": "base"}  # --task-type -> model kind
 REPORT_ROWS = 8  # layers shown without --verbose: all up to this many, else the first and last half of it
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import inilora
+
     from .experiments.bench.plan import PRESETS  # cheap once TrainConfig's import has loaded torch
     from .experiments.train import TrainConfig
 
@@ -104,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inilora", description="Fine-tune and compare IniLoRA / LoRA / PiSSA / MiLoRA adapters offline.")
     sub = parser.add_subparsers(dest="command", metavar="{train,init,eval,bench}")
     sub.required = True
+    parser.commands = sub.choices
 
     p = sub.add_parser("train", help="fine-tune a model with an adapter and evaluate it",
                        description="Fine-tune MODEL on a task or your data, evaluate it on the held-out set, and "
@@ -115,15 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=True)
     _config_args(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output dir (what it "
+                   "wrote is removed)")
 
     p = sub.add_parser("init", help="initialize once and write a residual model + a plain PEFT adapter",
                        description="Initialize MODEL's adapter and write OUT/residual_model (a transformers model "
                        "folder whose targets hold W - s*B0*A0) and OUT/adapter (a PEFT LoRA adapter holding A0, B0): "
                        "PeftModel.from_pretrained(AutoModel...from_pretrained(OUT/residual_model), OUT/adapter, "
-                       "is_trainable=True) computes what MODEL computes, and trains with any stack.")
+                       "is_trainable=True) computes what MODEL computes, and trains with any stack. The residual "
+                       "is written in full precision; for a 4-bit one, load residual_model with transformers' "
+                       "BitsAndBytesConfig(load_in_4bit=True).")
     p.add_argument("--model", required=True, help="minilm, smollm2, or a local transformers model folder")
     p.add_argument("--output-dir", "-o", required=True, help="where residual_model/ and adapter/ go")
-    _config_args(p, TrainConfig, only=INIT_SETTINGS)
+    _config_args(p, TrainConfig, only=INIT_SETTINGS,
+                 overrides={"method": {"choices": inilora.METHODS, "help": "initialization"}})
     p.add_argument("--task-type", choices=tuple(INIT_KINDS), help="the model class to load: causal "
                    "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification, a fresh head), base "
                    "(AutoModel) (default: from the config's architectures)")
@@ -142,9 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="an output folder of `inilora train`")
     p.add_argument("--model", help="the base model (default: the one it was trained from)")
     p.add_argument("--revision", help="the hub model's revision (default: the one it was trained from)")
-    p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as trained)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base model loads in (default: as "
+                   "trained); applies to a --method full run (its model/): an adapter run is evaluated on the dtype "
+                   "it was trained on")
     _add_data_args(p, required=False)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="evaluation batch size (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=TrainConfig.eval_batch_size,
+                   help=f"evaluation batch size (default {TrainConfig.eval_batch_size})")
     p.add_argument("--max-new-tokens", type=_positive_int, help="greedy decoding length (generation tasks)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -159,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "training data (a grid at 2 seeds, then 5 final seeds; --seeds and --lr do not apply); "
                    "CPU-hours, resumable")
     p.add_argument("--tasks", type=_csv_list, help="only these tasks of the preset")
+    p.add_argument("--tuning", action="append", metavar="KEY=VALUE", help="the tuned preset: change one setting of "
+                   "its [tuning] table, the value written as in TOML (repeatable): lr_grid=[1e-3,1e-2], "
+                   "tune_seeds=[0,1], final_seeds=[0,1], max_extensions=0, refine=false")
     p.add_argument("--methods", type=_csv_list, help="methods, comma-separated (default: the preset's). A method "
                    "with a fit names its solver: inilora:svd (closed form, seconds) or inilora:adam (the published "
                    "20,000-step Adam fit, what `inilora train --method inilora` runs by default); a bare inilora is "
@@ -175,17 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     custom.add_argument("--task", help="a built-in task")
     custom.add_argument("--train-file", help="your data file")
     custom.add_argument("--eval-file", help="your held-out file")
-    budget = p.add_argument_group("budget overrides")
-    budget.add_argument("--n-train", type=_positive_int)
-    budget.add_argument("--n-eval", type=_positive_int)
-    budget.add_argument("--max-steps", type=_positive_int)
-    budget.add_argument("--max-len", type=_positive_int)
-    budget.add_argument("--batch-size", type=_positive_int)
-    budget.add_argument("--lr", type=_positive_float)
-    budget.add_argument("--dtype", choices=list(models.DTYPES), help="dtype the base models load in (default float32)")
-    budget.add_argument("--quantize", choices=("nf4", "fp4"), help="every adapter method on a 4-bit residual "
-                        "(lora: QLoRA); use another --out than the full-precision runs")
+    budget = p.add_argument_group("budget overrides", "a custom benchmark trains as `inilora train` does (the "
+                                  "defaults shown); a preset's tasks keep the preset's settings unless overridden")
+    budget.add_argument("--n-train", type=_positive_int, help="a fixed subset of a built-in task's training "
+                        "examples (your files are used whole: cut them instead)")
+    budget.add_argument("--n-eval", type=_positive_int, help="a fixed subset of a built-in task's held-out examples")
+    _config_args(p, TrainConfig, only=BUDGET_SETTINGS, into=budget, overrides={"quantize": {
+        "help": "every adapter method on a 4-bit residual (lora: QLoRA); use another --out than the "
+                "full-precision runs"}})
+    p.set_defaults(bench_parser=p)  # its options, to write the command line that reproduces a tuned benchmark
     return parser
+
+
+FILES_WHOLE = "--n-train/--n-eval apply to built-in tasks; your files are used whole (cut them instead)."
 
 
 def _task(args):
@@ -193,7 +226,7 @@ def _task(args):
 
     if args.train_file:
         if args.n_train or args.n_eval:
-            raise UsageError("--n-train/--n-eval apply to built-in tasks; cut your files instead.")
+            raise UsageError(FILES_WHOLE)
         return data.file_task(args.train_file, args.eval_file, seed=getattr(args, "seed", 0))
     if args.eval_file:
         raise UsageError("--eval-file goes with --train-file.")
@@ -202,19 +235,21 @@ def _task(args):
 
 def cmd_train(args) -> int:
     from .experiments.train import TrainConfig, finetune
+    from .experiments.train.trainer import RUN_OUTPUTS
 
     task = _task(args)
     given = vars(args).keys() & {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{name: getattr(args, name) for name in given})
     if args.resume and cfg.save_steps <= 0:
         raise UsageError("--resume needs --save-steps (checkpoints to resume from).")
-    result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume)
+    result = finetune(args.model, task, cfg, output_dir=args.output_dir, resume=args.resume,
+                      overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, the main process reports and saves
     metrics = {k: v for k, v in result.metrics.items() if k != "samples"}
     print(json.dumps({"task": task.name, "method": cfg.method, **metrics}))
-    print(f"saved to {args.output_dir}: adapter/ (inilora.from_pretrained), adapter-lora/ (plain PEFT), metrics.json",
-          file=sys.stderr)
+    written = [label for name, label in RUN_OUTPUTS.items() if Path(args.output_dir, name).exists()]
+    print(f"saved to {args.output_dir}: {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -266,9 +301,11 @@ def cmd_bench(args) -> int:
     if args.task or args.train_file:
         if not args.model:
             raise UsageError("a custom benchmark (--task/--train-file) needs --model.")
+        if args.train_file and (args.n_train or args.n_eval):
+            raise UsageError(FILES_WHOLE)
         label = args.task or os.path.splitext(os.path.basename(args.train_file))[0]
-        suites = [bench.Suite(label, args.model, task=args.task, train_file=args.train_file,
-                              eval_file=args.eval_file, config=bench.hyperparameters("glue_like"))]
+        suites = [bench.custom_suite(name, label, args.model, task=args.task, train_file=args.train_file,
+                                     eval_file=args.eval_file)]
     elif args.model or args.eval_file or args.revision:
         raise UsageError("--model/--eval-file/--revision define a custom benchmark together with --task or "
                          "--train-file.")
@@ -287,9 +324,11 @@ def cmd_bench(args) -> int:
         for method in args.methods:
             bench.check_variant(method)
         methods = tuple(args.methods)
-    suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, max_steps=args.max_steps,
-                                   max_len=args.max_len, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype,
-                                   revision=args.revision, quantize=args.quantize) for s in suites]
+    if args.tuning and name != "tuned":
+        raise UsageError("--tuning changes the tuned preset's protocol; add --preset tuned.")
+    budget = {name: getattr(args, name, None) for name in BUDGET_SETTINGS}  # set only when given
+    suites = [bench.with_overrides(s, n_train=args.n_train, n_eval=args.n_eval, revision=args.revision, **budget)
+              for s in suites]
     out = args.out or os.path.join("runs", name)
     if name == "tuned":
         return _bench_tuned(args, suites, methods, out)
@@ -298,9 +337,7 @@ def cmd_bench(args) -> int:
         if not result["runs"]:
             raise UsageError(f"no finished runs under {out}.")
     else:
-        for suite in suites:  # fail fast on a bad task or file, before any process starts
-            suite.load()
-        start = time.time()
+        start = time.time()  # bench.run loads every suite's data first: a bad task or file fails before any run
         result = bench.run(suites, methods, list(range(args.seeds)), out, jobs=args.jobs, threads=args.threads,
                            make_plots=not args.no_plots, log=lambda line: print(line, file=sys.stderr, flush=True))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
@@ -312,13 +349,13 @@ def cmd_bench(args) -> int:
 
 
 def _bench_tuned(args, suites, methods, out) -> int:
-    from .experiments.bench import tuned
+    from .experiments.bench import tuned, tuned_preset
 
-    if args.lr:
+    if getattr(args, "lr", None):
         raise UsageError("--lr does not apply to the tuned preset: it chooses each method's learning rate.")
-    adapter, full = tuned.protocols("tuned")
-    command = "inilora bench --preset tuned" + (f" --tasks {','.join(args.tasks)}" if args.tasks else "") + \
-        (f" --methods {','.join(args.methods)}" if args.methods else "") + f" --out {out}"
+    overrides = tuned_preset.parse_overrides(args.tuning or [])
+    adapter, full = tuned_preset.protocols("tuned", overrides)
+    command = _reproducing_command(args, out)
     if args.aggregate_only:
         result = tuned.report(suites, methods, out, adapter, full, command, make_plots=not args.no_plots,
                               log=lambda line: print(line, file=sys.stderr))
@@ -326,12 +363,35 @@ def _bench_tuned(args, suites, methods, out) -> int:
         start = time.time()
         result = tuned.run(suites, methods, out, adapter, full, jobs=args.jobs, threads=args.threads,
                            command=command, log=lambda line: print(line, file=sys.stderr, flush=True),
-                           first=tuned.first_methods("tuned"))
+                           first=tuned_preset.first_methods("tuned", overrides))
         print(f"benchmark wall time: {time.time() - start:.0f} s", file=sys.stderr)
     print(Path(out, "results.md").read_text())
     print(f"written: {out}/summary.json, {out}/results.json, {out}/results.md" + "".join(f", {f}" for f in
           result["files"]), file=sys.stderr)
     return 1 if result.get("failures") else 0
+
+
+NOT_REPRODUCED = ("help", "jobs", "threads", "out", "aggregate_only", "no_plots")  # how a benchmark runs, not what
+
+
+def _reproducing_command(args, out: str) -> str:
+    """The ``inilora bench`` command line that makes the same runs as ``args``: every option given that changes
+    what runs (the preset, data, methods, budget and tuning settings), then ``--out``."""
+    import shlex
+
+    words = ["inilora", "bench"]
+    for action in args.bench_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in NOT_REPRODUCED or value in (None, False, action.default):
+            continue
+        flag = action.option_strings[-1]
+        if value is True:
+            words.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            words += [word for item in value for word in (flag, str(item))]
+        else:
+            words += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    return shlex.join([*words, "--out", out])
 
 
 def main(argv: list[str] | None = None) -> int:

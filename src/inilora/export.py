@@ -17,8 +17,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import InitError
-from .peft_glue import lora_layers, restore_plain_layer, weight_view
-from .persistence import state_of
+from . import layouts
+from ._io import replaced_folder
+from .peft_glue import adapter_keys, held_weight, layer_layout, layer_matrices, lora_layers, restore_plain_layer
+from .persistence import replaces_adapter, state_of
 from .quantize import clear_flag_if_dense, dense_linear, dequantize, is_4bit, warn_inexact
 from .truncation import ExportTruncationWarning, export_config, truncate
 
@@ -37,39 +39,52 @@ def export_lora(peft_model: PeftModel, path: str | os.PathLike, rank: int | None
     relative error ``‖ΔW_k − ΔW‖_F / ‖ΔW‖_F`` goes to ``inilora_export.json`` next to the adapter, and
     an :class:`ExportTruncationWarning` names the worst layer when it exceeds ``warn_above``.
     ``rank >= 2r`` is exact. Plain LoRA is written as trained (rank r; B0 is zero), truncated likewise.
+
+    Atomic, as :func:`inilora.save_pretrained`: a kill or a failure leaves ``path`` as it was. Replaced:
+    the adapter's files (``adapter_config.json``, ``adapter_model.safetensors``, ``inilora_export.json``;
+    an ``adapter_model.bin`` or inilora's own files from an earlier save there are removed); every other
+    file under ``path`` is kept.
     """
     state = state_of(peft_model)
     warn_inexact(state.report, "Exporting to the original base")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise InitError(f"rank must be a positive int or None, got {rank!r}.")
     config: LoraConfig = peft_model.peft_config[state.adapter_name]
-    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
+    # no embedding weights (PEFT's "auto" adds them when an embedding is targeted): this adapter is for the
+    # original base, and the embedding the model holds is a residual
+    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name, save_embedding_layers=False)
     ranks, errors = {}, {}
+    keys = adapter_keys(peft_model, list(state.layers))
     for name, layer in state.layers.items():
-        a_key, b_key = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
+        (a_key, b_key), layout = keys[name]
         A, B = tensors[a_key], tensors[b_key]
-        if state.is_residual:  # ΔW/s = [B, −B0]·[A; A0]
-            A = torch.cat([A, layer.A0.to(A)], dim=0)
-            B = torch.cat([B, -layer.B0.to(B)], dim=1)
-        ranks[name] = A.shape[0] if rank is None else min(rank, A.shape[0])
-        if ranks[name] < A.shape[0]:
-            low = truncate(B, A, ranks[name])
-            A, B, errors[name] = low.A, low.B, low.relative_error
+        As, Bs = layouts.split(A, B, layout)  # E × r × in, E × out × r
+        if state.is_residual:  # ΔW/s = [B, −B0]·[A; A0], for each matrix
+            A0s, B0s = layouts.split(layer.A0.to(A), layer.B0.to(B), layout)
+            As, Bs = torch.cat([As, A0s], dim=1), torch.cat([Bs, -B0s], dim=2)
+        full = As.shape[1]
+        ranks[name] = full if rank is None else min(rank, full)
+        if ranks[name] < full:
+            lows = [truncate(b, a, ranks[name]) for a, b in zip(As, Bs)]
+            As, Bs = torch.stack([low.A for low in lows]), torch.stack([low.B for low in lows])
+            errors[name] = max(low.relative_error for low in lows)
         else:
             errors[name] = 0.0
+        k, E = ranks[name], layout.experts
+        A, B = layouts.join(As, Bs, layout, (k * E, *A.shape[1:]), (B.shape[0], k * E, *B.shape[2:]))
         tensors[a_key], tensors[b_key] = A.contiguous(), B.contiguous()
     config = export_config(config, ranks)
     config.init_lora_weights = True
     config.inference_mode = True
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter_model.safetensors",
-              metadata={"format": "pt"})
     worst = max(errors, key=errors.get, default=None)
-    (out / EXPORT_FILE).write_text(json.dumps({
-        "rank": rank, "max_relative_error": errors.get(worst, 0.0),
-        "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
+    with replaced_folder(out, replaces_adapter(EXPORT_FILE)) as new:
+        config.save_pretrained(str(new))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, new / "adapter_model.safetensors",
+                  metadata={"format": "pt"})
+        (new / EXPORT_FILE).write_text(json.dumps({
+            "rank": rank, "max_relative_error": errors.get(worst, 0.0),
+            "layers": {name: {"rank": ranks[name], "relative_error": errors[name]} for name in ranks}}, indent=2))
     if worst is not None and errors[worst] > warn_above:
         warnings.warn(f"export at rank {rank}: {sum(e > warn_above for e in errors.values())} layer(s) differ from "
                       f"the trained update by more than {warn_above:g} (relative Frobenius norm; worst {worst!r}: "
@@ -97,17 +112,20 @@ def merge_and_unload(peft_model: PeftModel) -> nn.Module:
                             "refuses it too). export_lora writes an exact plain PEFT adapter that keeps the bias.")
     with torch.no_grad():
         for name, layer in layers.items():
-            base = layer.get_base_layer()
+            (base, attr), layout = held_weight(layer), layer_layout(layer)
             four_bit = is_4bit(base)  # merged into a dense layer: deq(Q(W_res)) + s·B·A, what the model computed
-            merged = dequantize(base.weight) if four_bit else weight_view(base).float()
+            merged = dequantize(base.weight).unsqueeze(0) if four_bit else layer_matrices(layer).float()
             already = adapter in layer.merged_adapters  # PEFT's merge_adapter() put s·B·A (and its bias) there
             if not already:
-                A, B = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
-                merged += layer.scaling[adapter] * (B @ A)
+                merged += layouts.product(*layouts.split(*layouts.peft_factors(layer, adapter, layout), layout),
+                                          layer.scaling[adapter])
+                if adapter in getattr(layer, "lora_magnitude_vector", {}):  # DoRA: each row rescaled to its magnitude
+                    magnitude = layer.lora_magnitude_vector[adapter].weight.detach().float().reshape(-1)
+                    merged *= (magnitude.to(merged.device) / torch.linalg.vector_norm(merged, dim=2))[..., None]
             if four_bit:
-                layer.base_layer = base = dense_linear(base, merged)
+                layer.base_layer = base = dense_linear(base, merged[0])
             else:
-                restore_plain_layer(base, merged)
+                restore_plain_layer(base, merged, layout, attr)
             if layer.lora_bias.get(adapter) and not already:
                 base.bias += layer.scaling[adapter] * layer.lora_B[adapter].bias.to(base.bias.dtype)
         for module in peft_model.modules():  # PEFT's other trained parts (trainable_token_indices): PEFT merges them

@@ -1,4 +1,4 @@
-"""Solvers for the IniLoRA fit ``min ‖U Pᵀ − W‖²`` (SPEC.md "The IniLoRA fit, as published").
+"""Solvers for the IniLoRA fit ``min ‖U Pᵀ − W‖²`` (docs/methods.md, "The IniLoRA fit").
 
 - :func:`fit_adam` — the published procedure (σ-scaled Gaussian start, Adam, StepLR), run on a batch
   of same-shape matrices at once on their device, with no host sync unless early stop is asked for.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from .methods.base import split_singular_triplets
+from .linalg import split_singular_triplets
 
 if TYPE_CHECKING:
     from .options import AdamSchedule

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .layouts import Layout
+
 
 @dataclass
 class Factors:
@@ -33,9 +35,12 @@ class Target:
     # σ of the published Adam start when fixed before the fit, from targets it does not see (a ZeRO-3
     # model's weights are fitted one at a time); None: computed from the targets being fitted
     sigma: float | None = None
+    layout: Layout | None = None  # how the matrix sits in the layer's weight (None: nn.Linear)
+    layer: str = ""  # the PEFT layer's key when it holds several matrices (an expert parameter); "": ``name``
     nonzero: bool | None = None  # True: the weight has a non-zero entry (its sum is non-zero); None: not known
 
     @property
     def module_name(self) -> str:
-        """The last component of the module path (``q_proj``): the σ rule averages over these."""
-        return self.name.rsplit(".", 1)[-1]
+        """The last component of the module path (``q_proj``; an expert parameter's name, ``gate_up_proj``):
+        the σ rule averages over these."""
+        return (self.layer or self.name).rsplit(".", 1)[-1]

@@ -14,7 +14,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from ._io import replaced_folder
 from .errors import InitError
+from .peft_glue import adapter_keys
 from .persistence import state_of
 from .quantize import is_4bit
 
@@ -34,20 +36,22 @@ def residual_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
             keep[f"{name}."] = f"{name}.original_module."
     plain = {}
     for key, tensor in inner.state_dict(keep_vars=False).items():
-        owner = next((prefix for prefix in keep if key.startswith(prefix)), None)
-        if owner is None:
+        for owner in sorted(keep, key=len, reverse=True):  # nested wrappers (one ParamWrapper per parameter): inner first
+            if key.startswith(owner):
+                if not key.startswith(keep[owner]):
+                    break  # the wrapper's own (adapter) tensor
+                key = owner + key[len(keep[owner]):]
+        else:
             plain[key] = tensor
-        elif key.startswith(keep[owner]):
-            plain[owner + key[len(keep[owner]):]] = tensor
     return plain
 
 
 def _initial_adapter_tensors(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     state = state_of(peft_model)
-    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name)
+    tensors = get_peft_model_state_dict(peft_model, adapter_name=state.adapter_name, save_embedding_layers=False)
+    keys = adapter_keys(peft_model, list(state.layers))
     for name, layer in state.layers.items():
-        for factor, value in (("lora_A", layer.A0), ("lora_B", layer.B0)):
-            key = f"base_model.model.{name}.{factor}.weight"
+        for key, value in zip(keys[name][0], (layer.A0, layer.B0)):
             tensors[key] = value.to(tensors[key].dtype).contiguous()
     return {k: v.contiguous() for k, v in tensors.items()}
 
@@ -81,6 +85,11 @@ def save_residual_model(peft_model: PeftModel, path: str | os.PathLike, *, token
         model.save_pretrained(out, path_initial_model_for_weight_conversion=path / "adapter")  # rank-2r LoRA for the original base
 
     Neither the model nor its weights are copied or changed. Returns ``path``.
+
+    Atomic: both folders are written beside ``path`` and swapped in together, so a kill or a failure
+    (a full disk) leaves ``path`` as it was — no half-written ``residual_model`` or ``adapter`` — and a
+    first save killed midway leaves no ``path`` at all. ``residual_model/`` and ``adapter/`` are replaced
+    whole (no file of an earlier save is left in them); every other file under ``path`` is kept.
     """
     state = state_of(peft_model)
     if any(is_4bit(layer.get_base_layer()) for layer in _wrapped(peft_model)):
@@ -89,17 +98,18 @@ def save_residual_model(peft_model: PeftModel, path: str | os.PathLike, *, token
                         "transformers' BitsAndBytesConfig(load_in_4bit=True).")
     out = Path(path)
     inner = peft_model.base_model.model
-    inner.save_pretrained(str(out / RESIDUAL_DIR), state_dict=residual_state_dict(peft_model),
-                          max_shard_size=max_shard_size)
-    _save_tokenizer(inner, tokenizer, out / RESIDUAL_DIR)
     config: LoraConfig = copy.deepcopy(peft_model.peft_config[state.adapter_name])
     config.init_lora_weights = True
     config.inference_mode = False
     config.base_model_name_or_path = str((out / RESIDUAL_DIR).resolve())
-    (out / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out / ADAPTER_DIR))
-    save_file(_initial_adapter_tensors(peft_model), out / ADAPTER_DIR / "adapter_model.safetensors",
-              metadata={"format": "pt"})
+    with replaced_folder(out, lambda rel, new: rel.parts[0] in (RESIDUAL_DIR, ADAPTER_DIR)) as new:
+        inner.save_pretrained(str(new / RESIDUAL_DIR), state_dict=residual_state_dict(peft_model),
+                              max_shard_size=max_shard_size)
+        _save_tokenizer(inner, tokenizer, new / RESIDUAL_DIR)
+        (new / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(str(new / ADAPTER_DIR))
+        save_file(_initial_adapter_tensors(peft_model), new / ADAPTER_DIR / "adapter_model.safetensors",
+                  metadata={"format": "pt"})
     return out
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from .errors import InitError, UnknownOptionError
-from .methods import REGISTRY, MethodName, get_method
 
+# the registered methods' names (inilora.methods.REGISTRY: a test keeps the two alike)
+MethodName = Literal["lora", "pissa", "milora", "inilora", "inilora-alpha", "inilora-beta"]
 SOLVERS = ("adam", "svd", "svd_randomized")
 SVD_BASES = ("adam-like", "singular")
 QUANT_TYPES = (None, "nf4", "fp4")
@@ -89,7 +90,7 @@ FIT_OPTIONS = frozenset({"solver", "fit_scaled", "svd_basis", *SUB_CONFIGS, *FLA
 class InitOptions:
     """Everything besides the ``LoraConfig`` that decides the initial factors.
 
-    Defaults reproduce the published IniLoRA procedure (SPEC.md): Adam, lr 5e-4, 20,000 steps,
+    Defaults reproduce the published IniLoRA procedure (docs/methods.md): Adam, lr 5e-4, 20,000 steps,
     learning rate × 0.9 every 5,000 steps, factors drawn with the per-module σ rule.
     """
 
@@ -118,7 +119,7 @@ class InitOptions:
     cache_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        get_method(self.method)
+        _require(isinstance(self.method, str), "method", self.method, "a registered method's name")
         _require(self.solver in SOLVERS, "solver", self.solver, f"one of {', '.join(SOLVERS)} (lower-case)")
         _require(self.svd_basis in SVD_BASES, "svd_basis", self.svd_basis, f"one of {', '.join(SVD_BASES)}")
         for name, cls in SUB_CONFIGS.items():
@@ -139,17 +140,18 @@ class InitOptions:
     @classmethod
     def from_kwargs(cls, method: str, options: dict) -> "InitOptions":
         """The options of ``get_peft_model(model, config, method, **options)``: flat keywords
-        (``steps=``, ``randomized_niter=``) or sub-configs (``adam=AdamSchedule(...)``)."""
+        (``steps=``, ``randomized_niter=``) or sub-configs (``adam=AdamSchedule(...)``). The method's name is
+        checked where it is resolved (:func:`inilora.methods.resolve`), which also refuses the fit's options
+        for a method without a fit."""
+        cls.check_keywords(options)
+        return cls.from_record({"method": method, **options})
+
+    @classmethod
+    def check_keywords(cls, options: dict) -> None:
+        """Refuse a keyword that is no option (:class:`UnknownOptionError`); the values are checked later."""
         if "method" in options:
             raise UnknownOptionError("Option method is get_peft_model's third argument, not an option.")
         cls._check_known(options)
-        ignored = sorted(set(options) & FIT_OPTIONS)
-        if ignored and not get_method(method).has_fit:
-            with_fit = [m.name for m in REGISTRY.values() if m.has_fit]
-            raise InitError(f"Option(s) {', '.join(ignored)} configure the IniLoRA fit, which method {method!r} "
-                            f"does not run, so they would be ignored; drop them or use a method with a fit "
-                            f"({', '.join(with_fit)}).")
-        return cls.from_record({"method": method, **options})
 
     @classmethod
     def from_record(cls, record: dict) -> "InitOptions":

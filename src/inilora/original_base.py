@@ -19,7 +19,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .errors import InitError
-from .peft_glue import lora_layers, restore_plain_layer, weight_view
+from . import layouts
+from .peft_glue import held_weight, layer_layout, layer_matrices, lora_layers, restore_plain_layer
 from .quantize import is_4bit
 from .state import InitState, LayerState
 
@@ -37,7 +38,7 @@ def _rows_without(layer: nn.Module, adapter_name: str, adapter_names) -> torch.T
     return adapter_name not in layer.active_adapters
 
 
-def _initial_product_where_inactive(state: LayerState, adapter_name: str):
+def _initial_product_where_inactive(state: LayerState, adapter_name: str, layout: layouts.Layout):
     cached: dict = {}
 
     def hook(layer: nn.Module, args, kwargs, output):
@@ -47,14 +48,23 @@ def _initial_product_where_inactive(state: LayerState, adapter_name: str):
         if rows is not True:
             rows = rows.to(output.device)
         x = args[0] if rows is True else args[0][rows]
-        lora_A = layer.lora_A[adapter_name].weight  # PEFT's own LoRA path: x in the adapter's dtype and device
+        lora_A = layouts.peft_factors(layer, adapter_name, layout)[0]  # PEFT's own LoRA path: its dtype and device
         key = (lora_A.device, lora_A.dtype)
         if key not in cached:
             cached.clear()
             cached[key] = (state.A0.to(device=lora_A.device, dtype=lora_A.dtype),
                            state.B0.to(device=lora_A.device, dtype=lora_A.dtype))
         A0, B0 = cached[key]
-        initial = (F.linear(F.linear(x.to(A0.dtype), A0), B0) * state.scaling).to(output.dtype)
+        if layout.kind == "embedding":  # PEFT's embedding LoRA: embed(x, Aᵀ) @ Bᵀ
+            initial = layer._embed(x, A0.T) @ B0.T
+            if (embed_scale := layer._get_embed_scale()) is not None:
+                initial = initial * embed_scale.to(initial.dtype)
+        elif layout.kind == "conv":  # PEFT's conv LoRA: lora_A's k-sized conv, then lora_B's 1×1 conv
+            initial = layer.lora_B[adapter_name]._conv_forward(
+                layer.lora_A[adapter_name]._conv_forward(x.to(A0.dtype), A0, None), B0, None)
+        else:
+            initial = F.linear(F.linear(x.to(A0.dtype), A0), B0)
+        initial = (initial * state.scaling).to(output.dtype)
         if rows is True:
             return output + initial
         output = output.clone()
@@ -72,9 +82,41 @@ def keep_the_original_base(peft_model: PeftModel, state: InitState) -> None:
     if not state.is_residual:
         return
     for name, layer in lora_layers(peft_model, list(state.layers)).items():
+        layout = layer_layout(layer)
+        if layout.is_param:  # the module's output is not linear in the parameter: the weight itself is swapped
+            layer.register_forward_pre_hook(_original_parameter_where_inactive(state.layers[name], state.adapter_name,
+                                                                               layout), with_kwargs=True)
+            layer.register_forward_hook(_put_residual_back, always_call=True)
+            continue
         # prepended: it adds in the base layer's output dtype, before an fp32 residual's sum is cast back
-        layer.register_forward_hook(_initial_product_where_inactive(state.layers[name], state.adapter_name),
+        layer.register_forward_hook(_initial_product_where_inactive(state.layers[name], state.adapter_name, layout),
                                     prepend=True, with_kwargs=True)
+
+
+def _original_parameter_where_inactive(state: LayerState, adapter_name: str, layout: layouts.Layout):
+    """For a targeted parameter (``ParamWrapper``, which has no mixed batches): while the adapter takes no
+    part in a call, the parameter holds ``W_res + s·B0·A0`` (computed in fp32) and the residual is put back,
+    unchanged, after it (:func:`_put_residual_back`)."""
+    def hook(layer: nn.Module, args, kwargs):
+        if _rows_without(layer, adapter_name, None) is not True:
+            return None
+        base, attr = held_weight(layer)
+        param = getattr(base, attr)
+        A0s, B0s = layouts.split(state.A0.to(param.device), state.B0.to(param.device), layout)
+        original = layouts.matrices(param.detach(), layout).float() + layouts.product(A0s, B0s, state.scaling)
+        layer._inilora_residual_data = param.data
+        param.data = layouts.to_weight(original, layout, param.shape).to(param.dtype).contiguous()
+        return None
+
+    return hook
+
+
+def _put_residual_back(layer: nn.Module, args, output):
+    residual = layer.__dict__.pop("_inilora_residual_data", None)
+    if residual is not None:
+        base, attr = held_weight(layer)
+        getattr(base, attr).data = residual
+    return None
 
 
 def unload(peft_model: PeftModel) -> nn.Module:
@@ -94,10 +136,10 @@ def unload(peft_model: PeftModel) -> nn.Module:
         if any(isinstance(m, BaseTunerLayer) and m.merged for m in peft_model.modules()):
             peft_model.base_model.unmerge_adapter()  # PEFT's unload keeps what merge_adapter() merged
         for name, layer in layers.items():
-            base, layer_state = layer.get_base_layer(), state.layers[name]
-            weight = weight_view(base)
-            A0, B0 = (t.to(device=weight.device, dtype=torch.float32) for t in (layer_state.A0, layer_state.B0))
-            restore_plain_layer(base, weight.float() + layer_state.scaling * (B0 @ A0))
+            (base, attr), layer_state, layout = held_weight(layer), state.layers[name], layer_layout(layer)
+            weight = layer_matrices(layer)
+            A0, B0 = layouts.split(layer_state.A0.to(weight.device), layer_state.B0.to(weight.device), layout)
+            restore_plain_layer(base, weight.float() + layouts.product(A0, B0, layer_state.scaling), layout, attr)
     model = peft_model.base_model.unload()
     del peft_model.inilora, peft_model.save_pretrained, peft_model.unload
     return model

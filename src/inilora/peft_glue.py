@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import numbers
 
@@ -16,12 +17,13 @@ from peft.utils.other import get_pattern_key
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from . import zero3
+from . import layouts, zero3
 from .distributed import check_readable
 from .errors import InitError
-from .methods import Target, get_method
+from .layouts import Layout
+from .methods import Method, Target
 from .quantize import dequantized_weight, is_4bit, refuse_unsupported
-from .state import fingerprint
+from .state import RELOAD_DTYPES, dtype_name, fingerprint
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -34,9 +36,15 @@ def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
     if not isinstance(lora_config, LoraConfig):
         raise InitError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}.")
     if getattr(lora_config, "target_parameters", None):
-        raise InitError("target_parameters is not supported by inilora; use target_modules.")
-    if lora_config.use_dora:
-        raise InitError("use_dora=True is not supported: DoRA rescales the weight the residual is taken from.")
+        # PEFT's ParamWrapper raises these only while it wraps, after the fit; said here, before anything
+        for field, value, allowed in (("use_dora", lora_config.use_dora, False),
+                                      ("lora_dropout", lora_config.lora_dropout, 0.0),
+                                      ("lora_bias", lora_config.lora_bias, False),
+                                      ("fan_in_fan_out", lora_config.fan_in_fan_out, False)):
+            if value != allowed:
+                raise InitError(f"LoraConfig {field}={value!r} cannot be used with target_parameters: PEFT's "
+                                f"ParamWrapper (the LoRA layer of a targeted parameter) supports only {field}="
+                                f"{allowed!r}. Use a separate adapter without target_parameters for it.")
     if lora_config.init_lora_weights is not True:
         raise InitError(f"LoraConfig(init_lora_weights={lora_config.init_lora_weights!r}) would be overwritten by "
                         "inilora's initialization; leave init_lora_weights at its default (True) and choose the "
@@ -58,9 +66,36 @@ def resolve_config(lora_config: LoraConfig, model: nn.Module) -> LoraConfig:
     return config
 
 
-def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Module]]:
-    """The modules PEFT will wrap, by PEFT's own matching rule, in model order."""
+class NoTargetError(InitError):
+    """No module of the model matches the config's ``target_modules``."""
+
+
+PARAM_WRAPPER = "ParamWrapper"  # PEFT's LoRA layer of a ``target_parameters`` parameter (compared by name, as PEFT does)
+
+
+def _target_parameters(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Module, str]]:
+    """``(module.param key, module, param name)`` of every parameter ``target_parameters`` names, by PEFT's
+    matching rule (the key equals a listed name or ends with ``.`` + one)."""
+    names = set(getattr(config, "target_parameters", None) or ())
     found = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            raise InitError(f"Layer {module_name!r} already carries a PEFT adapter; inilora.get_peft_model takes a "
+                            "model without adapters (merge_and_unload or unload the existing one first).")
+        for param_name, _ in module.named_parameters(recurse=False):
+            key = f"{module_name}.{param_name}"
+            if module_name and (key in names or any(key.endswith(f".{n}") for n in names)):
+                found.append((key, module, param_name))
+    return found
+
+
+def find_targets(model: nn.Module, config: LoraConfig, caller: str = "inilora.get_peft_model"
+                 ) -> list[tuple[str, nn.Module]]:
+    """The modules PEFT will wrap, by PEFT's own matching rule, in model order (``target_parameters``: see
+    :func:`_target_parameters`; ``caller``: the public function the user called, named in errors)."""
+    found = []
+    if getattr(config, "target_parameters", None) and not config.target_modules:
+        return found
     for name, module in model.named_modules():
         if not name or not check_target_module_exists(config, name):  # excluded modules are falsy too
             continue
@@ -70,13 +105,13 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Mod
                 raise InitError(f"Layer {name!r} already carries an IniLoRA residual (method "
                                 f"{getattr(base, RESIDUAL_MARK)!r}); stacking a second adapter on it would corrupt "
                                 "the first. Merge or unload the first adapter before adding another.")
-            raise InitError(f"Layer {name!r} already carries a PEFT adapter; inilora.get_peft_model takes a model "
+            raise InitError(f"Layer {name!r} already carries a PEFT adapter; {caller} takes a model "
                             "without adapters (merge_and_unload or unload the existing one first).")
         found.append((name, module))
-    if not found:
+    if not found and not getattr(config, "target_parameters", None):
         targets = config.target_modules
         shown = targets if isinstance(targets, str) else sorted(targets)
-        raise InitError(f"No module matches target_modules={shown!r}.")
+        raise NoTargetError(f"No module matches target_modules={shown!r}.")
     return found
 
 
@@ -100,10 +135,23 @@ def rank_and_scaling(config: LoraConfig, name: str, residual: bool = False) -> t
     return r, alpha / math.sqrt(r) if config.use_rslora else alpha / r
 
 
-def weight_view(module: nn.Module) -> Tensor:
-    """The layer's weight as ``out × in`` (a view: ``Conv1D`` stores it transposed)."""
-    weight = module.weight
-    return weight.T if isinstance(module, Conv1D) else weight
+def layer_layout(layer: BaseTunerLayer) -> Layout:
+    """How a PEFT LoRA layer's base weight maps to matrices (:mod:`inilora.layouts`)."""
+    base, attr = held_weight(layer)
+    if attr != "weight" or type(layer).__name__ == PARAM_WRAPPER:
+        return layouts.param_layout(base, getattr(base, attr))
+    return layouts.module_layout(base) or Layout("linear")
+
+
+def held_weight(layer: BaseTunerLayer) -> tuple[nn.Module, str]:
+    """The module holding a PEFT layer's base weight, and the attribute it is held in."""
+    return layer.get_base_layer(), getattr(layer, "parameter_name", "weight")
+
+
+def layer_matrices(layer: BaseTunerLayer) -> Tensor:
+    """The base weight a PEFT layer holds, as ``E × out × in`` matrices (a view where possible)."""
+    base, attr = held_weight(layer)
+    return layouts.matrices(getattr(base, attr), layer_layout(layer))
 
 
 def _weight_key(weight: Tensor) -> tuple[str, int]:
@@ -121,18 +169,24 @@ def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
     return {key for key, n in holders.items() if n > 1}
 
 
-def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    residual: bool, gather_partitioned: bool = False, fingerprints: bool = True) -> list[Target]:
+def collect_targets(model: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
+                    residual: bool, gather_partitioned: bool = False,
+                    caller: str = "inilora.get_peft_model", fingerprints: bool = True) -> list[Target]:
     """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
-    problem. Reads only. With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it
-    is checked; otherwise it is refused. ``fingerprints=False`` leaves a plain weight's fingerprint empty, for
-    a caller that takes it later from a weight nothing changes (a 4-bit weight is still fingerprinted: it is
-    re-quantized)."""
+    problem (and ``caller``, the public function the user called). Reads only. One :class:`Target` per
+    matrix: a 3-D expert parameter gives one per expert, named ``key[e]`` (``Target.layer`` is the parameter's
+    key ``module.param``). With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it is
+    checked; otherwise it is refused. ``fingerprints=False`` leaves a plain weight's fingerprint empty, for a
+    caller that takes it later from a weight nothing changes (:func:`unchanged_layer_fingerprints`); a 4-bit
+    weight (dequantized here) and a partitioned one (gathered here) are still fingerprinted."""
     if isinstance(model, PeftModel):
-        raise InitError("inilora.get_peft_model takes a transformers model, not a PeftModel; pass the base model "
+        raise InitError(f"{caller} takes a transformers model, not a PeftModel; pass the base model "
                         "(merge_and_unload or unload the existing adapter first).")
-    modules = find_targets(model, config)
-    kinds = {isinstance(m, Conv1D) for _, m in modules}
+    modules = find_targets(model, config, caller)
+    params = _target_parameters(model, config)
+    if not modules and not params:
+        raise InitError(f"No parameter matches target_parameters={sorted(config.target_parameters)!r}.")
+    kinds = {isinstance(m, Conv1D) for _, m in modules if isinstance(m, (nn.Linear, Conv1D))}
     if len(kinds) > 1:
         raise InitError("target_modules mixes nn.Linear and Conv1D layers; PEFT's fan_in_fan_out is one flag per "
                         "adapter. Target them in separate adapters.")
@@ -140,43 +194,108 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: str, rank_limi
     tied = _tied_weights(model) if residual else set()
     targets = []
     for name, module in modules:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise InitError(f"Layer {name!r} is a {type(module).__name__}; inilora supports nn.Linear and "
-                            "transformers' Conv1D.")
+        layout = layouts.module_layout(module)
+        if layout is None:
+            raise InitError(f"Layer {name!r} is a {type(module).__name__}; inilora supports {layouts.SUPPORTED}.")
+        if why := layouts.unsupported_reason(module):
+            raise InitError(f"Layer {name!r} is {why}; inilora supports {layouts.SUPPORTED}.")
+        if layout.kind not in ("linear", "conv1d_t") and is_4bit(module):
+            raise InitError(f"Layer {name!r} is a 4-bit {type(module).__name__}; inilora re-quantizes only "
+                            "bitsandbytes Linear4bit layers.")
         refuse_unsupported(name, module)
         partitioned = gather_partitioned and zero3.is_partitioned(module.weight)
+        if partitioned and layout.kind not in ("linear", "conv1d_t"):
+            raise InitError(f"Layer {name!r} ({type(module).__name__}) is partitioned by DeepSpeed ZeRO-3; inilora "
+                            "gathers only nn.Linear and Conv1D weights. Initialize it without ZeRO-3.")
         with zero3.gathered(module) if partitioned else contextlib.nullcontext():
-            target = _checked_target(name, module, config, method, rank_limited, tied, fingerprints or partitioned)
+            target = _checked_target(name, module, config, method, rank_limited, tied, layout,
+                                     take_fingerprint=fingerprints or partitioned)[0]
         if partitioned:  # a view of the gathered weight would keep it whole: keep the parameter itself
             target.weight = module.weight
         targets.append(target)
+    for key, module, param_name in params:
+        param = getattr(module, param_name)
+        layout = layouts.param_layout(module, param)
+        if layout is None:
+            raise InitError(f"Parameter {key!r} of {type(module).__name__} is {param.dim()}-D; inilora (like PEFT's "
+                            "ParamWrapper) supports 2-D and 3-D (experts × matrix) parameters in target_parameters.")
+        if zero3.is_partitioned(param):
+            raise InitError(f"Parameter {key!r} is partitioned by DeepSpeed ZeRO-3; inilora gathers only "
+                            "nn.Linear and Conv1D weights. Initialize it without ZeRO-3.")
+        targets.extend(_checked_target(key, module, config, method, rank_limited, tied, layout, param_name,
+                                       fingerprints))
     return targets
 
 
-def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: str, rank_limited: bool,
-                    tied: set[tuple[str, int]], take_fingerprint: bool = True) -> Target:
+def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
+                    tied: set[tuple[str, int]], layout: Layout, param_name: str = "weight",
+                    take_fingerprint: bool = True) -> list[Target]:
     four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
-    weight = dequantized_weight(module) if four_bit else getattr(module, "weight", None)
+    weight = dequantized_weight(module) if four_bit else getattr(module, param_name, None)
     check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
     if not isinstance(weight, Tensor) or weight.dtype not in FLOAT_DTYPES or type(weight) not in (
             nn.Parameter, Tensor):
         dtype = getattr(weight, "dtype", None)
         raise InitError(f"Layer {name!r} has a {dtype} weight of type {type(weight).__name__} (integer or "
-                        f"quantized); {method} needs a float32/bfloat16/float16 weight. Load the model in a "
+                        f"quantized); {method.name} needs a float32/bfloat16/float16 weight. Load the model in a "
                         "floating-point dtype to initialize it.")
-    r, scaling = rank_and_scaling(config, name, residual=get_method(method).residual)
-    view = weight if four_bit else weight_view(module)
-    if rank_limited and r > min(view.shape):
-        raise InitError(f"r={r} is larger than layer {name!r} allows for {method}: its weight is "
-                        f"{tuple(view.shape)}, so r must be at most {min(view.shape)}.")
+    r, scaling = rank_and_scaling(config, name, residual=method.residual)
+    views = weight.unsqueeze(0) if four_bit else layouts.matrices(weight, layout)
+    if rank_limited and r > min(views.shape[1:]):
+        raise InitError(f"r={r} is larger than layer {name!r} allows for {method.name}: its weight is "
+                        f"{tuple(views.shape[1:])} as a matrix, so r must be at most {min(views.shape[1:])}.")
     if _weight_key(weight) in tied:
-        raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method} "
+        raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method.name} "
                         "replaces the weight with a residual, which would change the other module too.")
     total = weight.sum(dtype=torch.float32)
     if not all_finite(weight, total):
         raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
-    return Target(name, view, r, scaling, fingerprint=fingerprint(view) if take_fingerprint or four_bit else "",
-                  dequantized=four_bit, nonzero=bool(total != 0) or None)
+    nonzero = bool(total != 0) or None  # a non-zero sum proves a non-zero entry (plain LoRA's report needs no more)
+    take_fingerprint = take_fingerprint or four_bit
+    if len(views) == 1:
+        return [Target(name, views[0], r, scaling, fingerprint=fingerprint(views[0]) if take_fingerprint else "",
+                       dequantized=four_bit, layout=layout, nonzero=nonzero)]
+    return [Target(f"{name}[{e}]", view, r, scaling, fingerprint=fingerprint(view) if take_fingerprint else "",
+                   layout=layout, layer=name, nonzero=nonzero) for e, view in enumerate(views)]
+
+
+def layer_keys(targets: list[Target]) -> dict[str, list[Target]]:
+    """The targets grouped by the PEFT layer they belong to (one each, or one per expert), in order."""
+    grouped: dict[str, list[Target]] = {}
+    for t in targets:
+        grouped.setdefault(t.layer or t.name, []).append(t)
+    return grouped
+
+
+def layer_fingerprint(targets: list[Target], dtype: torch.dtype | None = None) -> str:
+    """One layer's fingerprint: its matrix's, or a hash of its experts' (in order). With ``dtype``: that of
+    its weight cast to ``dtype`` (what loading the same checkpoint in ``dtype`` gives), one matrix at a time."""
+    return matrices_fingerprint([t.weight for t in targets], dtype, [t.fingerprint for t in targets])
+
+
+def matrices_fingerprint(matrices, dtype: torch.dtype | None = None, known: list[str] | None = None) -> str:
+    """:func:`layer_fingerprint` of a layer's ``E × out × in`` matrices; ``known``: their own-dtype
+    fingerprints where already taken (empty strings where not)."""
+    prints = [known[e] if known and known[e] and dtype in (None, m.dtype) else
+              fingerprint(m if dtype in (None, m.dtype) else m.to(dtype)) for e, m in enumerate(matrices)]
+    if len(prints) == 1:
+        return prints[0]
+    return hashlib.sha256("".join(prints).encode()).hexdigest()[:32]
+
+
+def unchanged_layer_fingerprints(layer: BaseTunerLayer, name: str, dtype: torch.dtype) -> tuple[str, dict[str, str]]:
+    """The fingerprint, and those in every dtype of ``RELOAD_DTYPES``, of the base weight of a layer the
+    initialization left as it was (plain LoRA): taken when a save asks for them, from the weight the layer holds,
+    which must still be the original (not merged, not cast)."""
+    if layer.merged:
+        raise InitError(f"Layer {name!r} has its adapter merged into the base weight, so the original weight's "
+                        "fingerprint cannot be taken from it; unmerge before saving.")
+    matrices = layer_matrices(layer).detach()
+    if matrices.dtype != dtype:
+        raise InitError(f"Layer {name!r} was {dtype} when initialized and is {matrices.dtype} now; the original "
+                        "weight's fingerprint cannot be taken from it. Save before casting the model.")
+    own = matrices_fingerprint(matrices)
+    return own, {dtype_name(d): own if d == dtype else matrices_fingerprint(matrices, d) for d in RELOAD_DTYPES}
 
 
 def all_finite(weight: Tensor, total: Tensor | None = None) -> bool:
@@ -187,10 +306,10 @@ def all_finite(weight: Tensor, total: Tensor | None = None) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(weight).all())
 
 
-def mark_residual(layer: BaseTunerLayer, method: str) -> None:
-    """Flag the base layer as holding ``method``'s residual (a second adapter on it is refused)."""
-    if get_method(method).residual:
-        setattr(layer.get_base_layer(), RESIDUAL_MARK, method)
+def mark_residual(layer: BaseTunerLayer, method: Method) -> None:
+    """Flag the base layer as holding ``method``'s residual, by name (a second adapter on it is refused)."""
+    if method.residual:
+        setattr(layer.get_base_layer(), RESIDUAL_MARK, method.name)
 
 
 def _to_residual_dtype(module: nn.Module, args):
@@ -201,38 +320,80 @@ def _to_model_dtype(module: nn.Module, args, output):
     return output.to(getattr(module.get_base_layer(), RESIDUAL_MARK + "_dtype"))
 
 
-def set_residual(layer: BaseTunerLayer, residual: Tensor, method: str, keep_fp32: bool) -> None:
-    """Write ``residual`` (``out × in``, fp32) into the base layer's weight, in place (no second copy of
+def set_residual(layer: BaseTunerLayer, residual: Tensor, method: Method, keep_fp32: bool) -> None:
+    """Write ``residual`` (``E × out × in``, fp32) into the base layer's weight, in place (no second copy of
     the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32: the base
     layer casts its input up, PEFT adds the LoRA term to its fp32 output, and the LoRA layer casts the
     sum back to the model's dtype — so ``W_res·x + s·B·A·x`` cancels in fp32, not in bf16."""
-    base_layer = layer.get_base_layer()
-    weight = base_layer.weight
+    base_layer, attr = held_weight(layer)
+    weight, layout = getattr(base_layer, attr), layer_layout(layer)
     mark_residual(layer, method)
     if not keep_fp32 or weight.dtype == torch.float32:
-        weight_view(base_layer).copy_(residual)
+        weight.detach().copy_(layouts.to_weight(residual, layout, weight.shape))
         return
-    value = residual.T if isinstance(base_layer, Conv1D) else residual
+    value = layouts.to_weight(residual, layout, weight.shape)
     base_layer.weight = nn.Parameter(value.clone(memory_format=torch.contiguous_format), requires_grad=False)
     setattr(base_layer, RESIDUAL_MARK + "_dtype", weight.dtype)
-    if base_layer.bias is not None:
+    if getattr(base_layer, "bias", None) is not None:
         base_layer.bias = nn.Parameter(base_layer.bias.detach().float(), requires_grad=False)
     base_layer._inilora_hooks = (base_layer.register_forward_pre_hook(_to_residual_dtype),
                                  layer.register_forward_hook(_to_model_dtype))
 
 
-def restore_plain_layer(base_layer: nn.Module, weight_out_in: Tensor) -> None:
-    """Give a base layer a plain weight again (``out × in``), in the model's dtype, hooks removed."""
-    dtype = getattr(base_layer, RESIDUAL_MARK + "_dtype", base_layer.weight.dtype)
+def restore_plain_layer(base_layer: nn.Module, weight_out_in: Tensor, layout: Layout | None = None,
+                        attr: str = "weight") -> None:
+    """Give a base layer a plain weight again (``out × in``, or ``E × out × in`` with its ``layout``), in the
+    model's dtype, hooks removed."""
+    if layout is None:
+        layout, weight_out_in = layouts.module_layout(base_layer) or Layout("linear"), weight_out_in.unsqueeze(0)
+    weight = getattr(base_layer, attr)
+    dtype = getattr(base_layer, RESIDUAL_MARK + "_dtype", weight.dtype)
     for handle in getattr(base_layer, "_inilora_hooks", ()):
         handle.remove()
-    if base_layer.bias is not None:
-        base_layer.bias = nn.Parameter(base_layer.bias.detach().to(dtype), requires_grad=False)
-    value = weight_out_in.T if isinstance(base_layer, Conv1D) else weight_out_in
-    base_layer.weight = nn.Parameter(value.to(dtype).contiguous(), requires_grad=False)
-    for attr in (RESIDUAL_MARK, RESIDUAL_MARK + "_dtype", "_inilora_hooks"):
-        if hasattr(base_layer, attr):
-            delattr(base_layer, attr)
+    value = layouts.to_weight(weight_out_in, layout, weight.shape).to(dtype)
+    if attr == "weight":
+        if getattr(base_layer, "bias", None) is not None:
+            base_layer.bias = nn.Parameter(base_layer.bias.detach().to(dtype), requires_grad=False)
+        base_layer.weight = nn.Parameter(value.contiguous(), requires_grad=False)
+    else:  # a targeted parameter keeps its object (and whether it trains): written in place
+        weight.detach().copy_(value)
+    for name in (RESIDUAL_MARK, RESIDUAL_MARK + "_dtype", "_inilora_hooks"):
+        if hasattr(base_layer, name):
+            delattr(base_layer, name)
+
+
+def _strip_base_layer(name: str) -> str:
+    while ".base_layer" in name:
+        prefix, _, suffix = name.rpartition(".base_layer")
+        name = prefix + suffix
+    return name
+
+
+def layer_key(module_name: str, layer: BaseTunerLayer) -> str:
+    """A PEFT layer's key: its module's name, or ``module.param`` for a targeted parameter (``ParamWrapper``,
+    possibly nested in another one: ``experts.base_layer``)."""
+    if type(layer).__name__ == PARAM_WRAPPER:
+        return f"{_strip_base_layer(module_name)}.{layer.parameter_name}"
+    return module_name
+
+
+def find_layer(inner: nn.Module, key: str) -> nn.Module | None:
+    try:
+        layer = inner.get_submodule(key)
+    except AttributeError:
+        layer = None
+    if isinstance(layer, BaseTunerLayer) and type(layer).__name__ != PARAM_WRAPPER:
+        return layer
+    path, _, param_name = key.rpartition(".")
+    try:
+        module = inner.get_submodule(path)
+    except AttributeError:
+        return layer
+    while isinstance(module, BaseTunerLayer) and type(module).__name__ == PARAM_WRAPPER:
+        if module.parameter_name == param_name:
+            return module
+        module = module.base_layer
+    return layer
 
 
 def lora_layers(peft_model: PeftModel, names: list[str]) -> dict[str, BaseTunerLayer]:
@@ -240,8 +401,22 @@ def lora_layers(peft_model: PeftModel, names: list[str]) -> dict[str, BaseTunerL
     inner = peft_model.base_model.model
     layers = {}
     for name in names:
-        layer = inner.get_submodule(name)
+        layer = find_layer(inner, name)
         if not isinstance(layer, BaseTunerLayer):
             raise InitError(f"PEFT did not wrap layer {name!r}; this is a bug in inilora's target matching.")
         layers[name] = layer
     return layers
+
+
+def adapter_keys(peft_model: PeftModel, names: list[str]) -> dict[str, tuple[tuple[str, str], Layout]]:
+    """Each layer's ``lora_A``/``lora_B`` keys in PEFT's adapter state dict (by the PEFT layer's module path, which
+    for a nested ``ParamWrapper`` holds ``base_layer``), and its layout."""
+    paths = {id(module): name for name, module in peft_model.named_modules()}
+    out = {}
+    for name, layer in lora_layers(peft_model, names).items():
+        path, layout = paths[id(layer)], layer_layout(layer)
+        if layout.kind == "embedding":
+            out[name] = (f"{path}.lora_embedding_A", f"{path}.lora_embedding_B"), layout
+        else:
+            out[name] = (f"{path}.lora_A.weight", f"{path}.lora_B.weight"), layout
+    return out

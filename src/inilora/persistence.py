@@ -10,16 +10,21 @@ The model returned by ``inilora.get_peft_model`` / :func:`from_pretrained` saves
 its own ``save_pretrained`` (what ``Trainer`` calls for checkpoints and ``push_to_hub`` for uploads):
 it is :func:`save_pretrained`, bound to the model.
 
+**A save is all or nothing.** Every save (:func:`save_pretrained`, ``export_lora``,
+``save_residual_model``) writes a new folder beside the old one and swaps it in (``_io.replaced_folder``):
+a kill, a full disk or an exception at any instant leaves the previous folder complete and loadable.
+
 **Plain PEFT refuses a residual adapter.** Loaded by ``peft.PeftModel.from_pretrained`` onto the
 original base, a residual adapter would compute a different model without any warning. So the saved
-``adapter_config.json`` of a residual method carries, instead of its ``target_modules``, a pattern
-that matches no module name (it contains spaces) and reads as an instruction; PEFT then raises its
-own ``ValueError`` ("Target modules inilora residual adapter: load it with inilora.from_pretrained…
-not found in the base model") before loading any weight. The real ``target_modules`` (and
-``layers_to_transform`` / ``layers_pattern``, which PEFT forbids next to a pattern) are kept in
-``inilora_config.json`` and put back by :func:`from_pretrained`. ``Trainer``'s resume is not affected:
-it loads weights into the adapter the model already has, without reading the config. A save meant
-for plain PEFT on the residual model itself opts out with ``refuse_plain_peft=False``.
+``adapter_config.json`` of a residual method carries, instead of its ``task_type`` and its
+``target_modules``, a text that reads as an instruction (and, as a pattern, matches no module name);
+PEFT then raises its own ``ValueError`` when it reads the config, for every task type ("Invalid task
+type: 'inilora residual adapter: load it with inilora.from_pretrained…'"), before loading any weight.
+The real ``task_type`` and ``target_modules`` (and ``layers_to_transform`` / ``layers_pattern``, which
+PEFT forbids next to a pattern) are kept in ``inilora_config.json`` and put back by
+:func:`from_pretrained`. ``Trainer``'s resume is not affected: it loads weights into the adapter the
+model already has, without reading the config. A save meant for plain PEFT on the residual model itself
+opts out with ``refuse_plain_peft=False``.
 """
 
 from __future__ import annotations
@@ -38,13 +43,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import hub_failure, hub_unreachable, is_hub_id
+from ._io import hub_failure, hub_unreachable, is_hub_id, recover_folder, replaced_folder
 from .checksums import file_sha256, read_sealed, verify_files, write_sealed
 from .errors import AdapterLoadError, InitError
-from .init import install_layer, new_report, warn_on_drift
-from .methods import Factors, get_method
+from .install import install_layer, new_report, warn_on_drift
+from .methods import Factors, resolve
 from .options import InitOptions
-from .peft_glue import collect_targets, lora_layers, resolve_config, weight_view
+from .peft_glue import NoTargetError, collect_targets, layer_fingerprint, layer_keys, layer_matrices, lora_layers, resolve_config
 from .original_base import keep_the_original_base
 from .quantize import needs_quantization, quantize_targets
 from .rollback import Snapshot
@@ -54,10 +59,15 @@ INIT_FILE = "inilora_init.safetensors"
 META_FILE = "inilora_config.json"
 CONFIG_FILE = "adapter_config.json"
 READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", INIT_FILE)  # checksummed
+ADAPTER_FILES = (*READ_BY_LOAD, META_FILE)  # one save's set: never mixed with files of an earlier save
 FORMAT_VERSION = 2
+ANOTHER_BASE = "This adapter belongs to another base model"
 PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
                     "would put it on the original weights and compute a different model")
-GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern")
+# task_type: PEFT validates it when it reads the config, for every task type, so the guard is its error message
+# ("Invalid task type: 'inilora residual adapter: …'"); a classifier's modules_to_save would hide the one of
+# target_modules behind PEFT's generic "No modules were targeted"
+GUARDED_FIELDS = ("target_modules", "layers_to_transform", "layers_pattern", "task_type", "target_parameters")
 HUB_ARGS = ("repo_id", "token", "private", "commit_message", "revision", "create_pr")
 CARD_TITLE = "## IniLoRA adapter — load it with `inilora`"
 CARD_NOTE = """
@@ -91,12 +101,28 @@ def _adapter_dir(path: str | os.PathLike, adapter_name: str) -> Path:
     return Path(path) if adapter_name == "default" else Path(path) / adapter_name
 
 
+def replaces_adapter(*names: str):
+    """Which files of an existing folder a save of an adapter replaces: in each folder where it writes an
+    ``adapter_config.json``, the adapter's files (:data:`ADAPTER_FILES`, and ``names``) as a set — one that
+    this save does not write again is removed, not left beside the new ones. Everything else is kept."""
+    owned = (*ADAPTER_FILES, *names)
+    return lambda rel, new: rel.name in owned and (new / rel.parent / CONFIG_FILE).is_file()
+
+
 def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refuse_plain_peft: bool = True,
                     push_to_hub: bool = False, **kwargs) -> Path:
     """Save the adapter with PEFT's ``save_pretrained`` (``args``/``kwargs`` are PEFT's, e.g.
     ``is_main_process``, ``selected_adapters``) and add what rebuilds its residual; return the adapter's
     directory (``path``, or PEFT's ``path/adapter_name`` for a non-default adapter). Also bound to the
     model as ``peft_model.save_pretrained``.
+
+    Atomic: everything is written into a temporary folder beside ``path``, flushed, and swapped in whole,
+    so a kill, a full disk or an exception at any instant leaves ``path`` as it was or completely saved
+    (``_io.replaced_folder``). Replaced: ``adapter_config.json``, ``adapter_model.safetensors`` /
+    ``adapter_model.bin``, ``inilora_init.safetensors``, ``inilora_config.json`` in each adapter folder
+    written (one of them not written again is removed) and ``README.md`` (updated, as PEFT does). Kept
+    as they were: every other file and folder under ``path`` (a checkpoint's optimizer and trainer state,
+    other adapters, the user's files). A save needs room for the old and the new adapter at once.
 
     ``refuse_plain_peft`` (residual methods): make ``peft.PeftModel.from_pretrained`` raise on this
     adapter (see the module docstring); ``False`` only for an adapter meant for the residual model.
@@ -110,12 +136,19 @@ def save_pretrained(peft_model: PeftModel, path: str | os.PathLike, *args, refus
     if bound.arguments.get("path_initial_model_for_weight_conversion") is not None:
         raise InitError("path_initial_model_for_weight_conversion is PEFT's conversion for its own PiSSA/OLoRA; "
                          "use inilora.export_lora for a plain LoRA adapter on the original base.")
-    peft_save(*bound.args, **bound.kwargs)
+    if state.is_residual and "save_embedding_layers" not in kwargs:
+        # PEFT's "auto" would save a targeted embedding's weight, which here is the residual: reloaded, it would
+        # replace the original weight the residual is rebuilt from
+        bound.arguments["save_embedding_layers"] = False
     out = _adapter_dir(path, state.adapter_name)
     if not bound.arguments["is_main_process"]:
+        peft_save(*bound.args, **bound.kwargs)
         return out
-    if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
-        _write_init_files(state, out, refuse_plain_peft)
+    with replaced_folder(path, replaces_adapter(), seed=("README.md",)) as new:
+        bound.arguments["save_directory"] = str(new)
+        peft_save(*bound.args, **bound.kwargs)
+        if state.adapter_name in (bound.arguments["selected_adapters"] or peft_model.peft_config):
+            _write_init_files(state, _adapter_dir(new, state.adapter_name), refuse_plain_peft)
     if push_to_hub:
         _push(Path(path), **hub)
     return out
@@ -131,7 +164,8 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
     if state.is_residual and refuse_plain_peft:
         config = json.loads((out / CONFIG_FILE).read_text())
         guarded = {k: config.get(k) for k in GUARDED_FIELDS}
-        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None)
+        config.update(target_modules=PLAIN_PEFT_GUARD, layers_to_transform=None, layers_pattern=None,
+                      task_type=PLAIN_PEFT_GUARD, target_parameters=None)
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     optimum = {row.name: row.optimum for row in state.report.layers} if state.report else {}
     write_sealed(out / META_FILE, {
@@ -143,7 +177,7 @@ def _write_init_files(state: InitState, out: Path, refuse_plain_peft: bool) -> N
         "versions": {"torch": torch.__version__, "peft": peft.__version__},
         "layers": {name: {"fingerprint": layer.fingerprint, "weight_dtype": str(layer.weight_dtype).split(".")[-1],
                           "scaling": layer.scaling, "residual_fp32": layer.residual_fp32,
-                          "optimum": optimum.get(name)}
+                          "optimum": optimum.get(name), "fingerprints": layer.fingerprints}
                    for name, layer in state.layers.items()},
     })
     card = out / "README.md"
@@ -179,10 +213,16 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 def _locate(path: str | os.PathLike, adapter_name: str, revision: str | None = None) -> Path:
     """The directory holding the adapter: ``path`` itself, or ``path/adapter_name`` as PEFT saves a
-    named adapter; a hub id ``org/name`` that is no local path is downloaded first (at ``revision``)."""
+    named adapter; a hub id ``org/name`` that is no local path is downloaded first (at ``revision``). A local
+    folder whose save was killed midway is first put back as it was (``_io.recover_folder``)."""
     if is_hub_id(path):
         path = _download(str(path), revision)
     path = Path(path)
+    for folder in (path, path.parent):  # a save killed between its two renames (no atomic swap here)
+        try:
+            recover_folder(folder)
+        except OSError:  # a read-only place: the load says what is missing
+            pass
     if not (path / CONFIG_FILE).is_file() and (_adapter_dir(path, adapter_name) / CONFIG_FILE).is_file():
         return _adapter_dir(path, adapter_name)
     return path
@@ -205,16 +245,18 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
         raise AdapterLoadError(f"{path} is missing {INIT_FILE}, the initial factors the residual is rebuilt from.")
     try:
         tensors = load_file(init_path)
-        config = LoraConfig.from_pretrained(str(path))
+        attributes = {**LoraConfig.from_json_file(str(path / CONFIG_FILE)), **(meta["plain_peft_guard"] or {})}
+        config = LoraConfig.from_peft_type(**LoraConfig.check_kwargs(**attributes))  # PEFT's from_pretrained, guard off
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterLoadError(f"{path} cannot be read ({exc}).") from exc
-    for key, value in (meta["plain_peft_guard"] or {}).items():
-        setattr(config, key, set(value) if key == "target_modules" and isinstance(value, list) else value)
+    if isinstance(config.target_modules, list):
+        config.target_modules = set(config.target_modules)
     return meta, tensors, config
 
 
 def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default",
-                    is_trainable: bool = False, revision: str | None = None) -> PeftModel:
+                    is_trainable: bool = False, revision: str | None = None,
+                    residual_fp32: bool | None = None) -> PeftModel:
     """Load an adapter saved by :func:`save_pretrained` (or a ``Trainer`` checkpoint of an inilora
     model) onto a freshly loaded *original* base model. ``path`` may be the directory a named adapter
     was saved into or its parent (PEFT writes adapter ``name`` into ``path/name``), or a hub repository
@@ -223,29 +265,44 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     Everything is checked before the model is touched: every file against its recorded sha256, and
     that each target weight is byte-identical to the one the adapter was made on (fingerprints). A
     failure after that (while PEFT wraps the model or the residual is installed) unwinds: the model
-    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held."""
+    is left exactly as it was. Until the load succeeds, a CPU copy of each changed weight is held.
+
+    The base may be the same checkpoint loaded in another dtype (float32, bfloat16 or float16) than the one
+    the adapter was made on: the adapter records the original weight's fingerprint in each of them. The
+    residual is then rebuilt in fp32 from the weight as loaded and the stored factors, and stored in the
+    base's dtype (in fp32 with ``residual_fp32=True``; None: as the adapter was made). A 4-bit residual is
+    rebuilt only in the dtype it was made in."""
     start = time.perf_counter()
     path = _locate(path, adapter_name, revision)
     meta, tensors, config = _read_saved(path)
-    options = InitOptions.from_record(meta["options"])
-    method = get_method(options.method)
+    method, options = resolve(None, InitOptions.from_record(meta["options"]), {})
     config = resolve_config(config, base_model)
-    targets = collect_targets(base_model, config, options.method, rank_limited=False, residual=method.residual)
     recorded = meta["layers"]
-    found = {t.name for t in targets}
+    try:
+        targets = collect_targets(base_model, config, method, rank_limited=False, residual=method.residual,
+                                  caller="inilora.from_pretrained")
+    except NoTargetError as exc:
+        raise AdapterLoadError(f"{ANOTHER_BASE}: {exc}") from exc
+    by_layer = layer_keys(targets)
+    found = set(by_layer)
     if found != set(recorded):
-        raise AdapterLoadError(f"The base model's target layers differ from the adapter's: missing "
+        raise AdapterLoadError(f"{ANOTHER_BASE}: its target layers differ from this model's: missing "
                                f"{sorted(set(recorded) - found)[:5]}, unexpected {sorted(found - set(recorded))[:5]}.")
-    for t in targets:
-        info = recorded[t.name]
-        dtype = str(t.weight.dtype).split(".")[-1]
-        if dtype != info["weight_dtype"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model is {dtype}; the adapter was made on a "
-                                   f"{info['weight_dtype']} base. Load the base in {info['weight_dtype']}.")
-        if t.fingerprint != info["fingerprint"]:
-            raise AdapterLoadError(f"Layer {t.name!r} of the base model differs from the weight the adapter was made "
-                                   "on (fingerprint mismatch): load the original base model.")
-        for key in (f"{t.name}.lora_A0", f"{t.name}.lora_B0"):
+    fingerprints = {}
+    for name, matrices in by_layer.items():
+        info = recorded[name]
+        dtype = str(matrices[0].weight.dtype).split(".")[-1]
+        in_dtypes = info.get("fingerprints") or {}
+        if dtype != info["weight_dtype"] and (dtype not in in_dtypes or options.quantize is not None):
+            why = ("its 4-bit residual is rebuilt only in that dtype" if options.quantize is not None else
+                   f"it records the original weights in {', '.join(sorted(in_dtypes)) or 'that dtype only'}")
+            raise AdapterLoadError(f"Layer {name!r} of the base model is {dtype}; the adapter was made on a "
+                                   f"{info['weight_dtype']} base and {why}. Load the base in {info['weight_dtype']}.")
+        fingerprints[name] = info["fingerprint"] if dtype == info["weight_dtype"] else in_dtypes[dtype]
+        if layer_fingerprint(matrices) != fingerprints[name]:
+            raise AdapterLoadError(f"{ANOTHER_BASE}: layer {name!r} of this model differs from the weight the "
+                                   "adapter was made on (fingerprint mismatch); load the base model it was made on.")
+        for key in (f"{name}.lora_A0", f"{name}.lora_B0"):
             if key not in tensors:
                 raise AdapterLoadError(f"{path / INIT_FILE} lacks {key}.")
 
@@ -253,22 +310,23 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
     snapshot, originals, quantized = Snapshot(base_model), {}, None
     try:
         if needs_quantization(targets, options):  # the 4-bit residual, rebuilt identically (deterministic)
-            quantized = quantize_targets(base_model, targets, {t.name: Factors(
+            quantized = quantize_targets(base_model, method, targets, {t.name: Factors(
                 tensors[f"{t.name}.lora_A0"], tensors[f"{t.name}.lora_B0"], recorded[t.name]["optimum"])
                 for t in targets}, options, refine=False)
         peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                                is_trainable=is_trainable, config=config)
-        state = InitState(options, adapter_name, report=new_report(options))
+        state = InitState(options, method, adapter_name, report=new_report(method, options))
         with torch.no_grad():
-            for name, layer in lora_layers(peft_model, [t.name for t in targets]).items():
+            for name, layer in lora_layers(peft_model, list(by_layer)).items():
                 A0, B0 = tensors[f"{name}.lora_A0"], tensors[f"{name}.lora_B0"]
-                keep_fp32 = recorded[name]["residual_fp32"]
+                keep_fp32 = recorded[name]["residual_fp32"] if residual_fp32 is None else residual_fp32
                 if quantized is None:  # a 4-bit swap keeps the original layer aside whole
-                    originals[name] = weight_view(layer.get_base_layer()).detach().to("cpu", copy=True)
+                    originals[name] = layer_matrices(layer).detach().to("cpu", copy=True)
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, method,
                                                          keep_fp32, recorded[name]["optimum"], quantized))
-                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], recorded[name]["fingerprint"],
-                                                getattr(torch, recorded[name]["weight_dtype"]), keep_fp32)
+                state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name],
+                                                by_layer[name][0].weight.dtype, keep_fp32,
+                                                recorded[name].get("fingerprints") or {})
     except BaseException as exc:
         if quantized:
             quantized.restore()

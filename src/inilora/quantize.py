@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .errors import InitError
 from .matrices import Factors
-from .methods import REGISTRY, get_method
+from .methods import REGISTRY, Method, Target, compute_factors
 
 QUANT_TYPES = ("nf4", "fp4")
 FLAG = "is_loaded_in_4bit"  # transformers' mark of a 4-bit model, which PEFT reads to pick its bnb layers
@@ -159,24 +159,23 @@ def error_ratio(W: Tensor, deq_residual: Tensor, product: Tensor, qlora_error: f
     return error / qlora_error if qlora_error > 0 else (1.0 if error == 0 else float("inf"))
 
 
-def _refit(target, W: Tensor, deq_residual: Tensor, options) -> Factors:
+def _refit(method: Method, target, W: Tensor, deq_residual: Tensor, options) -> Factors:
     """LoftQ step: the method's closed form fitted to ``W − deq(Q(W_res))`` (the SVD solver for inilora)."""
-    from .methods import Target, compute_factors
-
     refit_options = dataclasses.replace(options, progress=False, cache=False,
                                         solver="svd" if options.solver == "adam" else options.solver)
     goal = Target(target.name, W - deq_residual, target.r, target.scaling)
-    return compute_factors([goal], refit_options)[target.name]
+    return compute_factors(method, [goal], refit_options)[target.name]
 
 
-def _quantize_one(target, module: nn.Module, factors: Factors, spec: QuantSpec, options, refine: bool):
+def _quantize_one(method: Method, target, module: nn.Module, factors: Factors, spec: QuantSpec, options,
+                  refine: bool):
     W = target.weight.float()
     s = target.scaling
     plain_error = None if target.dequantized else float(torch.linalg.matrix_norm(dequantize(quantize(W, spec)) - W))
     record = QuantizedLayer(spec.quant_type, target.dequantized)
     for step in range(options.quant_iters + 1 if refine else 1):
         if step:  # the optimum reported stays W's: the report's fit ratio then shows how far the refit moved
-            refit = _refit(target, W, deq, options)
+            refit = _refit(method, target, W, deq, options)
             factors = Factors(refit.A0, refit.B0, factors.optimum)
         product = s * (factors.B0.float() @ factors.A0.float())
         param = quantize(W - product, spec)
@@ -220,7 +219,7 @@ def needs_quantization(targets, options) -> bool:
     return options.quantize is not None or any(t.dequantized for t in targets)
 
 
-def quantize_targets(model: nn.Module, targets, factors: dict[str, Factors], options,
+def quantize_targets(model: nn.Module, method: Method, targets, factors: dict[str, Factors], options,
                      refine: bool = True) -> QuantizedTargets:
     """Before PEFT wraps the model: replace each target by a ``Linear4bit`` holding ``Q(W − s·B0·A0)``
     (targets already 4-bit are re-quantized as they were). With ``refine``, ``options.quant_iters``
@@ -238,15 +237,15 @@ def quantize_targets(model: nn.Module, targets, factors: dict[str, Factors], opt
                                 "would change its format. Leave quantize unset to keep the model's own.")
         else:
             specs[t.name] = QuantSpec(options.quantize, options.quant_double, t.weight.dtype)
-    if options.quant_iters and refine and not get_method(options.method).best_rank_r:
+    if options.quant_iters and refine and not method.best_rank_r:
         refittable = [m.name for m in REGISTRY.values() if m.best_rank_r]
         raise InitError(f"quant_iters refits the factors to the best rank-r approximation, which is what "
-                        f"{', '.join(refittable)} compute; {options.method} would stop being itself.")
+                        f"{', '.join(refittable)} compute; {method.name} would stop being itself.")
     new_factors, records, replacements = {}, {}, {}
     with torch.no_grad():
         for t in targets:
             new_factors[t.name], replacements[t.name], records[t.name] = _quantize_one(
-                t, modules[t.name], factors[t.name], specs[t.name], options, refine)
+                method, t, modules[t.name], factors[t.name], specs[t.name], options, refine)
     flag_was = getattr(model, FLAG, None)
     for name, module in replacements.items():
         _set_submodule(model, name, module)

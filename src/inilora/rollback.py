@@ -8,7 +8,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import _get_submodules
 from torch import nn
 
-from .peft_glue import restore_plain_layer
+from .peft_glue import find_layer, held_weight, layer_layout, restore_plain_layer
 
 
 class Snapshot:
@@ -24,9 +24,10 @@ class Snapshot:
         """Put back the original weights of the layers already changed, take PEFT's layers out (as
         PEFT's ``unload`` does; the PeftModel may not exist yet) and restore the flags."""
         with torch.no_grad():
-            for name, weight in originals.items():
-                layer = model.get_submodule(name)
-                restore_plain_layer(layer.get_base_layer(), weight.to(layer.get_base_layer().weight.device))
+            for name, weight in originals.items():  # E × out × in, by layer key
+                layer = find_layer(model, name)
+                base, attr = held_weight(layer)
+                restore_plain_layer(base, weight.to(getattr(base, attr).device), layer_layout(layer), attr)
         for name, module in list(model.named_modules()):
             if isinstance(module, BaseTunerLayer):
                 parent, _, child = _get_submodules(model, name)

@@ -12,7 +12,7 @@ from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from torch import Tensor
 
-from .methods.base import canonical_signs
+from .linalg import canonical_signs
 
 
 class ExportTruncationWarning(UserWarning):

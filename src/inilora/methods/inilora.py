@@ -16,8 +16,8 @@ from ..cache import FitCache, fit_key
 from ..distributed import agreed_todo, fit_chunks
 from ..fit import draw_start, fit_adam, fit_svd, fit_svd_randomized
 from ..memory import release_freed_memory
-from .base import Factors, Method, Target, layer_generator, relative_tail_energy
-from .svd import equalize_entry_scale, random_orthogonal, rotate_basis
+from ..linalg import equalize_entry_scale, random_orthogonal, relative_tail_energy, rotate_basis
+from .base import Factors, Method, Target, layer_generator
 
 if TYPE_CHECKING:
     from ..options import InitOptions
@@ -33,11 +33,12 @@ def fit_target(target: Target, options: InitOptions) -> Tensor:
     return W / target.scaling if options.fit_scaled else W
 
 
-def needs_sigmas(options: InitOptions) -> bool:
-    """Whether the fit draws the published start, whose σ is a mean over all targets."""
-    from . import get_method  # the registry imports this module
-
-    return get_method(options.method).has_fit and options.solver == "adam"
+def start_sigmas(targets: Iterable[Target], options: InitOptions) -> dict[str, float]:
+    """σ per module name of the published start, a mean over all targets (read lazily, one at a time: a
+    ZeRO-3 model's weights are gathered alone); {} without reading them when the solver draws no such start."""
+    if options.solver != "adam":
+        return {}
+    return mean_by_module((t.module_name, fit_std(t, options)) for t in targets)
 
 
 def fit_std(target: Target, options: InitOptions) -> float:
@@ -183,8 +184,8 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 
 # 2: inilora's closed forms factor the optimum adam-like; 3 (svd): top-r by subspace iteration, not eigh;
 # 3 (svd_randomized): the same iteration from a seeded start, stopped at 1e-5 × the optimum (was Halko 64/6);
-# 4 (both): each triplet's sign is canonical (base.canonical_signs) before the seeded rotation, not LAPACK's
+# 4 (both): each triplet's sign is canonical (linalg.canonical_signs) before the seeded rotation, not LAPACK's
 # 5 (both): Ritz pairs from the block's Gram matrix, and a cost model choosing iteration or eigendecomposition
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
-                 solvers=tuple(FIT_CHUNK),
+                 solvers=tuple(FIT_CHUNK), start_sigmas=start_sigmas,
                  init_versions={"svd": 5, "svd_randomized": 5})

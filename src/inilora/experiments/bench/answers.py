@@ -20,7 +20,8 @@ FOLDER = "answers"
 @dataclass(frozen=True)
 class AnswerKey:
     """What scoring a task's predictions reads: its kind and its test rows reduced to ``{"label": int}``
-    (classification) or ``{"answer": str}`` (generation), in test order. Stands in for the task in
+    (classification) or ``{"answer": str}`` (generation), with the row's ``"group"`` where the task's examples
+    come in families (the family id the two-level bootstrap resamples by), in test order. Stands in for the task in
     :func:`~inilora.experiments.tasks.example_hits` and :func:`~inilora.experiments.tasks.majority_rate`."""
 
     kind: str
@@ -30,7 +31,15 @@ class AnswerKey:
     @classmethod
     def of_task(cls, task, data: str) -> AnswerKey:
         key = "label" if task.kind == "classification" else "answer"
-        return cls(task.kind, [{key: row[key]} for row in task.eval], data)
+        return cls(task.kind, [{key: row[key], **({"group": row["group"]} if "group" in row else {})}
+                               for row in task.eval], data)
+
+    @property
+    def families(self) -> list | None:
+        """Each test example's family id, or None when the task's examples stand alone."""
+        if not any("group" in row for row in self.eval):
+            return None
+        return [row.get("group", ("row", i)) for i, row in enumerate(self.eval)]
 
     @property
     def majority(self) -> float | None:

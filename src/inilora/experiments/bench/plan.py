@@ -100,6 +100,19 @@ def preset(name: str) -> tuple[list[Suite], tuple[str, ...]]:
     return suites, methods
 
 
+def custom_suite(preset_name: str, name: str, model: str, **source) -> Suite:
+    """One suite on the user's data (``task=``, or ``train_file=`` and ``eval_file=``), set up as the preset's
+    ``[custom]`` table says: the hyperparameter defaults for the task's kind, and whether a validation split is
+    carved from the training data (the tuned preset: as for its own tasks). A preset without one: no validation
+    split, and every setting ``inilora train``'s default (TrainConfig's)."""
+    custom = _read_preset_file(preset_name).get("custom", {})
+    suite = Suite(name, model, validation=custom.get("validation", False), **source)
+    defaults = custom.get("defaults", {})
+    if not defaults:
+        return suite
+    return dataclasses.replace(suite, config=hyperparameters(defaults[suite.load()[0].kind]))
+
+
 @dataclass(frozen=True)
 class RunSpec:
     suite: Suite
@@ -135,12 +148,22 @@ class RunSpec:
             key["init_version"] = version
         return key
 
+    def matches(self, recorded: dict | None) -> bool:
+        """Whether a finished run's recorded spec is this run's :meth:`key`. A spec without an init version reads
+        as version :data:`FIRST_INIT_VERSION` (the key names a version only once it is bumped): the factors it was
+        made with are current until that version is bumped."""
+        if recorded is None:
+            return False
+        if recorded.get("init_version") == FIRST_INIT_VERSION:
+            recorded = {k: v for k, v in recorded.items() if k != "init_version"}
+        return recorded == self.key()
+
     def done(self, out: Path) -> bool:
         path = self.path(out)
         if not path.is_file():
             return False
         try:
-            return json.loads(path.read_text()).get("spec") == self.key()
+            return self.matches(json.loads(path.read_text()).get("spec"))
         except json.JSONDecodeError:
             return False
 
@@ -163,11 +186,18 @@ def plan(suites: list[Suite], methods: tuple[str, ...], seeds: list[int]) -> lis
     return specs
 
 
+FIRST_INIT_VERSION = 1  # the version of a method or solver whose factors never changed (no Method.init_versions entry)
+
+
 def init_version(name: str) -> int | None:
-    """The init version of a benchmark row's method and solver (None: a reference or a PEFT peer, whose
-    code is versioned by PEFT's own version in the run's key)."""
+    """The init version of a benchmark row's method and solver, for every registered method and solver
+    (:data:`FIRST_INIT_VERSION` until its ``Method.init_versions`` bumps it); None: a reference or a PEFT
+    peer, whose code is versioned by PEFT's own version in the run's key."""
     method, solver = method_and_solver(name)
-    return REGISTRY[method].init_version(solver) if method in REGISTRY else None
+    if method not in REGISTRY:
+        return None
+    version = REGISTRY[method].init_version(solver)
+    return FIRST_INIT_VERSION if version is None else version
 
 
 def method_and_solver(name: str) -> tuple[str, str]:

@@ -20,12 +20,24 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _fmt_seeds(mean: float, std: float, seeds: int, digits: int = 3) -> str:
+    """``mean ± std`` over several seeds; one seed has no spread to show, so its value alone."""
+    return _fmt(mean, std, digits) if seeds != 1 or math.isnan(mean) else f"{mean:.{digits}f} (one seed)"
+
+
 def _fmt_test(test: dict | None, digits: int = 3) -> str:
     if not test or test["n"] == 0:
         return ""
+    if test["verdict"] == "undefined":
+        return f"{test['diff_mean']:+.{digits}f}, p undefined (same difference on every seed)"
     if math.isnan(test["p"]):
         return f"{test['diff_mean']:+.{digits}f} ({test['verdict']})"
-    return f"{test['diff_mean']:+.{digits}f}, p={test['p']:.2f} ({test['verdict']})"
+    return f"{test['diff_mean']:+.{digits}f}, p={_pvalue(test['p'])} ({test['verdict']})"
+
+
+def _pvalue(p: float) -> str:
+    """Two decimals, or two significant digits below 0.01: a small p never prints as 0.00."""
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
 
 
 def markdown(summary: dict) -> str:
@@ -36,8 +48,9 @@ def markdown(summary: dict) -> str:
                   f"| method | seeds | {primary} ↑ | Δ vs lora (paired) | held-out loss ↓ | Δ vs lora (paired) | s/run |",
                   "|---|---|---|---|---|---|---|"]
         for method, row in task["rows"].items():
-            lines.append(f"| {method} | {len(row['seeds'])} | {_fmt(*row[primary])} | "
-                         f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt(*row['eval_loss'])} | "
+            n = len(row["seeds"])
+            lines.append(f"| {method} | {n} | {_fmt_seeds(*row[primary], n)} | "
+                         f"{_fmt_test(row.get(f'{primary}_vs_lora'))} | {_fmt_seeds(*row['eval_loss'], n)} | "
                          f"{_fmt_test(row.get('eval_loss_vs_lora'))} | {row['seconds']:.0f} |")
         if task.get("same_start"):
             lines.append("")
@@ -47,9 +60,23 @@ def markdown(summary: dict) -> str:
         lines.append("")
     lines.append("Mean ± sample std over seeds. Δ: mean paired difference from `lora` (same seed: same data order, "
                  "same classifier head); p: two-sided paired t-test over seeds; a difference counts as better/worse "
-                 "only at p < 0.05, otherwise it is within seed noise. `full`: full fine-tuning; `base`: the model "
+                 "only at p < 0.05, otherwise it is within seed noise; one seed gives no spread and no p, and the "
+                 "same difference on every seed leaves the t-test undefined. `full`: full fine-tuning; `base`: the model "
                  "as loaded, not trained.")
     return "\n".join(lines) + "\n"
+
+
+LEARNED = 0.02  # lora counts as having learned a task when it ends more than this above the majority class
+
+
+def _where(value: float, majority: float) -> str:
+    """Where ``value`` stands against the majority class, in words that match the printed figures: "at" only
+    when both print the same (3 decimals)."""
+    if f"{value:.3f}" == f"{majority:.3f}":
+        return f"at the majority class ({majority:.3f})"
+    if value < majority:
+        return f"below the majority class ({majority:.3f})"
+    return f"less than {LEARNED * 100:.0f} points above the majority class ({majority:.3f})"
 
 
 def reading(summary: dict) -> str:
@@ -63,21 +90,24 @@ def reading(summary: dict) -> str:
         if lora is None or math.isnan(lora[primary][0]):
             continue
         mean, std = lora[primary]
+        shown = _fmt_seeds(mean, std, len(lora["seeds"]))
         majority = task.get("majority")
         if majority is not None:
             values = lora.get("values", {}).get(primary, {})
-            stuck = sorted(seed for seed, value in values.items() if value <= majority + 0.02)
+            stuck = sorted(seed for seed, value in values.items() if value <= majority + LEARNED)
             if not stuck:
-                learned = f"{(mean - majority) * 100:+.1f} points over the majority class ({majority:.3f}) on every seed"
+                learned = (f"{(mean - majority) * 100:+.1f} points over the majority class ({majority:.3f}) on "
+                           f"{'its one seed' if len(values) == 1 else 'every seed'}")
             elif len(stuck) < len(values):
                 learned = (f"above the majority class ({majority:.3f}) on {len(values) - len(stuck)} of {len(values)} "
-                           f"seeds; seed(s) {', '.join(map(str, stuck))} stayed there: this budget or learning rate is "
-                           "unstable for lora")
+                           f"seeds; seed(s) {', '.join(f'{s} ({values[s]:.3f})' for s in stuck)} ended no more than "
+                           f"{LEARNED * 100:.0f} points above it: this "
+                           "budget or learning rate is unstable for lora")
             else:
-                learned = f"at the majority class ({majority:.3f}): this budget is too small to compare initializations"
-            lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}, {learned}.")
+                learned = f"{_where(mean, majority)}: this budget is too small to compare initializations"
+            lines.append(f"{name}: lora reaches {primary} {shown}, {learned}.")
         else:
-            lines.append(f"{name}: lora reaches {primary} {mean:.3f} ± {std:.3f}.")
+            lines.append(f"{name}: lora reaches {primary} {shown}.")
         for method, row in rows.items():
             test = row.get(f"{primary}_vs_lora")
             if not test or test["n"] == 0:
@@ -85,12 +115,17 @@ def reading(summary: dict) -> str:
             if test["verdict"] == "too few seeds":
                 lines.append(f"  {method}: {test['diff_mean']:+.3f} vs lora on one seed (too few to judge).")
                 continue
+            if test["verdict"] == "undefined":
+                lines.append(f"  {method}: {test['diff_mean']:+.3f} {primary} vs lora on every one of {test['n']} seeds "
+                             "(p undefined: the same difference on every seed leaves the t-test no spread to "
+                             "measure; more seeds or a larger test set are needed to judge).")
+                continue
             if test["verdict"] == "within seed noise":
                 verdict = "within seed noise"
             else:
                 verdict = f"{test['verdict']} than lora"
             lines.append(f"  {method}: {test['diff_mean']:+.3f} {primary} vs lora (paired over {test['n']} seeds, "
-                         f"p = {test['p']:.2f}): {verdict}.")
+                         f"p = {_pvalue(test['p'])}): {verdict}.")
     if lines:
         lines.append("Uncorrected paired t-tests over few seeds: a first look, not a verdict (the tuned preset, "
                      "with learning rates chosen on validation and Holm's correction, is).")
@@ -158,5 +193,7 @@ def aggregate(out: str | os.PathLike, make_plots: bool = True) -> dict:
     write_json_atomic(out / "results.json", {"summary": summary, "runs": runs, "invocations": invocations})
     (out / "results.md").write_text(table)
     files = plots(runs, summary, out) if make_plots and summary else []
+    for stale in {"loss_curves.png", "final_metrics.png"} - {f.name for f in files}:  # an earlier report's plots
+        (out / stale).unlink(missing_ok=True)
     return {"summary": summary, "table": table, "reading": reading(summary), "files": [str(f) for f in files],
             "runs": len(runs)}

@@ -15,29 +15,12 @@ from pathlib import Path
 
 from ..._io import write_json_atomic
 from ..train.config import FULL
-from .execute import _summary_line, _worker, _worker_init
-from .plan import RunSpec, Suite, _read_preset_file
+from .execute import _summary_line, _worker, _worker_init, init_digest
+from .plan import RunSpec, Suite
 from .schedule import Protocol, stage
+from .tuned_preset import rows_of
+from .tuned_report import cpu_seconds_of, write_report
 from .tuning import ValScore, val_score
-
-
-def protocols(name: str = "tuned") -> tuple[Protocol, Protocol]:
-    """(the adapter methods' protocol, full fine-tuning's) from a preset's ``[tuning]`` table."""
-    tuning = _read_preset_file(name)["tuning"]
-    shared = {"tune_seeds": tuple(tuning["tune_seeds"]), "final_seeds": tuple(tuning["final_seeds"]),
-              "max_extensions": tuning.get("max_extensions", 1)}
-    return (Protocol(tuple(tuning["lr_grid"]), **shared), Protocol(tuple(tuning["full_lr_grid"]), **shared))
-
-
-def first_methods(name: str = "tuned") -> tuple[str, ...]:
-    """The methods a preset runs on every task before any other method starts (``[tuning] first``): the
-    ones its declared verdict needs, so a benchmark stopped midway has the verdict's rows on every task."""
-    return tuple(_read_preset_file(name)["tuning"].get("first", ()))
-
-
-def rows_of(suite: Suite, methods: tuple[str, ...]) -> tuple[str, ...]:
-    """The benchmark rows of one suite: its methods, then full fine-tuning when the suite runs it."""
-    return (*methods, *([FULL] if suite.full is not None else []))
 
 
 def data_digests(suites: list[Suite], out: Path, log=print) -> tuple[dict[str, str], set[str]]:
@@ -67,13 +50,21 @@ def data_digests(suites: list[Suite], out: Path, log=print) -> tuple[dict[str, s
 
 
 class Ledger:
-    """The finished runs of a tuned benchmark that still count (matching spec, data and versions), read
-    once from disk and kept up to date as runs finish."""
+    """The finished runs of a tuned benchmark that still count (matching spec, data and versions, and made with
+    the initial factors today's code makes), read once from disk and kept up to date as runs finish.
 
-    def __init__(self, out: Path, suites: list[Suite], methods: tuple[str, ...], digests: dict[str, str]):
+    The runs of one (task, method, seed) start from the same factors whatever their learning rate. Where
+    their recorded factor digests (``init.digest``) disagree, ``init_digest`` (a :class:`RunSpec` -> today's
+    digest, :func:`.execute.init_digest`) computes today's, and the runs that differ from it do not count
+    (they are redone); a run that finishes now sets today's digest of its (task, method, seed) the same way."""
+
+    def __init__(self, out: Path, suites: list[Suite], methods: tuple[str, ...], digests: dict[str, str],
+                 init_digest=None):
         self.out, self.digests = out, digests
         self.scores: dict[tuple[str, str], dict[tuple[float, int], ValScore]] = {}
         self.records: dict[tuple[str, str], list[dict]] = {}
+        self.today: dict[tuple[str, str, int], str] = {}  # (task, method, seed) -> today's factor digest
+        self.dropped: list[dict] = []  # counted runs found to start from other factors than today's
         for suite in suites:
             for method in rows_of(suite, methods):
                 self.scores[suite.name, method], self.records[suite.name, method] = {}, []
@@ -84,15 +75,52 @@ class Ledger:
                     except json.JSONDecodeError:
                         continue  # being written
                     self.add(suite, record)
+                if init_digest is not None:
+                    self._settle(suite, method, init_digest)
 
     def spec(self, suite: Suite, method: str, lr: float, seed: int) -> RunSpec:
         return RunSpec(suite, method, seed, lr=lr, data=self.digests[suite.name])
 
-    def add(self, suite: Suite, record: dict) -> None:
+    def add(self, suite: Suite, record: dict, made_now: bool = False) -> None:
+        """Count ``record`` if it still counts; ``made_now``: it was just made by today's code, so its factor
+        digest is today's for its (task, method, seed)."""
         spec = self.spec(suite, record["method"], record["lr"], record["seed"])
-        if record.get("spec") == spec.key() and record.get("val") and _curve_complete(record):
-            self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
-            self.records[suite.name, record["method"]].append(record)
+        if not (spec.matches(record.get("spec")) and record.get("val") and _curve_complete(record)):
+            return
+        group, digest = (suite.name, record["method"], record["seed"]), init_digest_of(record)
+        if made_now and digest is not None:
+            self.today[group] = digest
+            self._drop(*group, keep=digest)
+        elif digest is not None and self.today.get(group, digest) != digest:
+            self.dropped.append(record)
+            return
+        self.scores[suite.name, record["method"]][record["lr"], record["seed"]] = val_score(record, suite.metric)
+        self.records[suite.name, record["method"]].append(record)
+
+    def _drop(self, task: str, method: str, seed: int, keep: str) -> None:
+        """Stop counting the runs of (task, method, seed) whose factor digest is not ``keep``."""
+        stale = [r for r in self.records[task, method] if r["seed"] == seed and init_digest_of(r) not in (None, keep)]
+        for record in stale:
+            self.records[task, method].remove(record)
+            del self.scores[task, method][record["lr"], record["seed"]]
+        self.dropped += stale
+
+    def _settle(self, suite: Suite, method: str, init_digest) -> None:
+        """Where the counted runs of one seed recorded different factor digests, keep those matching today's."""
+        by_seed: dict[int, set[str]] = {}
+        for record in self.records[suite.name, method]:
+            if init_digest_of(record) is not None:
+                by_seed.setdefault(record["seed"], set()).add(init_digest_of(record))
+        for seed, recorded in sorted(by_seed.items()):
+            if len(recorded) > 1:
+                today = init_digest(self.spec(suite, method, 1.0, seed))
+                self.today[suite.name, method, seed] = today
+                self._drop(suite.name, method, seed, keep=today)
+
+
+def init_digest_of(record: dict) -> str | None:
+    """The digest of the initial factors a run recorded (None: a reference, a PEFT peer, an older record)."""
+    return (record.get("init") or {}).get("digest")
 
 
 def _curve_complete(record: dict) -> bool:
@@ -126,8 +154,11 @@ def _rows(suites: list[Suite], methods: tuple[str, ...]) -> list[tuple[Suite, st
 
 def _expected(protocol: Protocol, now, finished: int) -> int:
     """How many runs one (task, method) takes in all, as far as its stage can tell: the grid as it stands at
-    the tuning seeds plus the other final seeds (more once a grid grows)."""
-    planned = len(now.grid) * len(protocol.tune_seeds) + len(set(protocol.final_seeds) - set(protocol.tune_seeds))
+    the tuning seeds, the two refining rates until they are planned, plus the other final seeds (more once
+    a grid grows)."""
+    refining = 2 if protocol.refine and not now.refined and now.chosen_lr is None else 0
+    planned = (len(now.grid) + refining) * len(protocol.tune_seeds) + \
+        len(set(protocol.final_seeds) - set(protocol.tune_seeds))
     return max(planned, finished + len(now.missing))
 
 
@@ -135,8 +166,6 @@ def cpu_hours_left(ledger: Ledger, suites: list[Suite], methods: tuple[str, ...]
                    full: Protocol) -> tuple[int, float | None]:
     """(runs left, an estimate of their CPU hours): each suite's runs at the mean CPU time of its finished
     runs, a suite with none yet at the mean over all finished runs (None before any run finished)."""
-    from .tuned_report import cpu_seconds_of
-
     spent: dict[str, list[float]] = {}
     for (name, _), records in ledger.records.items():
         spent.setdefault(name, []).extend(cpu_seconds_of(r) for r in records)
@@ -167,11 +196,11 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     from tqdm.auto import tqdm
 
     from .. import models
-    from .tuned_report import write_report
 
     out = Path(out)
     digests, unavailable = data_digests(suites, out, log)
-    ledger = Ledger(out, suites, methods, digests)
+    ledger = Ledger(out, suites, methods, digests, init_digest=init_digest)
+    _log_dropped(ledger, log)
     every_suite, suites = suites, [suite for suite in suites if suite.name not in unavailable]
     todo, total = pending(ledger, suites, methods, adapter, full, set(), first)
     # the progress bar counts the tasks that can run here; a task without its data keeps its runs but adds none
@@ -212,7 +241,9 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
                 if "error" in record:
                     failures.append(record)
                 else:
-                    ledger.add(by_name[spec.suite.name], record)
+                    before = len(ledger.dropped)
+                    ledger.add(by_name[spec.suite.name], record, made_now=True)
+                    _log_dropped(ledger, log, since=before)
                     sitting["runs_done"] += 1
                 sitting["wall_seconds"] = round(time.time() - started, 1)
                 _record_sitting(out, sitting)
@@ -227,6 +258,12 @@ def run(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, a
     summary = write_report(out, every_suite, methods, adapter, full, ledger, command)
     summary["failures"] = failures
     return summary
+
+
+def _log_dropped(ledger: Ledger, log, since: int = 0) -> None:
+    for record in ledger.dropped[since:]:
+        log(f"{record['task']} {record['method']} seed {record['seed']} lr {record['lr']:.3g}: made from other initial "
+            f"factors than today's code makes for it (digest {init_digest_of(record)}); not counted, redone")
 
 
 # Every sitting of the runner, kept beside the run files (not with the report) so that committing the runs alone
@@ -256,8 +293,8 @@ def _sittings(out: Path) -> list[dict]:
 def report(suites: list[Suite], methods: tuple[str, ...], out: str | os.PathLike, adapter: Protocol,
            full: Protocol, command: str = "", make_plots: bool = True, log=print) -> dict:
     """Rebuild the tuned benchmark's report from the runs under ``out`` (no training)."""
-    from .tuned_report import write_report
 
     out = Path(out)
-    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0])
+    ledger = Ledger(out, suites, methods, data_digests(suites, out, log)[0], init_digest=init_digest)
+    _log_dropped(ledger, log)
     return write_report(out, suites, methods, adapter, full, ledger, command, make_plots=make_plots)

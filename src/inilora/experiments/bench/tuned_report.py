@@ -1,7 +1,9 @@
 """The tuned benchmark's outputs, rebuilt from its counted runs: ``summary.json`` (the shape issue 13
 fixes, so a script can check it), ``results.json`` (every run, without its per-example predictions),
-``results.md`` (per task: grid, chosen rate, test mean ± std, paired and Holm-corrected p against
-``lora``, win rate, convergence; then the pre-declared comparisons) and three plots."""
+``results.md`` (per task: grid, chosen rate, test mean ± std, paired p against ``lora`` and its adjustment
+over all methods, win rate, convergence; then the pre-declared comparisons with their intervals, Holm p and
+reading) and three plots. The words the README and the advice use for a declared comparison come from here
+(:func:`reading_of`), and refuse to render where the row's figures contradict them."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from ..._io import write_json_atomic
 from ..tasks import example_hits
 from ..train.config import FULL
 from .schedule import Protocol
-from .tuning import higher_is_better, mean_curve
-from .verdict import BASELINE, DECLARED, declared_verdict, mean_difference, mean_val_curve, summarize_task
+from .tuned_preset import rows_of
+from .tuning import CONVERGED_FALL, budget_check, higher_is_better, mean_curve
+from .stats import SIGNIFICANCE, TOST_LEVEL, UNDEFINED
+from .verdict import BASELINE, MARGINS, declared_verdict, mean_difference, reading_of_row, summarize_task
 
 VALIDATION_NOTE = ("Learning rates are chosen on a validation split carved from each task's training part "
                    "(tasks.carve_validation: 20 %, at most 400 examples, fixed seed); the test split is read only "
@@ -56,12 +60,14 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
     """(``summary.json``'s content, per task the declared comparisons: kept apart, in results.json).
     With ``out``, each loadable task's test answers are saved under it (:mod:`.answers`); a task whose data
     cannot be loaded here is scored from those, if they belong to the data its runs recorded. Failing that,
-    it is summarized from its runs' records (kind, majority class), and its item-level p values are carried
+    it is summarized from its runs' records (kind, majority class), and its two-level intervals are carried
     over from ``previous`` (the last report's declared comparisons) where the seed-level comparison is
-    unchanged, and are missing otherwise."""
+    unchanged, and are missing otherwise.
+
+    Each task's entry holds ``declared``: its declared comparisons (:func:`~.verdict.declared_verdict`) in the
+    shape of issue 30 (comparison, delta, ci95, ci95_two_level, margin, p, p_holm, reading)."""
     from ...errors import DataError
     from . import answers
-    from .tuned import rows_of
 
     tasks, declared, cpu_seconds = {}, {}, 0.0
     for suite in suites:
@@ -81,12 +87,31 @@ def summarize(suites, methods, adapter: Protocol, full: Protocol, ledger, comman
         chosen: dict[str, Protocol] = {m: full if m == FULL else adapter for m in rows}
         metric = suite.metric or ("accuracy" if kind == "classification" else "exact_match")
         entries = summarize_task(runs, chosen, kind, suite.metric)
-        tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries}
-        # the item-level test needs per-example right/wrong: the task's own metric, not a loss
+        # the two-level bootstrap needs each example's value: right/wrong for the task's own metric; the runs
+        # record no per-example loss, so a task compared on its loss has the interval over seeds alone
         hits = final_hits(task, runs, entries) if suite.metric is None and task is not None else None
         carried = (previous or {}).get(suite.name) if task is None else None
-        declared[suite.name] = declared_verdict(entries, hits, seeds=len(adapter.final_seeds), carried=carried)
+        declared[suite.name] = declared_verdict(
+            entries, hits, families=task.families if task is not None else None, seeds=len(adapter.final_seeds),
+            margin=MARGINS[metric], higher=higher_is_better(suite.metric), carried=carried)
+        tasks[suite.name] = {"model": suite.model, "metric": metric, "majority": majority, "methods": entries,
+                             **budget_check(ledger.records.get((suite.name, BASELINE), []), entries.get(BASELINE)),
+                             "declared": [declared_entry(row) for row in declared[suite.name]]}
     return {"command": command, "cpu_hours": round(cpu_seconds / 3600, 3), "tasks": _finite(tasks)}, declared
+
+
+def declared_entry(row: dict) -> dict:
+    """A declared comparison as summary.json holds it (issue 30's shape; ``why`` where it is inconclusive for
+    want of a figure)."""
+    keys = ("comparison", "delta", "ci95", "ci95_two_level", "margin", "p", "p_holm", "reading")
+    return {key: row[key] for key in keys} | ({"why": row["why"]} if row.get("why") else {})
+
+
+def _not_converged(task: dict) -> list[str]:
+    if task.get("converged") is not False:
+        return []
+    return [f"Not converged: `{BASELINE}`'s validation loss still fell {task['val_loss_fall_last_quarter']:.1%} over "
+            f"the last quarter of training (more than {CONVERGED_FALL:.0%}).", ""]
 
 
 def _p(value) -> str:
@@ -98,9 +123,9 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
         majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "",
+        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "", *_not_converged(task),
                   f"| method | runs | lr grid | chosen lr | val {task['metric']} at chosen | test {task['metric']} "
-                  "(mean ± std, seeds) | Δ vs lora | p (paired t) | p (Holm) | wins vs lora | "
+                  "(mean ± std, seeds) | Δ vs lora | p (paired t) | p adj. over all methods | wins vs lora | "
                   "steps to lora's final val | val-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for method, entry in task["methods"].items():
             test = entry["test"]
@@ -113,41 +138,82 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
                 f"{'tuning' if chosen is None else f'{chosen:.3g}'} | {'–' if val is None else f'{val:.3f}'} | "
                 + (f"{test['mean']:.3f} ± {test['std']:.3f} ({len(values)})" if values else "–") + " | "
                 + (f"{diff:+.3f}" if diff is not None and method != BASELINE else "") + " | "
-                f"{_p(test['p_vs_lora'])} | {_p(test['p_holm'])} | "
+                f"{_p(test['p_vs_lora'])} | {_p(test['p_adjusted_all_methods'])} | "
                 + ("–" if test["win_rate_vs_lora"] is None else f"{test['win_rate_vs_lora']:.2f}") + " | "
                 + ("not reached" if entry["steps_to_lora_final"] is None and method != BASELINE and values
                    else "" if entry["steps_to_lora_final"] is None else str(entry["steps_to_lora_final"])) + " | "
                 + ("–" if entry["val_loss_auc"] is None else f"{entry['val_loss_auc']:.3f}") + " |")
         if declared.get(name):
-            lines += ["", "Pre-declared comparisons (paired over seeds: t-test; paired over test examples: "
-                      "bootstrap, 10,000 resamples; each Holm-corrected over this family):", "",
-                      "| comparison | seeds | Δ mean | p (seeds) | p (seeds, Holm) | p (items) | p (items, Holm) |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {row['comparison']} | {row['n']} | "
-                      + ("–" if row["diff_mean"] is None or math.isnan(row["diff_mean"]) else f"{row['diff_mean']:+.3f}")
-                      + f" | {_p(row['p'])} | "
-                      f"{_p(row['p_holm'])} | {_p(row.get('p_items'))} | {_p(row.get('p_items_holm'))} |"
-                      for row in declared[name]]
-            if any(row.get("p_items_carried") for row in declared[name]):
-                lines += ["", "This task's data could not be loaded when this report was made: its item-level p "
-                          "values are those of the previous report, whose seed-level comparisons were the same."]
+            lines += ["", *declared_table(declared[name], task["metric"])]
         lines.append("")
+    lines += ["", ALL_METHODS_NOTE, ""]
     return "\n".join(lines)
 
 
-README_BEGIN, README_END = "<!-- tuned-results:begin (generated by benchmarks/readme_tables.py) -->", \
-    "<!-- tuned-results:end -->"
+ALL_METHODS_NOTE = ("\"p adj. over all methods\": every method's paired p against `lora` adjusted step-down over all "
+                    "the methods of its task — an exploratory figure; the verdict reads only the declared comparisons "
+                    "under each task and their Holm p, corrected within that family.")
 
 
-SIGNIFICANCE = 0.05
+def _ci(interval) -> str:
+    return "–" if interval is None else f"{interval[0]:+.3f} to {interval[1]:+.3f}"
+
+
+def declared_table(rows: list[dict], metric: str) -> list[str]:
+    """The declared comparisons of one task, as results.md shows them: Δ, both 95 % intervals, the margin, the
+    paired t p, its Holm p within the family, and the reading (checked against the row's figures)."""
+    lines = [f"Declared comparisons (Δ = method − reference in test {metric}, paired by seed; 95 % CI over seeds: "
+             "t; over seeds × examples: two-level bootstrap, 10,000 resamples, whole example families where the task "
+             "has them; Holm within this family of declared comparisons; reading: better/worse at Holm p < "
+             f"{SIGNIFICANCE}, equivalent when the {TOST_LEVEL * 100:.0f} % intervals lie inside ±margin, else inconclusive):",
+             "", "| comparison | seeds | Δ | 95 % CI (seeds) | 95 % CI (seeds × examples) | margin | p (paired t) | "
+             "p (Holm) | reading |", "|---|---|---|---|---|---|---|---|---|"]
+    higher = higher_is_better(metric)
+    for row in rows:
+        delta = row["delta"]
+        lines.append(f"| {row['comparison']} | {row['n']} | {'–' if _missing(delta) else f'{delta:+.3f}'} | "
+                     f"{_ci(row['ci95'])} | {_ci(row['ci95_two_level'])}{' (carried)' if row.get('two_level_carried') else ''} | "
+                     f"±{row['margin']:g} | {'undefined' if row.get('why') == UNDEFINED else _p(row['p'])} | "
+                     f"{_p(row['p_holm'])} | {words(row, higher)} |")
+    notes = sorted({row["why"] for row in rows if row.get("why")})
+    if any(row.get("two_level_carried") for row in rows):
+        notes.append("This task's data could not be loaded when this report was made: its two-level intervals are "
+                     "those of the previous report, whose seed-level comparisons were the same.")
+    if rows and all(row["ci95_two_level"] is None for row in rows):
+        notes.append("No two-level interval: the runs record no per-example value for this metric, or the task's "
+                     "test answers are not available here.")
+    return [*lines, *(["", *(f"- {note}" for note in notes)] if notes else [])]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def reading_of(row: dict, higher: bool) -> str:
-    """"better", "worse" or "no difference after correction": a declared comparison read on its Holm p over
-    seeds (``higher``: whether a larger value of the task's metric is better)."""
-    if row["p_holm"] is None or row["p_holm"] >= SIGNIFICANCE:
-        return "no difference after correction"
-    return "better" if (row["diff_mean"] > 0) == higher else "worse"
+    """The reading of a declared comparison — "better", "worse", "equivalent" (within ±its margin) or
+    "inconclusive" — re-derived from the row's own figures (``higher``: whether a larger value of the task's
+    metric is better). Refuses (ValueError) a row whose stored reading its figures do not give, and any word
+    its figures contradict: better/worse without a Holm p below the threshold or against the sign of Δ,
+    equivalent with a 90 % interval reaching the margin."""
+    reading, _ = reading_of_row(row, 0, higher)
+    if row.get("reading") not in (None, reading):
+        raise ValueError(f"{row['comparison']}: the report says {row['reading']!r}, its figures give {reading!r}")
+    contradicted = {
+        "better": lambda: not (row["p_holm"] < SIGNIFICANCE and (row["delta"] > 0) == higher),
+        "worse": lambda: not (row["p_holm"] < SIGNIFICANCE and (row["delta"] > 0) != higher),
+        "equivalent": lambda: not all(-row["margin"] < lo and hi < row["margin"]
+                                      for lo, hi in filter(None, (row["ci90"], row.get("ci90_two_level")))),
+        "inconclusive": lambda: row["p_holm"] is not None and row["p_holm"] < SIGNIFICANCE,
+    }
+    if contradicted[reading]():
+        raise ValueError(f"{row['comparison']}: {reading!r} is contradicted by its figures {row}")
+    return reading
+
+
+def words(row: dict, higher: bool) -> str:
+    """The reading as the reports print it: "equivalent within ±m" names its margin."""
+    reading = reading_of(row, higher)
+    return f"equivalent within ±{row['margin']:g}" if reading == "equivalent" else reading
 
 
 def declared_readings(declared: dict[str, list[dict]], metrics: dict[str, str],
@@ -158,103 +224,11 @@ def declared_readings(declared: dict[str, list[dict]], metrics: dict[str, str],
     for task, rows in declared.items():
         for row in rows:
             kind = "waiting" if row["n"] < seeds else reading_of(row, higher_is_better(metrics[task]))
-            readings.setdefault(row["comparison"], {}).setdefault(kind, []).append((task, row["diff_mean"]))
+            readings.setdefault(row["comparison"], {}).setdefault(kind, []).append((task, row["delta"]))
     return readings
 
 
-def overview_lines(declared: dict[str, list[dict]], metrics: dict[str, str], seeds: int) -> list[str]:
-    """The verdict across tasks: per declared comparison, the tasks where it reads better, no different or
-    worse (with the mean paired difference), and those still waiting for final seeds."""
-    columns = ("better", "no difference after correction", "worse")
-    cells = {comparison: {kind: [task if kind in ("waiting", columns[1]) else f"{task} ({diff:+.3f})"
-                                 for task, diff in tasks] for kind, tasks in kinds.items()}
-             for comparison, kinds in declared_readings(declared, metrics, seeds).items()}
-    if not cells:
-        return []
-    order = [f"{m} vs {r}" for m, r in DECLARED]
-    lines = [f"Verdict so far: each declared comparison on the tasks where both methods have all {seeds} final "
-             f"seeds, read on its Holm p over seeds (< {SIGNIFICANCE}); Δ is the mean paired difference in the "
-             "task's metric.", "",
-             "| comparison | better (Δ) | no difference | worse (Δ) | waiting for finals |", "|---|---|---|---|---|"]
-    for name in sorted(cells, key=order.index):
-        lines.append(f"| {name} | " + " | ".join(", ".join(cells[name].get(kind, [])) or "–"
-                                                for kind in (*columns, "waiting")) + " |")
-    return [*lines, ""]
-
-
-def verdict_lines(declared: list[dict], seeds: int, higher: bool = True) -> list[str]:
-    """One line per pre-declared comparison of a task: the paired difference and whether it survives
-    Holm's correction within the declared family (over seeds, and over test examples), or what it waits for
-    (``higher``: whether a larger value of the task's metric is better)."""
-    lines = []
-    for row in declared:
-        if row["n"] < seeds:
-            lines.append(f"- {row['comparison']}: waiting for the final runs ({row['n']} of {seeds} paired seeds).")
-            continue
-        reading = reading_of(row, higher)
-        items = "" if row.get("p_items_holm") is None else f", {_p(row['p_items_holm'])} over test examples"
-        lines.append(f"- {row['comparison']}: {row['diff_mean']:+.3f} (Holm p {_p(row['p_holm'])} over seeds{items}): "
-                     f"{reading}.")
-    tested = sum(row["p"] is not None for row in declared)
-    if declared and tested < len(DECLARED):
-        lines.append(f"- Holm's correction is over the {tested} of the {len(DECLARED)} declared comparisons with a p "
-                     "so far: a Holm p can only grow as the others arrive.")
-    return lines
-
-
-def readme_block(results: dict) -> str:
-    """The README's compact view of the tuned results (``results.json``'s content): per task, each
-    method's chosen learning rate, test mean ± std over its final seeds, the paired difference from
-    ``lora`` and its Holm-corrected p — regenerated from the committed file, never typed."""
-    from .tuned import protocols
-
-    summary = results["summary"]
-    runs = results["runs"]
-    final_seeds = len(protocols("tuned")[0].final_seeds)  # a declared comparison is read once both have them all
-    lines = [README_BEGIN, "",
-             f"{len(runs)} runs counted so far, {summary['cpu_hours']:.1f} CPU hours "
-             f"([`results/tuned/results.md`](results/tuned/results.md) has every column).", "",
-             *overview_lines(results.get("declared", {}), {n: t["metric"] for n, t in summary["tasks"].items()},
-                             final_seeds)]
-    for name, task in summary["tasks"].items():
-        majority = f", majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"**{name}** ({task['model']}, test {task['metric']}{majority})", "",
-                  "| method | chosen lr | test (mean ± std) | seeds | Δ vs lora | p vs lora (Holm) |",
-                  "|---|---|---|---|---|---|"]
-        base = task["methods"].get(BASELINE, {}).get("test", {})
-        for method, entry in task["methods"].items():
-            test = entry["test"]
-            if entry["chosen_lr"] is None:
-                done = sum(1 for r in runs if r["task"] == name and r["method"] == method)
-                lines.append(f"| {method} | tuning ({done} run{'' if done == 1 else 's'}) | | | | |")
-                continue
-            diff = mean_difference(test, base)
-            delta = f"{diff:+.3f}" if diff is not None and method != BASELINE else ""
-            lines.append(f"| {method} | {entry['chosen_lr']:.3g} | {test['mean']:.3f} ± {test['std']:.3f} | "
-                         f"{len(test['values'])} | {delta} | {_p(test['p_holm'])} |")
-        budget = budget_line(name, task, runs)
-        lines += ["", *([budget, ""] if budget else []),
-                  *verdict_lines(results.get("declared", {}).get(name, []), final_seeds,
-                                 higher_is_better(task["metric"])), ""]
-    lines.append(README_END)
-    return "\n".join(lines)
-
-
-def budget_line(name: str, task: dict, runs: list[dict]) -> str | None:
-    """Whether the budget let ``lora`` level off: its validation curve at the chosen rate, the mean over its
-    final seeds at every logged step (None until it has its finals)."""
-    entry = task["methods"].get(BASELINE)
-    if not entry or entry["chosen_lr"] is None or not entry["test"]["values"]:
-        return None
-    chosen = f"{entry['chosen_lr']:.3g}"
-    finals = [r for r in runs if r["task"] == name and r["method"] == BASELINE and f"{r['lr']:.3g}" == chosen
-              and r["seed"] in entry["test"]["seeds"] and r.get("val_curve")]
-    if not finals:
-        return None
-    curve = mean_val_curve(finals, finals[0]["kind"])
-    what = "accuracy" if finals[0]["kind"] == "classification" else "loss"
-    return (f"Budget: `lora` at {chosen}, validation {what} (mean of {len(finals)} seeds) at steps "
-            f"{', '.join(str(step) for step, _ in curve)}: {', '.join(f'{value:.3f}' for _, value in curve)}.")
+READING_COLUMNS = ("better", "worse", "equivalent", "inconclusive")
 
 
 def _panels(names: list[str], draw, path: Path) -> Path:
@@ -338,4 +312,6 @@ def write_report(out: Path, suites, methods, adapter: Protocol, full: Protocol, 
     counts = {key: len(records) for key, records in ledger.records.items()}
     (out / "results.md").write_text(markdown(summary, declared, counts))
     files = plots(summary, {(s, m): r for (s, m), r in ledger.records.items()}, out) if make_plots else []
+    for stale in {"tuning_curves.png", "test_metrics.png", "val_loss_curves.png"} - {f.name for f in files}:
+        (out / stale).unlink(missing_ok=True)  # an earlier report's plots
     return {**summary, "declared": declared, "files": [str(f) for f in files]}

@@ -79,6 +79,14 @@ def extension(grid: list[float], chosen: float, max_extensions: int, extended: i
     return None
 
 
+def half_steps(grid: list[float], chosen: float) -> list[float]:
+    """The rates half a grid step on each side of ``chosen`` (× and ÷ the square root of the grid's mean
+    ratio, ``(max/min)^(1/(n-1))``: ×√3.16 on a grid of ×3.16 steps), rounded to 3 significant digits."""
+    ordered = sorted(grid)
+    half = math.sqrt((ordered[-1] / ordered[0]) ** (1 / (len(ordered) - 1)))
+    return [float(f"{chosen / half:.3g}"), float(f"{chosen * half:.3g}")]
+
+
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     """Holm–Bonferroni adjusted p-values over one family of comparisons (None stays None): the k-th
     smallest of m is multiplied by m − k + 1, kept monotone, capped at 1."""
@@ -107,6 +115,36 @@ def mean_curve(curves: list[dict[int, float]]) -> list[tuple[int, float]]:
     """(step, mean value) over the steps every curve (``{step: value}``) logged."""
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
+
+
+CONVERGED_FALL = 0.05  # a validation loss that still falls by more than this share over the last quarter: not converged
+
+
+def last_quarter_fall(curve: list[tuple[int, float]]) -> float | None:
+    """How much a validation-loss curve (step, loss) still fell over the last quarter of training: (loss at 3/4 of
+    the last step − final loss) / loss at 3/4, the loss at 3/4 interpolated linearly between logged steps.
+    None with fewer than 2 points."""
+    points = sorted(curve)
+    if len(points) < 2:
+        return None
+    at = 0.75 * points[-1][0]
+    before = [p for p in points if p[0] <= at] or points[:1]
+    after = next(p for p in points if p[0] >= at)
+    (s0, v0), (s1, v1) = before[-1], after
+    start = v0 if s1 == s0 else v0 + (v1 - v0) * (at - s0) / (s1 - s0)
+    return (start - points[-1][1]) / start
+
+
+def budget_check(runs: list[dict], entry: dict | None) -> dict:
+    """Whether a task's budget let a method level off (the tuned benchmark asks it of ``lora``): its validation
+    loss at its chosen rate, averaged over its final seeds at every logged step, and :func:`last_quarter_fall`
+    of that curve. ``converged`` is False where it still fell by more than :data:`CONVERGED_FALL`, None until
+    the method has final runs with a curve. ``runs``: the method's run records; ``entry``: its summary entry."""
+    chosen = entry and entry["chosen_lr"]
+    finals = [r for r in runs if chosen is not None and f"{r['lr']:.3g}" == f"{chosen:.3g}"
+              and r["seed"] in entry["test"]["seeds"] and r.get("val_curve")]
+    fall = last_quarter_fall(mean_curve([{int(p[0]): p[1] for p in r["val_curve"]} for r in finals]))
+    return {"converged": None if fall is None else fall <= CONVERGED_FALL, "val_loss_fall_last_quarter": fall}
 
 
 def curve_auc(curve: list[tuple[int, float]]) -> float:

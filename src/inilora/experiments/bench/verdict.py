@@ -1,6 +1,8 @@
 """The tuned benchmark's summary (``summary.json``) from its run records: per task and method the grid,
 the learning rate chosen on validation, the test metric of the final seeds, paired tests against
-``lora`` with Holm's correction, win rates and convergence; and the pre-declared verdict comparisons.
+``lora`` (with a step-down adjustment over every method compared with it: ``p_adjusted_all_methods``), win
+rates and convergence; and the pre-declared verdict comparisons, the one family Holm's correction is
+applied to and named for.
 
 A run record holds ``method``, ``lr``, ``seed``, ``val`` ({metric, loss}: the validation split at the
 end), ``val_curve`` ([step, loss, metric or None] logged during training) and ``test`` ({metric, loss}).
@@ -12,51 +14,33 @@ import math
 import statistics
 
 from .schedule import Protocol, stage
+from .stats import (TOST_LEVEL, UNDEFINED, paired_t_p, paired_values, percentile_interval,
+                    read_comparison, t_interval, two_level_bootstrap)
 from .tuning import curve_auc, higher_is_better, holm, mean_curve, score_of, steps_to_reach, val_score, win_rate
 
 BASELINE = "lora"
-# the comparisons that carry the verdict, fixed before any tuned run was read: (method, reference), by benchmark
-# row name (inilora names its solver there; the published fit inilora:adam is compared the same way)
-DECLARED = (("inilora:svd", "lora"), ("inilora:svd", "pissa"), ("inilora:adam", "lora"), ("inilora:adam", "pissa"),
-            ("inilora-alpha", "lora"), ("inilora-beta", "lora"))
+
+
+def declared_family(preset: str = "tuned") -> tuple[tuple[tuple[str, str], ...], dict[str, float]]:
+    """(the comparisons that carry the verdict, as (method, reference) benchmark row names; the equivalence
+    margin per metric) from a preset's ``[declared]`` table."""
+    from .plan import _read_preset_file
+
+    table = _read_preset_file(preset)["declared"]
+    comparisons = tuple(tuple(c.split(" vs ")) for c in table["comparisons"])
+    if any(len(c) != 2 for c in comparisons):
+        raise ValueError(f"[declared] comparisons are 'method vs reference': {table['comparisons']}")
+    return comparisons, dict(table["margins"])
+
+
+# fixed before any tuned run was read (the margins: before the runs of issue 30; see the preset)
+DECLARED, MARGINS = declared_family()
 
 
 def paired_p(method: dict[int, float], reference: dict[int, float]) -> float | None:
-    """Two-sided paired t-test over the seeds both have (None with fewer than 2; a constant non-zero
-    difference is p = 0, no difference at all p = 1)."""
-    seeds = sorted(set(method) & set(reference))
-    if len(seeds) < 2:
-        return None
-    diffs = [method[s] - reference[s] for s in seeds]
-    if all(d == diffs[0] for d in diffs):
-        return 1.0 if diffs[0] == 0 else 0.0
-    from scipy import stats
-
-    return float(stats.ttest_rel([method[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
-
-
-BOOTSTRAP_RESAMPLES = 10_000
-
-
-def paired_bootstrap_p(method: dict[int, list[bool]], reference: dict[int, list[bool]],
-                       resamples: int = BOOTSTRAP_RESAMPLES) -> float | None:
-    """Item-level two-sided p of the mean accuracy difference over the seeds both have, by a paired
-    bootstrap over test examples (the same resampled examples for every seed; fixed seed): how often a
-    resample's difference moves from the observed one by at least the observed one. It measures what the
-    seed-level t-test does not — the finite test set — and complements it. None without a common seed."""
-    import numpy as np
-
-    seeds = sorted(set(method) & set(reference))
-    if not seeds:
-        return None
-    per_example = np.mean([np.asarray(method[s], float) - np.asarray(reference[s], float) for s in seeds], axis=0)
-    observed = float(per_example.mean())
-    if not per_example.any():
-        return 1.0
-    rng = np.random.default_rng(0)
-    means = np.array([per_example[rng.integers(0, len(per_example), len(per_example))].mean()
-                      for _ in range(resamples)])
-    return float((np.sum(np.abs(means - observed) >= abs(observed)) + 1) / (resamples + 1))
+    """Two-sided paired t-test over the seeds both have: None with fewer than 2 seeds, and None (undefined,
+    not 0 or 1) when every seed gives the same difference — a t statistic needs spread."""
+    return paired_t_p(paired_values(method, reference))
 
 
 def _finals(runs: list[dict], protocol: Protocol, metric: str | None) -> tuple[list[float], float | None,
@@ -114,7 +98,7 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
             "test": {"mean": statistics.fmean(values) if values else float("nan"),
                      "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else float("nan"),
                      "seeds": [r["seed"] for r in final_runs], "values": values,
-                     "p_vs_lora": None, "p_holm": None, "win_rate_vs_lora": None},
+                     "p_vs_lora": None, "p_adjusted_all_methods": None, "win_rate_vs_lora": None},
             "steps_to_lora_final": None,
             "val_loss_auc": statistics.fmean(aucs) if aucs else float("nan"),
         }
@@ -134,48 +118,87 @@ def summarize_task(runs: list[dict], protocols: dict[str, Protocol], kind: str,
         if base_curve and finals[method]:
             entry["steps_to_lora_final"] = steps_to_reach(mean_val_curve(finals[method], kind), base_curve[-1][1],
                                                           higher_is_better=higher)
-    for method, p in holm(raw).items():
-        methods[method]["test"]["p_holm"] = p
+    for method, p in holm(raw).items():  # the same arithmetic as Holm's, over another family: named apart
+        methods[method]["test"]["p_adjusted_all_methods"] = p
     return methods
 
 
-def declared_verdict(methods: dict[str, dict], hits: dict[str, dict[int, list[bool]]] | None = None,
-                     seeds: int = 0, carried: list[dict] | None = None) -> list[dict]:
-    """The pre-declared comparisons of one task, paired over seeds, Holm-corrected within the family; with
-    ``hits`` (per method and final seed, whether each test example was right), also the item-level paired
-    bootstrap p (:func:`paired_bootstrap_p`), Holm-corrected the same way. A comparison with fewer than
-    ``seeds`` paired seeds gets no p and stays out of the family until its final runs are in. ``carried``:
-    an earlier report's rows, whose item-level p stands in (marked ``p_items_carried``) where ``hits`` are
-    missing and the seed-level comparison (seeds paired, mean difference, p) is exactly the same."""
-    hits = hits or {}
+LEVEL = 0.95
+
+
+def _rounded(interval) -> list[float] | None:
+    return None if interval is None else [float(interval[0]), float(interval[1])]
+
+
+def declared_verdict(methods: dict[str, dict], per_example: dict[str, dict[int, list[float]]] | None = None,
+                     families: list | None = None, seeds: int = 0, margin: float = 0.0, higher: bool = True,
+                     carried: list[dict] | None = None) -> list[dict]:
+    """The pre-declared comparisons of one task (:data:`DECLARED`), each paired over the seeds both methods
+    have: ``delta`` (mean difference, method − reference), ``ci95`` (t interval over seeds), ``p`` (paired
+    t-test; None where undefined, with ``why``), ``p_holm`` (Holm within this family only), the ``margin``
+    and the ``reading`` (:func:`~.stats.read_comparison`: better/worse on the Holm p, equivalent when the 90 %
+    intervals lie inside ±margin, else inconclusive).
+
+    ``per_example``: per method and final seed, each test example's value (1/0 for right/wrong): adds the
+    two-level bootstrap intervals (``ci95_two_level``, ``ci90_two_level``) resampling seeds and examples,
+    whole ``families`` of examples where given (each example's family id). A comparison with fewer than
+    ``seeds`` paired seeds gets no p, stays out of the family and reads inconclusive. ``carried``: an earlier
+    report's rows, whose two-level intervals stand in (marked ``two_level_carried``) where ``per_example``
+    is missing and the seed-level comparison (seeds paired, delta, p) is exactly the same. ``higher``:
+    whether a larger value of the task's metric is better."""
+    per_example = per_example or {}
     earlier = {row["comparison"]: row for row in carried or ()}
-    rows, raw, items = [], {}, {}
+    rows, raw = [], {}
     for method, reference in DECLARED:
         if method not in methods or reference not in methods:
             continue
         a, b = methods[method]["test"], methods[reference]["test"]
         own, ref = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
-        diff = mean_difference(a, b)
+        diffs = paired_values(own, ref)
         name = f"{method} vs {reference}"
-        paired = len(set(own) & set(ref))
-        raw[name] = paired_p(own, ref) if paired >= seeds else None
-        row = {"comparison": name, "diff_mean": math.nan if diff is None else diff, "n": paired, "p": raw[name]}
-        if method in hits and reference in hits and paired >= seeds:
-            items[name] = paired_bootstrap_p(hits[method], hits[reference])
-        elif _same_comparison(earlier.get(name), row) and earlier[name].get("p_items") is not None:
-            items[name], row["p_items_carried"] = earlier[name]["p_items"], True
-        rows.append({**row, "p_items": items.get(name)})
-    adjusted, adjusted_items = holm(raw), holm(items)
+        row = {"comparison": name, "n": len(diffs), "delta": statistics.fmean(diffs) if diffs else math.nan,
+               "ci95": _rounded(t_interval(diffs, LEVEL)), "ci90": _rounded(t_interval(diffs, TOST_LEVEL)),
+               "ci95_two_level": None, "ci90_two_level": None, "margin": margin, "p": None}
+        complete = len(diffs) >= max(seeds, 2)
+        if complete:
+            row["p"] = paired_t_p(diffs)
+            raw[name] = 1.0 if row["p"] is None else row["p"]  # undefined: kept in the family, at its largest
+        if complete and method in per_example and reference in per_example:
+            common = sorted(set(per_example[method]) & set(per_example[reference]) & set(own) & set(ref))
+            draws = two_level_bootstrap({s: [x - y for x, y in zip(per_example[method][s], per_example[reference][s])]
+                                         for s in common}, families)
+            row["ci95_two_level"] = _rounded(percentile_interval(draws, LEVEL))
+            row["ci90_two_level"] = _rounded(percentile_interval(draws, TOST_LEVEL))
+        elif complete and _same_comparison(earlier.get(name), row) and earlier[name].get("ci95_two_level"):
+            for key in ("ci95_two_level", "ci90_two_level"):
+                row[key] = earlier[name].get(key)
+            row["two_level_carried"] = True
+        rows.append(row)
+    adjusted = holm(raw)
     for row in rows:
-        row["p_holm"] = adjusted[row["comparison"]]
-        row["p_items_holm"] = adjusted_items.get(row["comparison"])
+        name = row["comparison"]
+        row["p_holm"] = adjusted.get(name) if row["p"] is not None else None
+        row["reading"], why = reading_of_row(row, seeds, higher)
+        if why:
+            row["why"] = why
     return rows
+
+
+def reading_of_row(row: dict, seeds: int, higher: bool) -> tuple[str, str | None]:
+    """(the reading of one declared row from its own figures, why it is inconclusive when no figure can say
+    more). Equivalence reads the 90 % t interval over seeds and, where the row has it, the two-level one:
+    both must lie inside ±margin."""
+    if row["n"] < max(seeds, 2):
+        return "inconclusive", f"waiting for the final runs ({row['n']} of {max(seeds, 2)} paired seeds)"
+    if row["p"] is None:
+        return "inconclusive", UNDEFINED
+    return read_comparison(row["delta"], row["p_holm"], row["margin"], (row["ci90"], row.get("ci90_two_level")),
+                           higher), None
 
 
 def _same_comparison(earlier: dict | None, row: dict) -> bool:
     """Whether an earlier report's row compared the same final values: same paired seeds, mean difference
-    and p (null where a figure was missing)."""
-    if earlier is None or earlier.get("n") != row["n"] or row["p"] is None or earlier.get("p") != row["p"]:
+    and p (None where undefined)."""
+    if earlier is None or earlier.get("n") != row["n"] or earlier.get("p") != row["p"]:
         return False
-    diff = row["diff_mean"]
-    return earlier.get("diff_mean") == (None if math.isnan(diff) else diff)
+    return earlier.get("delta") == row["delta"]

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ... import METHODS, get_method
+from ... import METHODS
+from ...methods import REGISTRY
 from ...options import QUANT_TYPES, SOLVERS
 from ..models import DTYPES
 from ..peft_peers import PEERS
@@ -32,7 +33,8 @@ class Check:
 
 def has_fit(method: str) -> bool:
     """Whether ``method`` fits its factors (so a solver applies): inilora; not the references or PEFT's peers."""
-    return method in METHODS and get_method(method).has_fit
+    spec = REGISTRY.get(method)
+    return spec is not None and spec.has_fit
 
 
 def _finite_number(v: Any) -> bool:
@@ -64,9 +66,9 @@ class TrainConfig:
     """Everything that decides a fine-tuning run. Defaults follow the published GLUE setup (lr 3e-4,
     linear schedule, 6% warm-up, AdamW weight decay 0.01, r = alpha = 8, dropout 0, query/value)."""
 
-    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter; peft:NAME: PEFT's "
-                          "own initialization NAME, saved by PEFT)", choices=(*METHODS, *REFERENCES, *PEERS),
-                          cli_choices=(*METHODS, FULL))
+    # PEFT's own initializations (peft:NAME) are for the API and `inilora bench`, not on the command line
+    method: str = setting("inilora", "initialization (full: full fine-tuning, no adapter)",
+                          choices=(*METHODS, *REFERENCES, *PEERS), cli_choices=(*METHODS, FULL))
     r: int = setting(8, "LoRA rank", check=POSITIVE_INT)
     alpha: float = setting(8.0, "lora_alpha", check=POSITIVE)
     dropout: float = setting(0.0, "lora_dropout", check=FRACTION)

@@ -76,17 +76,28 @@ def quiet_trainer(trainer):
 def _held_out_task(info: dict, run_dir: Path, eval_file: str | os.PathLike | None) -> Task:
     """The task a run was trained on, rebuilt (its files, with the same held-out split), or the examples
     of ``eval_file`` alone (labels mapped as in training)."""
-    from ..tasks import file_task, load_task, read_file
+    from ..tasks import changed_files, data_record, file_task, load_task, read_file
 
     if eval_file is not None:
         kind, rows, _ = read_file(eval_file, info["labels"])
         return Task(Path(eval_file).stem, kind, [], rows, info["labels"], f"file {eval_file}")
+    recorded = info.get("data")  # absent in a run folder written before data was recorded
     if info.get("files"):
-        return file_task(**info["files"])
-    if str(info.get("source", "")).startswith("file "):
+        changed = changed_files(recorded["files"]) if recorded else []
+        if changed:
+            raise ValueError(f"{changed[0]} changed since {run_dir} was trained on it (its content digest "
+                             "differs), so its held-out split would not be the one the run was evaluated on; give "
+                             "the data as it is now explicitly (--train-file, --eval-file) or train again.")
+        task = file_task(**info["files"])
+    elif str(info.get("source", "")).startswith("file "):
         raise ValueError(f"{run_dir} was trained on files its {TRAIN_INFO} does not name (an older run); give "
                          "the data again: --train-file (and --eval-file) or --eval-file alone.")
-    return load_task(info["task"], **info.get("sizes", {}))  # the subsets it was trained and held out on
+    else:
+        task = load_task(info["task"], **info.get("sizes", {}))  # the subsets it was trained and held out on
+    if recorded and data_record(task)["rows"] != recorded["rows"]:
+        raise ValueError(f"task {task.name!r} now gives other examples than {run_dir} was trained and evaluated on "
+                         "(its data source changed); evaluate on it explicitly with --task, or train again.")
+    return task
 
 
 def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: str | os.PathLike | None = None,
@@ -116,9 +127,12 @@ def evaluate(run_dir: str | os.PathLike, task: Task | None = None, model_name: s
     task = task or _held_out_task(info, run_dir, eval_file)
     if task.kind != info["kind"]:
         raise ValueError(f"{run_dir} was trained on a {info['kind']} task; {task.name!r} is a {task.kind} task.")
-    if task.kind == "classification" and len(task.labels or []) != len(info["labels"] or []):
-        raise ValueError(f"{run_dir} was trained with {len(info['labels'])} classes; {task.name!r} has "
-                         f"{len(task.labels or [])}.")
+    if task.kind == "classification" and list(task.labels or []) != list(info["labels"] or []):
+        raise ValueError(f"{run_dir} was trained with the classes {', '.join(map(str, info['labels']))} (in this "
+                         f"order); {task.name!r} has {', '.join(map(str, task.labels or []))}.")
+    if dtype and dtype != saved.dtype and saved.method != FULL:
+        raise ValueError(f"--dtype {dtype}: {run_dir} holds an adapter made on a {saved.dtype} base, and an adapter "
+                         f"loads only onto the dtype it was made on; another dtype applies to a --method full run.")
     cfg = dataclasses.replace(saved, eval_batch_size=batch_size, max_new_tokens=max_new_tokens,
                               max_len=max_len or saved.max_len, progress=False, revision=revision,
                               dtype=dtype or saved.dtype)

@@ -24,8 +24,8 @@ import inilora
 from ..._io import hash_tensors
 from .. import models
 from ..peft_peers import PEERS, get_peer_model
-from ..tasks import Task
-from .config import BASE, FULL, REFERENCES, TRAIN_INFO, RunResult, TrainConfig
+from ..tasks import Task, data_record
+from .config import BASE, FULL, REFERENCES, TRAIN_INFO, RunResult, TrainConfig, has_fit
 from .encode import collator, encode, train_features, trainer_class
 from .evaluate import held_out_metrics, quiet_trainer
 
@@ -88,9 +88,8 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     """``inilora.get_peft_model`` with ``cfg``'s adapter settings (and extra ``options``, e.g.
     ``residual_fp32``). Returns (peft model, init summary)."""
     lora_config = _lora_config(model, cfg, task_type)
-    method = inilora.get_method(cfg.method)
     options.update(seed=cfg.seed, progress=cfg.progress, quantize=cfg.quantize)
-    if method.has_fit:
+    if has_fit(cfg.method):
         if cfg.solver:
             options["solver"] = cfg.solver
         if cfg.fit_steps:
@@ -101,7 +100,7 @@ def wrap(model, cfg: TrainConfig, task_type: str | None, **options):
     init = {"seconds": round(time.perf_counter() - start, 3), "max_drift": report.max_drift,
             "max_ratio": report.max_ratio, "layers": len(report.layers), "digest": factors_digest(peft_model),
             "fitted_by_rank": [layer.fitted_by_rank for layer in report.layers],
-            "solver": report.solver if method.has_fit else None, "quantize": cfg.quantize}
+            "solver": report.solver if has_fit(cfg.method) else None, "quantize": cfg.quantize}
     return peft_model, init
 
 
@@ -175,12 +174,59 @@ def _accuracy(prediction) -> dict:
     return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
 
 
+# what a run writes into its output folder, with what reads it (in the order `inilora train` lists them)
+RUN_OUTPUTS = {"model": "model/ (transformers)", "adapter": "adapter/ (inilora.from_pretrained)",
+               "adapter-lora": "adapter-lora/ (plain PEFT)", "checkpoints": "checkpoints/ (Trainer)",
+               "metrics.json": "metrics.json", TRAIN_INFO: TRAIN_INFO}
+
+
+def finished_run(out: Path) -> str | None:
+    """What a folder holding a finished run of :func:`finetune` holds ("method lora, task reviews"), else None."""
+    info = out / TRAIN_INFO
+    if not info.is_file():
+        return None
+    try:
+        saved = json.loads(info.read_text())
+        return f"method {saved['config']['method']}, task {saved['task']}"
+    except (ValueError, KeyError, TypeError):
+        return "a run whose record cannot be read"
+
+
+def remove_outputs(out: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove what a run of :func:`finetune` wrote into ``out`` (:data:`RUN_OUTPUTS`, but ``keep``); nothing else."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if name in keep or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 VAL_EVALUATIONS = 8  # a run with a validation split evaluates on it at least this often during training
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The last ``checkpoint-N`` under ``folder`` that Trainer finished writing (its ``trainer_state.json``,
+    written last, reads), or None. A run killed while writing a checkpoint leaves one without it, which
+    Trainer's own ``resume_from_checkpoint=True`` would pick."""
+    found = []
+    for path in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else ():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.removeprefix("checkpoint-")), path))
+        except (OSError, ValueError):
+            continue
+    return str(max(found)[1]) if found else None
 
 
 def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
              output_dir: str | os.PathLike | None = None, resume: bool = False,
-             validation: list[dict] | None = None, score_validation: bool = True) -> RunResult:
+             validation: list[dict] | None = None, score_validation: bool = True,
+             overwrite: bool = False) -> RunResult:
     """Fine-tune ``model_name`` on ``task`` as ``cfg`` says and evaluate it on the held-out set.
 
     With ``validation`` (rows carved from the training data, :func:`~inilora.experiments.tasks.carve_validation`),
@@ -193,14 +239,25 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
     With ``output_dir``: the adapter (``adapter/``, via :func:`inilora.save_pretrained`), its plain
     PEFT export (``adapter-lora/``), ``metrics.json`` and ``inilora_train.json`` (what :func:`evaluate`
     needs) are written there; Trainer checkpoints go to ``checkpoints/`` when ``cfg.save_steps > 0``
-    (``resume=True`` continues from the last one). Under ``torchrun`` every process returns; the
-    exact-match metric and the files come from the main process."""
+    (``resume=True`` continues from the last one). A folder holding a finished run is refused unless
+    ``overwrite`` (a new run: what the old one wrote is removed, its checkpoints before training, the rest
+    when the new run saves, so the folder never mixes two runs) or ``resume`` (that run, continued). Under
+    ``torchrun`` every process returns; the exact-match metric and the files come from the main process."""
     from transformers import set_seed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    replaces = False
+    if output_dir is not None and cfg.method != BASE and (previous := finished_run(Path(output_dir))):
+        if not (overwrite or resume):
+            raise ValueError(f"{output_dir} holds a finished run ({previous}); pass --overwrite to replace it (what "
+                             "it wrote is removed), or choose another --output-dir.")
+        replaces = True
+        if overwrite and not resume and cfg.save_steps > 0:  # the new run's checkpoints must not mix with the old
+            remove_outputs(Path(output_dir), keep=tuple(name for name in RUN_OUTPUTS if name != "checkpoints"))
     set_seed(cfg.seed)
     start = time.perf_counter()
+    data = data_record(task) if output_dir is not None else None  # the files' digests now, before the long part
     tokenizer = models.load_tokenizer(model_name, cfg.revision)
     encoded_train = encode(tokenizer, task, cfg, task.train)
     encoded_eval = encode(tokenizer, task, cfg, task.eval)
@@ -224,8 +281,7 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
         curve: list = []
         train_seconds = 0.0
         if cfg.method != BASE:
-            checkpoint = resume and work.is_dir() and any(work.glob("checkpoint-*"))
-            trained = trainer.train(resume_from_checkpoint=True if checkpoint else None)
+            trained = trainer.train(resume_from_checkpoint=last_complete_checkpoint(work) if resume else None)
             train_seconds = float(trained.metrics.get("train_runtime", 0.0))
             history = _loss_history(trainer)
         curve = _val_curve(trainer)  # before the held-out evaluations below log theirs
@@ -249,12 +305,18 @@ def finetune(model_name: str | os.PathLike, task: Task, cfg: TrainConfig,
                        curve, predictions)
     if output_dir is not None and cfg.method != BASE:
         save(model, tokenizer, task, cfg, model_name, result, Path(output_dir),
-             is_main_process=trainer.args.should_save)
+             is_main_process=trainer.args.should_save, data=data, replaces=replaces,
+             keep=("checkpoints",) if cfg.save_steps > 0 else ())  # this run's own checkpoints stay
     return result
 
 
 def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: RunResult, out: Path,
-         is_main_process: bool = True) -> None:
+         is_main_process: bool = True, data: dict | None = None, replaces: bool = False,
+         keep: tuple[str, ...] = ()) -> None:
+    """Write the run's outputs into ``out``; with ``replaces``, first remove what the run it replaces wrote
+    there (but ``keep``)."""
+    if replaces and is_main_process:
+        remove_outputs(out, keep=keep)
     if cfg.method == FULL:
         if is_main_process:
             model.save_pretrained(str(out / "model"))
@@ -269,7 +331,8 @@ def save(model, tokenizer, task: Task, cfg: TrainConfig, model_name, result: Run
     if not is_main_process:
         return
     info = {"model": str(model_name), "task": task.name, "kind": task.kind, "labels": task.labels,
-            "source": task.source, "files": task.files, "sizes": task.sizes, "config": cfg.to_dict()}
+            "source": task.source, "files": task.files, "sizes": task.sizes, "data": data or data_record(task),
+            "config": cfg.to_dict()}
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=2))
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
 

@@ -1,28 +1,30 @@
-"""The README's advice on which method and solver to use — the lines under "Try it" and the list under "Choosing
+"""The page's advice on which method and solver to use — the lines under "Try it" and the list under "Choosing
 a method and solver" — with the costs and errors it quotes read from the fit benchmark, the 7B-shape timings, the
 tuned benchmark and the 4-bit error ratios, and the words comparing them checked against those figures."""
 
 from __future__ import annotations
 
-from _common import bound, claim_check, span
-from fit_benchmark import by_column
-from quant_error import removed_share
+from inilora.experiments.bench.tuned_preset import protocols
+from inilora.experiments.bench.stats import TOST_LEVEL, paired_values, read_comparison, t_interval
+from inilora.experiments.bench.tuned_report import declared_readings
+from inilora.experiments.bench.tuning import higher_is_better, holm
+from inilora.experiments.bench.verdict import MARGINS, paired_p
 
-from inilora.experiments.bench.tuned import protocols
-from inilora.experiments.bench.tuned_report import SIGNIFICANCE, declared_readings
-from inilora.experiments.bench.tuning import holm
-from inilora.experiments.bench.verdict import paired_p
+from .fit import by_column
+from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, span
+from .quant import removed_share
 
 TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix on one CPU thread ([`results/scale_7b.md`](results/scale_7b.md)).
 `solver="adam"`, the default, is the published 20,000-step Adam fit: {adam_minilm:.0f} s for MiniLM's {minilm_matrices} q/v matrices and
 {adam_smollm2:.0f} s for SmolLM2-135M's {smollm2_matrices} on one CPU thread ([`results/fit_benchmark.md`](results/fit_benchmark.md)).
-Choosing: each at its own tuned learning rate, the two fits trained alike after Holm's correction over the {fits_tasks}
-tasks both ran (Holm p ≥ {fits_holm:.3f}; an exploratory comparison, not a declared one;
-[`results/tuned`](results/tuned/results.md)); published fit − closed form: {fits_diffs}. So start with `svd`; use `adam` to reproduce the paper."""
+Choosing: each at its own tuned learning rate, published fit − closed form on the {fits_tasks} tasks both ran (an exploratory
+comparison, not a declared one; p adjusted over those tasks ≥ {fits_adjusted:.3f}; [`results/tuned`](results/tuned/results.md)):
+{fits_diffs}. Neither fit is shown better than the other, so start with `svd` for its cost; use `adam` to reproduce the paper."""
 
 CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fit's optimum to 1e-7, seconds per layer
-  ([`results/fit_benchmark.md`](results/fit_benchmark.md)). Both fits trained alike at their tuned learning rates
-  (Holm p = {fits_holm_span} over the {fits_tasks} tasks both ran, [`results/tuned`](results/tuned/results.md)).
+  ([`results/fit_benchmark.md`](results/fit_benchmark.md)). At their tuned learning rates neither fit is shown better
+  than the other (p adjusted over the {fits_tasks} tasks both ran = {fits_adjusted_span}; {fits_readings},
+  [`results/tuned`](results/tuned/results.md)).
   Use `solver="adam"` (the default, 20,000 Adam steps) to reproduce the paper exactly. On 7B-size layers
   `solver="svd_randomized"` takes {randomized_7b}× the closed form's time ({randomized_4096:.2f} s vs {svd_4096:.2f} s at 4096², one
   thread) and stays within {randomized_error} of the optimum on SmolLM2's weights ([`results/scale_7b.md`](results/scale_7b.md));
@@ -31,13 +33,13 @@ CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fi
   fit's mixed basis); MiLoRA uses the smallest singular triplets instead. Plain `lora` is the baseline every
   comparison is made against.
 - **IniLoRA-α/β in bf16**: α's product is ~20× larger than `W`, so keep its residual in fp32
-  (`residual_fp32=True`); the report's drift says when it matters ([Precision](#precision)).
+  (`residual_fp32=True`); the report's drift says when it matters ([Precision](docs/api.md#precision)).
 - **4-bit bases**: `pissa` and `inilora` remove {quant_removed} of the 4-bit error of the frozen weight; α/β *add* error
   ([`results/quant_error.md`](results/quant_error.md)) — avoid them with `quantize=`.
 - **Which initialization, and the learning rate**: residual methods start with both factors non-zero and move
   faster per step than LoRA (B = 0), so compare methods only at their own tuned learning rates (`inilora bench
   --preset tuned`). At those rates no IniLoRA variant reliably beats plain `lora`
-  ([the tuned comparison](#the-tuned-comparison-the-one-that-answers-the-papers-question), {final_seeds} seeds, Holm's
+  ([the tuned comparison](docs/benchmark.md#the-tuned-comparison-the-one-that-answers-the-papers-question), {final_seeds} seeds, Holm's
   correction within the declared comparisons); tune the learning rate of whichever you pick. Against `lora`:
 {versus_lora}"""
 
@@ -55,44 +57,74 @@ def _at_4096(scale: dict) -> dict:
     return next(row for key, row in scale["matrices"].items() if key.endswith(" 4096x4096"))
 
 
-METRIC_WORDS = {"accuracy": "accuracy", "exact_match": "exact match", "eval_loss": "answer loss"}
 FITS = ("inilora:adam", "inilora:svd")  # published fit, closed form
 FINAL_SEEDS = len(protocols("tuned")[0].final_seeds)  # a comparison is read once both methods have them all
 
 
 def fits_compared(tuned: dict) -> list[dict]:
     """The two fits at their tuned learning rates, on every task where both have all their final seeds: the mean
-    paired difference (published fit − closed form), the paired t-test's p, and Holm's over those tasks. Not one
-    of the declared comparisons: advice on the solver, read as exploratory."""
+    paired difference (published fit − closed form) with its 95 % and 90 % t intervals over seeds, the paired
+    t-test's p, its step-down adjustment over those tasks, and the reading by the declared comparisons' rule and
+    margins. Not one of the declared comparisons (so not "Holm"): advice on the solver, read as exploratory."""
     rows = []
     for task, entry in tuned["summary"]["tasks"].items():
         tests = [entry["methods"].get(name, {}).get("test") for name in FITS]
         if all(t and len(t["values"]) >= FINAL_SEEDS for t in tests):
             adam, svd = (dict(zip(t["seeds"], t["values"])) for t in tests)
-            seeds = sorted(set(adam) & set(svd))
+            diffs = paired_values(adam, svd)
             rows.append({"task": task, "metric": entry["metric"], "p": paired_p(adam, svd),
-                         "diff": sum(adam[s] - svd[s] for s in seeds) / len(seeds)})
-    for row, p_holm in zip(rows, holm({row["task"]: row["p"] for row in rows}).values()):
-        row["p_holm"] = p_holm
+                         "diff": sum(diffs) / len(diffs), "ci95": t_interval(diffs),
+                         "ci90": t_interval(diffs, TOST_LEVEL), "margin": MARGINS[entry["metric"]]})
+    adjusted = holm({row["task"]: 1.0 if row["p"] is None else row["p"] for row in rows})
+    for row in rows:
+        row["p_adjusted"] = adjusted[row["task"]]
+        row["reading"] = "inconclusive" if row["p"] is None else read_comparison(
+            row["diff"], row["p_adjusted"], row["margin"], [row["ci90"]], higher_is_better(row["metric"]))
     _holds(len(rows) >= 2, "the two fits compared on at least two tasks")
-    _holds(min(row["p_holm"] for row in rows) >= SIGNIFICANCE, "the two fits trained alike after Holm's correction")
+    _holds(all(row["reading"] not in ("better", "worse") for row in rows),
+           "neither fit shown better than the other on any task")
     return rows
 
 
-def versus_lora(tuned: dict) -> str:
+def _against_lora(tuned: dict) -> list[str]:
     """Per declared comparison with ``lora``: on how many tasks (of those with all final seeds) it reads better
-    and worse after Holm's correction, naming them."""
+    and worse after Holm's correction within the declared family, naming them, and how many read equivalent
+    within the margin or inconclusive."""
     metrics = {task: entry["metric"] for task, entry in tuned["summary"]["tasks"].items()}
     parts = []
     for comparison, kinds in declared_readings(tuned["declared"], metrics, FINAL_SEEDS).items():
         if not comparison.endswith(" vs lora"):
             continue
-        better, worse = ([task for task, _ in kinds.get(kind, [])] for kind in ("better", "worse"))
+        better, worse, same, open_ = ([task for task, _ in kinds.get(kind, [])]
+                                      for kind in ("better", "worse", "equivalent", "inconclusive"))
         read = sum(len(tasks) for kind, tasks in kinds.items() if kind != "waiting")
         _holds(2 * len(better) <= read, "no IniLoRA variant reliably beats plain lora")
-        parts.append(f"  - `{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
-                     f"tasks{_named(better)}, worse on {len(worse)}{_named(worse)}")
-    return ";\n".join(parts) + "."
+        parts.append(f"`{comparison.removesuffix(' vs lora')}`: better on {len(better)} of {read} "
+                     f"tasks{_named(better)}, worse on {len(worse)}{_named(worse)}, equivalent within the margin on "
+                     f"{len(same)}{_named(same)}, inconclusive on {len(open_)}")
+    return parts
+
+
+def versus_lora(tuned: dict) -> str:
+    # a sub-list: indented by 4 spaces, which GitHub and Python-Markdown (the site) both read as nested
+    return ";\n".join(f"    - {part}" for part in _against_lora(tuned)) + "."
+
+
+VERDICT = """Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
+validation split, then trains {final_seeds} seeds per task on {tasks} tasks ({models}) and reads each comparison
+declared in the preset: better or worse after Holm's correction within that family, equivalent when the 90 % CI lies
+inside the declared margin, otherwise inconclusive (not evidence of no difference). Against plain `lora`:
+{versus_lora}.
+Every table, the plots and the untuned runs: [the benchmark](docs/benchmark.md)."""
+
+
+def verdict(tuned: dict) -> str:
+    """The page's one-paragraph verdict (``tuned``: results/tuned/results.json): each declared comparison with
+    ``lora``, counted over the tasks with all final seeds."""
+    tasks = tuned["summary"]["tasks"]
+    models = sorted({task["model"] for task in tasks.values()}, key=list(MODEL_NAMES).index)
+    return VERDICT.format(final_seeds=FINAL_SEEDS, tasks=len(tasks), versus_lora=";\n".join(_against_lora(tuned)),
+                          models=" and ".join(MODEL_NAMES[model] for model in models))
 
 
 def _named(tasks: list[str]) -> str:
@@ -111,10 +143,18 @@ def try_it(scale: dict, fit: dict, tuned: dict) -> str:
 
 def _fits_fields(tuned: dict) -> dict:
     rows = fits_compared(tuned)
-    diffs = [f"{row['task']} {row['diff']:+.3f} {METRIC_WORDS.get(row['metric'], row['metric'])} (p {row['p']:.2f})"
-             for row in rows]
-    return {"fits_tasks": len(rows), "fits_holm": min(row["p_holm"] for row in rows),
-            "fits_holm_span": span([row["p_holm"] for row in rows], ".2g"), "fits_diffs": ", ".join(diffs)}
+    diffs = [f"{row['task']} {row['diff']:+.3f} {METRIC_NAMES.get(row['metric'], row['metric'])} (95 % CI "
+             f"{row['ci95'][0]:+.3f} to {row['ci95'][1]:+.3f}, {_words(row)})" for row in rows]
+    counts = {}
+    for row in rows:
+        counts[_words(row)] = counts.get(_words(row), 0) + 1
+    return {"fits_tasks": len(rows), "fits_adjusted": min(row["p_adjusted"] for row in rows),
+            "fits_adjusted_span": span([row["p_adjusted"] for row in rows], ".2g"), "fits_diffs": "; ".join(diffs),
+            "fits_readings": ", ".join(f"{words} on {n}" for words, n in counts.items())}
+
+
+def _words(row: dict) -> str:
+    return f"equivalent within ±{row['margin']:g}" if row["reading"] == "equivalent" else row["reading"]
 
 
 def choosing(fit: dict, scale: dict, tuned: dict, quant: dict) -> str:

@@ -1,13 +1,13 @@
-"""The README's view of ``make quick`` (``inilora bench --quick``, committed as results/quick/): what it runs, how
+"""The page's view of ``make quick`` (``inilora bench --quick``, committed as results/quick/): what it runs, how
 long it took from a fresh clone, and what it found, with lora at the tuned benchmark's rate on the same budget
 beside it. Figures come from the runs; the words that say what they mean are checked against them."""
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, claim_check
-from timings import min_s
-
 from inilora.experiments.bench.report import _fmt
+
+from .formatting import MODEL_NAMES, claim_check
+from .timings import min_s
 
 TEXT = """One command, on a fresh machine (creates `.venv`, installs what it needs, runs LoRA vs IniLoRA (closed form)
 vs PiSSA on {model} × {n_train:,} reviews, each at its own learning rate, over {seeds} seeds, and prints the table with a
@@ -30,7 +30,7 @@ METHODS = ("lora", "inilora:svd", "pissa")
 
 
 def _rate(lr: float) -> str:
-    """``0.002`` -> ``2e-3``, as the README writes learning rates."""
+    """``0.002`` -> ``2e-3``, as the pages write learning rates."""
     mantissa, exponent = f"{lr:e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
 

@@ -1,10 +1,11 @@
-"""The README's view of the fit benchmark (``results/fit_benchmark.json``): the summary table of one device and
+"""The page's view of the fit benchmark (``results/fit_benchmark.json``): the summary table of one device and
 dtype, and the bullets reading it, whose figures come from the file and whose words are checked against it."""
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, bound, claim_check, span
-from fit_benchmark import PUBLISHED_STEPS, by_column, speedup, vs_pissa
+from fit_benchmark import CELLS, PUBLISHED_STEPS
+
+from .formatting import MODEL_NAMES, bound, claim_check, span
 
 
 def _seconds(seconds: float) -> str:
@@ -16,7 +17,7 @@ def _small(x: float) -> str:
 
 
 def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str:
-    """The README's summary of one (device, dtype): a column per model and rank, a row per way of fitting."""
+    """The page's summary of one (device, dtype): a column per model and rank, a row per way of fitting."""
     columns = by_column([run for run in data["runs"] if run["device"] == device and run["dtype"] == dtype])
     sampled = "–".join(str(n) for n in sorted({cells["published-loop"]["sampled"] for cells in columns.values()}))
     timed = lambda cells, cell: f"{_seconds(cells[cell]['seconds'])} — {speedup(cells, cell):.2g}×"
@@ -46,7 +47,7 @@ def readme_table(data: dict, device: str = "cpu", dtype: str = "float32") -> str
 
 
 READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (ratio {svd_ratio:.7f} in fp64) in {svd_vs_pissa}×
-  PEFT's `pissa` init time on these small layers (seconds per model; {svd_vs_pissa_7b}× at 7B shapes, above).
+  PEFT's `pissa` init time on these small layers (seconds per model; {svd_vs_pissa_7b}× at 7B shapes: [large models](docs/large-models.md)).
   `svd_randomized` stays within {randomized_error} of the optimum; PEFT's `pissa_niter_4` is {niter_error}% off and, on
   layers this small, {niter_faster}× faster than `svd_randomized` (at 7B shapes it is the other way round).
 - **Batched Adam computes what the published loop computes** — the same errors to {gap} ({worst_gap} at
@@ -54,7 +55,7 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
   issue targets. At r = 32 both are near the CPU's arithmetic floor: the published loop spends about
   {published_ms:.1f} ms per MiniLM matrix-step, the batched fit {batched_ms:.1f} ms, which is what its two `W`-sized products per step cost
   at this core's GEMM rate; only removing work (early stop) or a GPU, where the published loop's
-  per-step launches and host sync dominate, can give more ([On one GPU](#on-one-gpu)). (At r = 8 the batched
+  per-step launches and host sync dominate, can give more ([On one GPU](docs/large-models.md#on-one-gpu)). (At r = 8 the batched
   fit keeps its factors transposed, which makes the same products 2.6–4× faster on CPU.) The factors of
   the two differ by up to {factor_diff} after {steps:,} steps (an r×r rotation inside the optimum's subspace: float
   summation order differs, and the loss is flat along rotations); on small matrices over 2,000 steps
@@ -67,7 +68,7 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
 
 
 def readme_reading(data: dict, scale: dict) -> str:
-    """The bullets under the README's table: its figures from the same runs (CPU, fp32), the 7B ratios from
+    """The bullets under the page's table: its figures from the same runs (CPU, fp32), the 7B ratios from
     ``scale`` (results/scale_7b.json); words that a changed file would make false stop the rewrite."""
     columns = by_column([run for run in data["runs"] if (run["device"], run["dtype"]) == ("cpu", "float32")])
     every = lambda cell: [cells[cell] for cells in columns.values()]
@@ -110,3 +111,47 @@ def readme_reading(data: dict, scale: dict) -> str:
         stop_short_smollm2_8=_small(columns["smollm2", 8]["adam-early-stop"]["max_ratio"] - 1),
         stop_smollm2_32=stop["smollm2", 32], solver_memory=solver_memory,
         pissa_memory=span([run["peak_rise_fraction"] for run in every("peft-pissa")], ".2f"))
+
+
+def by_column(runs: list) -> dict:
+    """``{(model, rank): {cell: run}}``, sorted by model and rank."""
+    columns: dict = {}
+    for run in sorted(runs, key=lambda o: (o["model"], o["rank"], CELLS.index(o["cell"]))):
+        columns.setdefault((run["model"], run["rank"]), {})[run["cell"]] = run
+    return columns
+
+
+def speedup(cells: dict, cell: str) -> float | None:
+    """How many times faster ``cell`` is than the published loop on the same model and rank."""
+    return cells["published-loop"]["seconds"] / cells[cell]["seconds"] if "published-loop" in cells else None
+
+
+def vs_pissa(cells: dict, cell: str) -> float | None:
+    """``cell``'s time over PEFT's own ``pissa`` init of the same layers."""
+    return cells[cell]["seconds"] / cells["peft-pissa"]["seconds"] if "peft-pissa" in cells else None
+
+
+def results_markdown(data: dict) -> str:
+    """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
+    lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
+    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + [""]
+    groups: dict = {}
+    for run in data["runs"]:
+        groups.setdefault((run["device"], run["dtype"]), []).append(run)
+    for (device, dtype), runs in groups.items():
+        lines += [f"### {device}, {dtype}", "",
+                  "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
+                  "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
+        for cells in by_column(runs).values():
+            for cell, run in cells.items():
+                up, pissa = speedup(cells, cell), vs_pissa(cells, cell)
+                gap = run.get("max_error_gap_vs_batched")
+                gap = "-" if gap is None else f"{gap:.1e}"
+                if "max_abs_factor_diff_vs_batched" in run:
+                    gap += f" (factors ±{run['max_abs_factor_diff_vs_batched']:.0e})"
+                wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
+                lines.append(f"| {run['model']} | {run['rank']} | {cell} | {wall} | "
+                             f"{'-' if up is None else f'{up:.2f}×'} | {'-' if pissa is None else f'{pissa:.2f}'} | "
+                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The README's GPU section, from the accelerator run's files (benchmarks/gpu_check.sh, results/gpu/): the 7B
+"""The GPU section of docs/large-models.md, from the accelerator run's files (benchmarks/gpu_check.sh, results/gpu/): the 7B
 initialization table, the fit benchmark's cells on CUDA beside the CPU's, and the sentences reading them,
 whose words are checked against the files."""
 
@@ -7,9 +7,8 @@ from __future__ import annotations
 import math
 import re
 
-from _common import MODEL_NAMES, bound, claim_check, span
-from fit_benchmark import by_column, speedup, vs_pissa
-from gpu_7b import table
+from .fit import by_column, speedup, vs_pissa
+from .formatting import MODEL_NAMES, bound, claim_check, span
 
 SOURCE = "results/gpu"
 FIT_ROWS = (("published loop, 20k steps (s; timed on 2 matrices, scaled)", "published-loop"),
@@ -97,7 +96,7 @@ def readme_block(gpu: dict, fit: dict, cpu_fit: dict) -> str:
     commit = re.sub(r"\s.*", "", gpu.get("commit", ""))[:7]
     head = (f"The prepared accelerator run (`benchmarks/gpu_check.sh`) on one {gpu['device_name']} (torch {gpu['torch']}, "
             f"transformers {gpu['transformers']}, peft {gpu['peft']}{', code at ' + commit if commit else ''}; "
-            f"[`results/gpu/`](results/gpu/)). A Llama-2-7B-shaped model in bf16 (random weights, fixed seed), "
+            f"[`results/gpu/`](results/gpu/gpu_7b.md)). A Llama-2-7B-shaped model in bf16 (random weights, fixed seed), "
             f"r = {gpu['r']}, each cell on a fresh model; times synchronized, one run each:")
     return "\n".join(["", head, "", table(gpu), "", reading, "", "The fit benchmark's cells on the same GPU:", "",
                       _fit_table(fit), ""]) + "\n"
@@ -109,3 +108,21 @@ def _llama_7b_bytes() -> int:
     s = SIZES["7b"]
     layer = 4 * s["hidden_size"] ** 2 + 3 * s["hidden_size"] * s["intermediate_size"] + 2 * s["hidden_size"]
     return 2 * (s["num_hidden_layers"] * layer + 2 * s["vocab_size"] * s["hidden_size"] + s["hidden_size"])
+
+
+def table(data: dict) -> str:
+    """One row per cell (results/gpu/gpu_7b.md's, and the block's)."""
+    lines = ["| cell | targets | matrices | init seconds | peak GPU memory over the model (GiB) | logit change | "
+             "training step (s, 4 × 512 tokens) |", "|---|---|---|---|---|---|---|"]
+    for c in data["cells"]:
+        lines.append(f"| {c['cell']} | {c['targets']} | {c['matrices']} | {c['seconds']:.2f} | "
+                     f"{c.get('peak_gib', float('nan')):.2f} | {c['logit_change']:.1e} | {c['step_seconds']:.3f} |")
+    return "\n".join(lines)
+
+
+def results_markdown(data: dict) -> str:
+    lines = [f"# {data['size']} on one GPU: initialization, end to end (bf16, r = {data['r']})", "",
+             f"Device: {data['device_name']}; torch {data['torch']}, transformers {data['transformers']}, "
+             f"peft {data['peft']}; command `{data['command']}`.", "", table(data),
+             "", f"Not run (time budget): {', '.join(data['skipped']) or 'none'}."]
+    return "\n".join(lines) + "\n"

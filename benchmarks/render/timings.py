@@ -53,7 +53,7 @@ clean clone, {pytest_seconds:.0f} s of tests on {cpus} cores, {real} in all: [`r
 
 
 def suite_paragraph(suite: dict) -> str:
-    """The README's line above ``make test`` (``suite``: results/test_suite.json)."""
+    """The page's line above ``make test`` (``suite``: results/test_suite.json)."""
     if suite["command"] != "time make test":
         raise ValueError(f"results/test_suite.json times {suite['command']!r}, not `make test`: "
                          f"reword SUITE in {__file__}")

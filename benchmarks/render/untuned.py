@@ -1,19 +1,18 @@
-"""The README's view of the untuned benchmark (``inilora bench --preset full``, committed as
+"""The page's view of the untuned benchmark (``inilora bench --preset full``, committed as
 ``results/full/results.json``): one table over the tasks, rendered from the file's summary, and the paragraph
 reading it, whose figures are computed from the runs and whose words are checked against them."""
 
 from __future__ import annotations
 
-from _common import MODEL_NAMES, claim_check
-from fit_benchmark import by_column
-
 from inilora.experiments.bench.plan import row_name
 from inilora.experiments.bench.report import _fmt
 from inilora.experiments.bench.stats import method_order, paired_test
 
+from .fit import by_column
+from .formatting import METRIC_NAMES, MODEL_NAMES, claim_check
+
 COLUMNS = (("reviews", "accuracy"), ("chain_sum", "exact_match"), ("chain_sum", "eval_loss"),
            ("gsm_symbolic", "eval_loss"))  # gsm_symbolic's exact match is 0 throughout: said in the reading instead
-METRIC_NAMES = {"accuracy": "accuracy", "exact_match": "exact match", "eval_loss": "held-out loss"}
 ROW_NAMES = {"inilora:svd": "inilora (closed form)", "inilora:adam": "inilora:adam (published fit)",
              "full": "full fine-tuning", "base": "untrained"}
 

@@ -1,0 +1,88 @@
+"""Installing initial factors in a PEFT LoRA layer, shared by ``get_peft_model`` and ``from_pretrained``:
+subtract ``s·B0·A0`` from the base weight (or report a 4-bit residual installed before PEFT wrapped the layer),
+measure the drift, and warn when it exceeds the threshold. Imported by :mod:`inilora.init` and
+:mod:`inilora.persistence`; it imports neither."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from . import layouts
+from .memory import release_freed_memory
+from .methods import Method
+from .options import InitOptions
+from .peft_glue import layer_layout, layer_matrices, mark_residual, set_residual
+from .quantize import QuantizedTargets
+from .report import InitReport, LayerReport
+
+
+class InitDriftWarning(UserWarning):
+    """The initialized model differs from the base by more than the stated threshold (rounding of a
+    low-precision residual); ``residual_fp32=True`` removes it."""
+
+
+def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
+                  method: Method, keep_fp32: bool, optimum: float | None,
+                  quantized: QuantizedTargets | None = None, nonzero: bool | None = None) -> LayerReport:
+    """Subtract ``s·B0·A0`` (factors as stored, in PEFT's layout; product in fp32) from the base weight of one
+    layer and measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed
+    before PEFT wrapped the layer (``quantized``): only its report is made here. A layer of several matrices
+    (experts) reports its worst one. ``nonzero``: the weight is known to have a non-zero entry (plain LoRA's
+    error, ‖W − 0‖/‖W‖, is then 1 without reading the weight again)."""
+    s = layer.scaling[adapter_name]
+    layout = layer_layout(layer)
+    A0s, B0s = layouts.split(A0, B0, layout)
+    r = layer.r[adapter_name]
+    if quantized is not None:
+        mark_residual(layer, method)
+        return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
+    if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
+        weight = layer_matrices(layer).detach()
+        return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(nonzero or weight.any())), optimum, 0.0, 0.0)
+    W = layer_matrices(layer).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
+    product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
+    norm = torch.linalg.matrix_norm(W)
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+    difference = W - product
+    init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
+    if method.residual:
+        set_residual(layer, difference, method, keep_fp32)
+    # drift: what the layer now holds, plus the product, against the original
+    torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
+    report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
+                         float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
+    del W, product, difference
+    release_freed_memory()
+    return report
+
+
+def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
+    """PEFT's DoRA magnitude, computed again now that the layer holds its residual and initial factors:
+    the row norms of ``W_res + s·B0·A0`` (= ``W``; for a 4-bit residual, what the layer computes), so the
+    initialized DoRA layer computes what the base layer did. PEFT computed it while wrapping, from ``W``
+    and its own ``B = 0``, before the residual existed."""
+    variant = getattr(layer, "lora_variant", {}).get(adapter_name)
+    if variant is not None and adapter_name in getattr(layer, "lora_magnitude_vector", {}):
+        variant.init(layer, adapter_name=adapter_name, config=config)
+
+
+def warn_on_drift(report: InitReport) -> None:
+    drifting = report.drifting_layers()
+    if drifting:
+        worst = max(drifting, key=lambda layer: layer.drift)
+        warnings.warn(
+            f"{report.method}: {len(drifting)} layer(s) drift from the base model by more than "
+            f"{report.drift_warn_threshold:g} (relative Frobenius norm; worst {worst.name!r}: {worst.drift:.3g}). "
+            "The residual lost precision in the model's dtype; pass residual_fp32=True to keep it in fp32.",
+            InitDriftWarning, stacklevel=3)
+
+
+def new_report(method: Method, options: InitOptions) -> InitReport:
+    """An empty report for ``method`` with ``options``; the fit columns are shown for the methods defined
+    through the SVD optimum, the only ones whose factors approximate ``W``."""
+    return InitReport(method.name, options.drift_warn_threshold, solver=options.solver if method.has_fit else None,
+                      approximates_weight=method.rank_limited)
