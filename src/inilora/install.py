@@ -55,8 +55,9 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
     report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
                          float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
+    freed = 3 * W.numel() * W.element_size()
     del W, product, difference
-    release_freed_memory()
+    release_freed_memory(freed)
     return report
 
 
