@@ -69,16 +69,16 @@ def test_early_stop_is_opt_in_and_stops_at_a_plateau():
     assert relative_error(W, A[0], B[0]) / optimum <= 1.001
 
 
-def test_randomized_svd_is_within_1e5_of_the_optimum_seeded_and_capped_by_niter():
-    W = realistic_matrix(300, 200, seed=5)  # 16 + 32 columns: the iteration, not the exact fallback
+def test_randomized_svd_is_within_1e4_of_the_optimum_seeded_and_capped_by_niter():
+    W = realistic_matrix(300, 200, seed=5)  # blocks of 16 columns: Krylov, not the exact fallback
     _, _, optimum = fit_svd(W, 16)
     o = RandomizedSVD()
-    A0, B0 = fit_svd_randomized(W, 16, o.oversample, o.niter, layer_generator(0, "w"))
+    A0, B0 = fit_svd_randomized(W, 16, o.block, o.niter, layer_generator(0, "w"))
     ratio = relative_error(W, A0, B0) / optimum
-    assert ratio <= 1 + 2e-5
-    A1, B1 = fit_svd_randomized(W, 16, o.oversample, o.niter, layer_generator(0, "w"))
+    assert ratio <= 1 + 1e-4
+    A1, B1 = fit_svd_randomized(W, 16, o.block, o.niter, layer_generator(0, "w"))
     assert torch.equal(A0, A1) and torch.equal(B0, B1)
-    A2, B2 = fit_svd_randomized(W, 16, o.oversample, 1, layer_generator(0, "w"))  # one iteration only
+    A2, B2 = fit_svd_randomized(W, 16, o.block, 1, layer_generator(0, "w"))  # two blocks only
     assert relative_error(W, A2, B2) / optimum > ratio + 1e-4
 
 
