@@ -13,6 +13,7 @@ optimum, fp64), worst over the targets; PEFT's ``pissa`` runs a full SVD whateve
 then: PEFT's truncated full SVD is the optimum up to rounding).
 
     PYTHONPATH=src python benchmarks/init_speed.py --out results/init_speed.json
+    PYTHONPATH=src python benchmarks/render      # results/init_speed.md
 """
 
 from __future__ import annotations
@@ -143,25 +144,6 @@ def measure(name: str, r: int, cell: str, repeats: int, peft_once: dict, device:
     return row
 
 
-def markdown(data: dict) -> str:
-    m = data["machine"]
-    lines = [f"# Initialization time: inilora / PEFT ({m.get('gpu') or m['cpu']}, {data['threads']} thread(s))", "",
-             f"commit {data['git']['commit']}{' (dirty)' if data['git']['dirty'] else ''}; torch "
-             f"{data['versions']['torch']}, peft {data['versions']['peft']}; median of each row's interleaved runs (3, or 9 "
-             "for `lora`; 1 at 4096², where PEFT's full SVD takes 40 s: the JSON lists every run); excess = error / Eckart–Young optimum − 1 (worst target); `lora`'s target is 1.1× PEFT + 50 ms.",
-             "Target weights have a decaying spectrum (see benchmarks/init_speed.py); one matrix stands for each 7B "
-             "shape; \"(once)\": PEFT's full SVD measured at the first rank and reused.", "",
-             "| shape | r | cell | inilora s | PEFT s | ratio | inilora excess | PEFT excess |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in data["rows"]:
-        excess = [("—" if row[k] is None else f"{row[k]:.1e}") for k in ("inilora_excess", "peft_excess")]
-        bound = f" (target ≤ {row['lora_bound']:.2f})" if "lora_bound" in row else ""
-        lines.append(f"| {row['model']} | {row['r']} | {row['cell']} | {statistics.median(row['inilora_seconds']):.3f} "
-                     f"| {statistics.median(row['peft_seconds']):.3f}{' (once)' if row['peft_measured_once'] else ''} "
-                     f"| {row['ratio']:.2f}{bound} | {excess[0]} | {excess[1]} |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"])
@@ -196,8 +178,7 @@ def main() -> None:
                 data = {"machine": machine(), "threads": args.threads, "device": args.device, "repeats": args.repeats,
                         "git": git_state(), "versions": versions(), "command": " ".join(sys.argv), "rows": rows}
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(data, indent=1))
-                args.out.with_suffix(".md").write_text(markdown(data))
+                args.out.write_text(json.dumps(data, indent=1))  # its Markdown: python benchmarks/render
 
 
 if __name__ == "__main__":
