@@ -65,7 +65,7 @@ def run_cell(method: str, path: str, r: int, adam_steps: int) -> dict:
         from inilora.methods import layer_generator
         from inilora.options import RandomizedSVD
         o = RandomizedSVD()
-        _, seconds, peak = measure(fit_svd_randomized, W, r, o.oversample, o.niter, layer_generator(0, "w"))
+        _, seconds, peak = measure(fit_svd_randomized, W, r, o.block, o.niter, layer_generator(0, "w"))
     elif method == "adam":
         from inilora.fit import draw_start, fit_adam
         from inilora.methods import layer_generator

@@ -4,7 +4,8 @@ Stated tolerance: the logits of the reload in dtype D differ from those of the f
 2x the base checkpoint's own cast error (max |base in D − base in fp32| over the logits) with
 ``residual_fp32=True`` for every method, and with the residual in D for the methods whose product
 approximates W (lora, pissa, milora, inilora); inilora-alpha/beta need ``residual_fp32=True`` (their
-residual is ~50x the weight: in bf16 the error is ~10x the cast error, and the drift warning says so)."""
+residual is ~50x the weight: in bf16 the error is ~10x the cast error, and the drift warning says so). Plain
+LoRA's fingerprints, taken when it is saved, recognise the other dtypes too."""
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def logits(model):
 
 
 @pytest.mark.parametrize("method,residual_fp32", [("inilora", None), ("pissa", None), ("milora", True),
-                                                   ("inilora-alpha", True)])
+                                                   ("inilora-alpha", True), ("lora", None)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fp32_adapter_reloads_onto_a_low_precision_base_within_the_stated_tolerance(method, residual_fp32, dtype,
                                                                                      tmp_path):

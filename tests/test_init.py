@@ -258,3 +258,27 @@ def test_the_finite_check_refuses_nan_and_inf_entries_and_accepts_a_finite_weigh
     assert not torch.isfinite(huge.sum()) and all_finite(huge)
     huge[2, 2] = float("nan")
     assert not all_finite(huge)
+
+
+def test_plain_lora_fingerprints_its_unchanged_weight_when_saved_and_refuses_a_merged_one(tmp_path):
+    from inilora.layouts import weight_view
+    from inilora.state import RELOAD_DTYPES, dtype_name, fingerprint
+
+    model = tiny_model("llama")
+    before = {n: fingerprint(weight_view(m)) for n, m in model.named_modules() if n.endswith(tuple(TARGETS["llama"]))}
+    in_dtypes = {n: {dtype_name(d): fingerprint(weight_view(m).to(d)) for d in RELOAD_DTYPES}
+                 for n, m in model.named_modules() if n.endswith(tuple(TARGETS["llama"]))}
+    peft_model = inilora.get_peft_model(model, LoraConfig(r=4, target_modules=TARGETS["llama"]), method="lora")
+    layers = peft_model.inilora.layers
+    assert all(layer._fingerprint is None for layer in layers.values())  # not taken during the init
+    inilora.save_pretrained(peft_model, tmp_path / "adapter")
+    assert {name: layer.fingerprint for name, layer in layers.items()} == before  # as an eager one would be
+    assert {name: layer.fingerprints for name, layer in layers.items()} == in_dtypes  # and in every reload dtype
+    reloaded = inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")  # the load checks them
+    assert set(reloaded.inilora.layers) == set(before)
+
+    merged = inilora.get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=TARGETS["llama"]),
+                                    method="lora")
+    merged.merge_adapter()
+    with pytest.raises(inilora.InitError, match="merged into the base weight"):
+        inilora.save_pretrained(merged, tmp_path / "merged")

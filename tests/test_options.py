@@ -16,7 +16,7 @@ from conftest import outputs, tiny_model
 
 BAD_OPTIONS = [
     ({"svd_basis": "orthogonal"}, "svd_basis", "adam-like, singular"),
-    ({"randomized_oversample": 0}, "randomized_oversample", "positive integer"),
+    ({"randomized_block": 0}, "randomized_block", "positive integer"),
     ({"randomized_niter": -1}, "randomized_niter", "positive integer"),
     ({"drift_warn_threshold": -0.1}, "drift_warn_threshold", "non-negative"),
     ({"early_stop_tol": -1e-3}, "early_stop_tol", r"\[0, 1\)"),
@@ -101,7 +101,7 @@ def test_cache_key_hashes_exactly_the_solver_settings():
     adam = InitOptions(adam=AdamSchedule(steps=9)).solver_settings()
     assert adam == {"steps": 9, "lr": 5e-4, "lr_decay": 0.9, "lr_decay_every": 5_000, "early_stop_tol": None,
                     "early_stop_every": 500}
-    assert InitOptions(solver="svd_randomized").solver_settings() == {"oversample": 32, "niter": 60}
+    assert InitOptions(solver="svd_randomized").solver_settings() == {"block": 16, "niter": 60}
     assert InitOptions(solver="svd").solver_settings() == {}
 
 

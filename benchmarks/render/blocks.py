@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import (advice, drift, fit, geometry, gpu, quant, quick, scale, screening, sharded, timings, tuned, tuned_4bit,
-               untuned)
+from . import (advice, drift, fit, geometry, gpu, init_speed, quant, quick, scale, screening, sharded, timings, tuned,
+               tuned_4bit, untuned)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,8 @@ BLOCKS = {
     "fit-benchmark-cuda-md": Block("results/gpu/fit_benchmark_cuda.md", ("results/gpu/fit_benchmark_cuda.json",),
                                    fit.results_markdown, whole=True),
     "gpu-7b-md": Block("results/gpu/gpu_7b.md", ("results/gpu/gpu_7b.json",), gpu.results_markdown, whole=True),
+    "init-speed-md": Block("results/init_speed.md", ("results/init_speed.json",), init_speed.results_markdown,
+                           whole=True),
     "quant-error-md": Block("results/quant_error.md", (QUANT,), quant.results_markdown, whole=True),
     "quant-error-all-linear-md": Block("results/quant_error_all_linear.md", ("results/quant_error_all_linear.json",),
                                        quant.results_markdown, whole=True),

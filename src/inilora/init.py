@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from functools import partial
 
 import peft
 import torch
@@ -22,7 +23,7 @@ from .options import InitOptions
 from . import layouts
 from .install import init_dora_magnitude, install_layer, new_report, warn_on_drift
 from .peft_glue import (collect_targets, layer_fingerprint, layer_key, layer_keys, layer_layout, lora_layers,
-                        resolve_config)
+                        resolve_config, unchanged_layer_fingerprints)
 from .persistence import attach
 from .quantize import needs_quantization, quantize_targets
 from .state import RELOAD_DTYPES, InitState, LayerState, dtype_name
@@ -79,19 +80,27 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
         method, adapter_name = adapter_name, "default"
     spec, opts = resolve(method, init_options, options)
     config = resolve_config(lora_config, model)
+    # a weight the initialization leaves as it was (plain LoRA, not quantized) is fingerprinted when a save asks
+    # (collect_targets still takes those of 4-bit and ZeRO-3 weights, which are not kept as they were read)
+    deferred = not spec.residual and opts.quantize is None
     targets = collect_targets(model, config, spec, rank_limited=spec.rank_limited, residual=spec.residual,
-                              gather_partitioned=True)
+                              gather_partitioned=True, fingerprints=not deferred)
     by_layer = layer_keys(targets)
-    fingerprints = {key: layer_fingerprint(ts) for key, ts in by_layer.items()}
+    later = {key for key, ts in by_layer.items() if not all(t.fingerprint for t in ts)}
+    fingerprints = {key: None if key in later else layer_fingerprint(ts) for key, ts in by_layer.items()}
     # the same checkpoint in the other dtypes (a reload onto a bf16/fp16/fp32 load of it); a ZeRO-3 partition: own only
     in_dtypes = {key: {dtype_name(d): layer_fingerprint(ts, d) for d in RELOAD_DTYPES}
-                 if not any(zero3.is_partitioned(t.weight) for t in ts) else {} for key, ts in by_layer.items()}
+                 if not any(zero3.is_partitioned(t.weight) for t in ts) else {}
+                 for key, ts in by_layer.items() if key not in later}
     dtypes = {key: ts[0].weight.dtype for key, ts in by_layer.items()}
+    nonzero = {key: all(t.nonzero for t in ts) or None for key, ts in by_layer.items()}
     _refuse_for_layouts(targets, opts)
     partitioned = zero3.partitioned_names(model, targets)
     if partitioned:
         zero3.refuse_unsupported(partitioned, opts, targets)
-    model_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+    # what sizes the fit's chunks (a method without a fit does not read it)
+    model_bytes = (sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+                   if spec.has_fit else None)
     cache = FitCache(opts.cache_dir) if opts.cache else None
     factors: dict[str, Factors] = (zero3.factors_one_at_a_time(model, spec, targets, opts, cache) if partitioned
                                    else compute_factors(spec, targets, opts, model_bytes, cache))
@@ -129,11 +138,13 @@ def get_peft_model(model: nn.Module, lora_config: LoraConfig, adapter_name: str 
             optimum = None if None in optima else max(optima)
             with zero3.gathered(layer.get_base_layer(), modify=True):  # a ZeRO-3 weight: alone, rank 0's write kept
                 state.report.layers.append(install_layer(layer, adapter_name, name, A0, B0, spec,
-                                                         opts.residual_fp32, optimum, quantized))
+                                                         opts.residual_fp32, optimum, quantized, nonzero[name]))
                 init_dora_magnitude(layer, adapter_name, peft_model.peft_config[adapter_name])
             state.report.layers[-1].fitted_by_rank = mats[0].fitted_by_rank
-            state.layers[name] = LayerState(A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name],
-                                            opts.residual_fp32, in_dtypes[name])
+            state.layers[name] = LayerState(
+                A0, B0, layer.scaling[adapter_name], fingerprints[name], dtypes[name], opts.residual_fp32,
+                in_dtypes.get(name, {}),
+                partial(unchanged_layer_fingerprints, layer, name, dtypes[name]) if name in later else None)
     state.report.seconds = time.perf_counter() - start
     state.report.cache_hits = cache.hits if cache is not None and state.report.solver is not None else None
     attach(peft_model, state)

@@ -27,11 +27,12 @@ class InitDriftWarning(UserWarning):
 
 def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch.Tensor, B0: torch.Tensor,
                   method: Method, keep_fp32: bool, optimum: float | None,
-                  quantized: QuantizedTargets | None = None) -> LayerReport:
+                  quantized: QuantizedTargets | None = None, nonzero: bool | None = None) -> LayerReport:
     """Subtract ``s·B0·A0`` (factors as stored, in PEFT's layout; product in fp32) from the base weight of one
     layer and measure what that did. The adapter's own A/B are not touched. A 4-bit residual was installed
     before PEFT wrapped the layer (``quantized``): only its report is made here. A layer of several matrices
-    (experts) reports its worst one."""
+    (experts) reports its worst one. ``nonzero``: the weight is known to have a non-zero entry (plain LoRA's
+    error, ‖W − 0‖/‖W‖, is then 1 without reading the weight again)."""
     s = layer.scaling[adapter_name]
     layout = layer_layout(layer)
     A0s, B0s = layouts.split(A0, B0, layout)
@@ -41,7 +42,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         return quantized.records[name].report(name, (B0.shape[0], A0.shape[1]), A0.shape[0], s, optimum)
     if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
         weight = layer_matrices(layer).detach()
-        return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(weight.any())), optimum, 0.0, 0.0)
+        return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(nonzero or weight.any())), optimum, 0.0, 0.0)
     W = layer_matrices(layer).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
     product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
     norm = torch.linalg.matrix_norm(W)
@@ -54,8 +55,9 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
     report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
                          float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
+    freed = 3 * W.numel() * W.element_size()
     del W, product, difference
-    release_freed_memory()
+    release_freed_memory(freed)
     return report
 
 

@@ -37,6 +37,7 @@ class Target:
     sigma: float | None = None
     layout: Layout | None = None  # how the matrix sits in the layer's weight (None: nn.Linear)
     layer: str = ""  # the PEFT layer's key when it holds several matrices (an expert parameter); "": ``name``
+    nonzero: bool | None = None  # True: the weight has a non-zero entry (its sum is non-zero); None: not known
 
     @property
     def module_name(self) -> str:

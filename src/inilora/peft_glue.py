@@ -23,7 +23,7 @@ from .errors import InitError
 from .layouts import Layout
 from .methods import Method, Target
 from .quantize import dequantized_weight, is_4bit, refuse_unsupported
-from .state import fingerprint
+from .state import RELOAD_DTYPES, dtype_name, fingerprint
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -171,12 +171,14 @@ def _tied_weights(model: nn.Module) -> set[tuple[str, int]]:
 
 def collect_targets(model: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
                     residual: bool, gather_partitioned: bool = False,
-                    caller: str = "inilora.get_peft_model") -> list[Target]:
+                    caller: str = "inilora.get_peft_model", fingerprints: bool = True) -> list[Target]:
     """Find and check every target, fingerprint its weight; raise :class:`InitError` naming the first
     problem (and ``caller``, the public function the user called). Reads only. One :class:`Target` per
     matrix: a 3-D expert parameter gives one per expert, named ``key[e]`` (``Target.layer`` is the parameter's
     key ``module.param``). With ``gather_partitioned`` a DeepSpeed ZeRO-3 weight is gathered alone while it is
-    checked; otherwise it is refused."""
+    checked; otherwise it is refused. ``fingerprints=False`` leaves a plain weight's fingerprint empty, for a
+    caller that takes it later from a weight nothing changes (:func:`unchanged_layer_fingerprints`); a 4-bit
+    weight (dequantized here) and a partitioned one (gathered here) are still fingerprinted."""
     if isinstance(model, PeftModel):
         raise InitError(f"{caller} takes a transformers model, not a PeftModel; pass the base model "
                         "(merge_and_unload or unload the existing adapter first).")
@@ -206,7 +208,8 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: Method, rank_l
             raise InitError(f"Layer {name!r} ({type(module).__name__}) is partitioned by DeepSpeed ZeRO-3; inilora "
                             "gathers only nn.Linear and Conv1D weights. Initialize it without ZeRO-3.")
         with zero3.gathered(module) if partitioned else contextlib.nullcontext():
-            target = _checked_target(name, module, config, method, rank_limited, tied, layout)[0]
+            target = _checked_target(name, module, config, method, rank_limited, tied, layout,
+                                     take_fingerprint=fingerprints or partitioned)[0]
         if partitioned:  # a view of the gathered weight would keep it whole: keep the parameter itself
             target.weight = module.weight
         targets.append(target)
@@ -219,12 +222,14 @@ def collect_targets(model: nn.Module, config: LoraConfig, method: Method, rank_l
         if zero3.is_partitioned(param):
             raise InitError(f"Parameter {key!r} is partitioned by DeepSpeed ZeRO-3; inilora gathers only "
                             "nn.Linear and Conv1D weights. Initialize it without ZeRO-3.")
-        targets.extend(_checked_target(key, module, config, method, rank_limited, tied, layout, param_name))
+        targets.extend(_checked_target(key, module, config, method, rank_limited, tied, layout, param_name,
+                                       fingerprints))
     return targets
 
 
 def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: Method, rank_limited: bool,
-                    tied: set[tuple[str, int]], layout: Layout, param_name: str = "weight") -> list[Target]:
+                    tied: set[tuple[str, int]], layout: Layout, param_name: str = "weight",
+                    take_fingerprint: bool = True) -> list[Target]:
     four_bit = is_4bit(module)  # fitted from its dequantized weight, re-quantized after
     weight = dequantized_weight(module) if four_bit else getattr(module, param_name, None)
     check_readable(name, module, weight)  # FSDP and ZeRO-3 shards, offloaded and meta weights
@@ -242,13 +247,16 @@ def _checked_target(name: str, module: nn.Module, config: LoraConfig, method: Me
     if _weight_key(weight) in tied:
         raise InitError(f"Layer {name!r} shares its weight with another module (tied weights); {method.name} "
                         "replaces the weight with a residual, which would change the other module too.")
-    if not all_finite(weight):
+    total = weight.sum(dtype=torch.float32)
+    if not all_finite(weight, total):
         raise InitError(f"Layer {name!r} has NaN or Inf entries in its weight; refusing to initialize from it.")
+    nonzero = bool(total != 0) or None  # a non-zero sum proves a non-zero entry (plain LoRA's report needs no more)
+    take_fingerprint = take_fingerprint or four_bit
     if len(views) == 1:
-        return [Target(name, views[0], r, scaling, fingerprint=fingerprint(views[0]), dequantized=four_bit,
-                       layout=layout)]
-    return [Target(f"{name}[{e}]", view, r, scaling, fingerprint=fingerprint(view), layout=layout, layer=name)
-            for e, view in enumerate(views)]
+        return [Target(name, views[0], r, scaling, fingerprint=fingerprint(views[0]) if take_fingerprint else "",
+                       dequantized=four_bit, layout=layout, nonzero=nonzero)]
+    return [Target(f"{name}[{e}]", view, r, scaling, fingerprint=fingerprint(view) if take_fingerprint else "",
+                   layout=layout, layer=name, nonzero=nonzero) for e, view in enumerate(views)]
 
 
 def layer_keys(targets: list[Target]) -> dict[str, list[Target]]:
@@ -262,16 +270,40 @@ def layer_keys(targets: list[Target]) -> dict[str, list[Target]]:
 def layer_fingerprint(targets: list[Target], dtype: torch.dtype | None = None) -> str:
     """One layer's fingerprint: its matrix's, or a hash of its experts' (in order). With ``dtype``: that of
     its weight cast to ``dtype`` (what loading the same checkpoint in ``dtype`` gives), one matrix at a time."""
-    prints = [t.fingerprint if dtype in (None, t.weight.dtype) else fingerprint(t.weight.to(dtype)) for t in targets]
+    return matrices_fingerprint([t.weight for t in targets], dtype, [t.fingerprint for t in targets])
+
+
+def matrices_fingerprint(matrices, dtype: torch.dtype | None = None, known: list[str] | None = None) -> str:
+    """:func:`layer_fingerprint` of a layer's ``E × out × in`` matrices; ``known``: their own-dtype
+    fingerprints where already taken (empty strings where not)."""
+    prints = [known[e] if known and known[e] and dtype in (None, m.dtype) else
+              fingerprint(m if dtype in (None, m.dtype) else m.to(dtype)) for e, m in enumerate(matrices)]
     if len(prints) == 1:
         return prints[0]
     return hashlib.sha256("".join(prints).encode()).hexdigest()[:32]
 
 
-def all_finite(weight: Tensor) -> bool:
+def unchanged_layer_fingerprints(layer: BaseTunerLayer, name: str, dtype: torch.dtype) -> tuple[str, dict[str, str]]:
+    """The fingerprint, and those in every dtype of ``RELOAD_DTYPES``, of the base weight of a layer the
+    initialization left as it was (plain LoRA): taken when a save asks for them, from the weight the layer holds,
+    which must still be the original (not merged, not cast)."""
+    if layer.merged:
+        raise InitError(f"Layer {name!r} has its adapter merged into the base weight, so the original weight's "
+                        "fingerprint cannot be taken from it; unmerge before saving.")
+    matrices = layer_matrices(layer).detach()
+    if matrices.dtype != dtype:
+        raise InitError(f"Layer {name!r} was {dtype} when initialized and is {matrices.dtype} now; the original "
+                        "weight's fingerprint cannot be taken from it. Save before casting the model.")
+    own = matrices_fingerprint(matrices)
+    return own, {dtype_name(d): own if d == dtype else matrices_fingerprint(matrices, d) for d in RELOAD_DTYPES}
+
+
+def all_finite(weight: Tensor, total: Tensor | None = None) -> bool:
     """Whether every entry is finite. A finite fp32 sum proves it (a NaN or Inf entry makes the sum NaN or Inf)
-    without the weight-sized mask of ``isfinite``; only a sum that overflowed needs the entrywise check."""
-    return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
+    without the weight-sized mask of ``isfinite``; only a sum that overflowed needs the entrywise check.
+    ``total``: that sum, when the caller has it."""
+    total = weight.sum(dtype=torch.float32) if total is None else total
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(weight).all())
 
 
 def mark_residual(layer: BaseTunerLayer, method: Method) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -41,12 +42,28 @@ class LayerState:
     A0: Tensor
     B0: Tensor
     scaling: float
-    fingerprint: str
+    _fingerprint: str | None  # None: taken by ``fingerprints_of`` when first read
     weight_dtype: torch.dtype
     residual_fp32: bool
     # the original weight's fingerprint in each dtype of RELOAD_DTYPES (its own included), by dtype name, so
     # that the same checkpoint loaded in another dtype is recognised; empty: only ``fingerprint`` is known
-    fingerprints: dict[str, str] = field(default_factory=dict)
+    _fingerprints: dict[str, str] = field(default_factory=dict)
+    # both, for a base weight the initialization left as it was (plain LoRA): taken when a save first asks
+    fingerprints_of: Callable[[], tuple[str, dict[str, str]]] | None = field(default=None, repr=False, compare=False)
+
+    def _take(self) -> None:
+        if self._fingerprint is None:
+            self._fingerprint, self._fingerprints = self.fingerprints_of()
+
+    @property
+    def fingerprint(self) -> str:
+        self._take()
+        return self._fingerprint
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        self._take()
+        return self._fingerprints
 
 
 @dataclass
