@@ -108,6 +108,8 @@ RANDOMIZED_TOL = 5e-5  # svd_randomized's estimated target; its guarantee is err
 # the cost model: a full symmetric eigendecomposition of an n × n matrix costs about this many n³ multiply-adds
 # of a matrix product (LAPACK syevd against a product, measured 10–13 at n = 512–2048 on one CPU thread)
 EIGH_COST = 12.0
+# an fp64 product against an fp32 one of the same shape, one CPU thread (measured 2.2–4 at 384² to 4096²)
+FP64_PRODUCT = 2.5
 
 
 def eigh_cost(m: int, n: int) -> float:
@@ -118,9 +120,10 @@ def eigh_cost(m: int, n: int) -> float:
 
 def iteration_cost(m: int, n: int, k: int) -> float:
     """Multiply-adds of one step of :func:`top_singular_triplets` with a block of ``k`` columns: ``M Q`` and
-    ``Mᵀ (M Q)``, the block's Gram matrix in fp64, its QR and the small eigendecomposition (constants measured
-    at 384 × 384 with a block of 96, where these small steps are half the cost)."""
-    return 2 * m * n * k + 4 * m * k * k + 8 * n * k * k + 25 * k ** 3
+    ``Mᵀ (M Q)`` in fp64 (:data:`FP64_PRODUCT` fp32 products each), the block's Gram matrix, its QR and the
+    small eigendecomposition (constants measured at 384 × 384 with a block of 96, where these small steps
+    are half the cost)."""
+    return 2 * FP64_PRODUCT * m * n * k + 4 * m * k * k + 8 * n * k * k + 25 * k ** 3
 
 
 def iteration_budget(m: int, n: int, k: int) -> int:
@@ -167,49 +170,62 @@ def top_singular_triplets(M: Tensor, r: int, tol: float = CLOSED_FORM_TOL, max_i
     relative error; ``relative``: × the optimum) within ``max_iter`` iterations — ``best_effort``: the
     last iterate instead — or when the block is too wide for the iteration to beat a full
     eigendecomposition. Without ``best_effort`` the iteration stops once it is predicted to cost more than
-    half the eigendecomposition (:func:`iteration_budget`), and is not tried when fewer than 6 iterations fit.
+    half the eigendecomposition (:func:`iteration_budget`), and is not tried when fewer than 10 iterations fit.
     Only the energy captured by the top r directions has to converge, not each vector, so tiny gaps between
     singular values do not slow it down (it is the gap after the block, ``σ_{r+extra+1}/σ_r``, that matters).
 
-    Each step costs two products with ``M`` and small work on the block: the Ritz values and vectors come
-    from the eigendecomposition of the block's k × k Gram matrix ``(M Q)ᵀ (M Q)`` in fp64, and the next
-    basis is the QR of ``Mᵀ (M Q)``. Nothing of ``M``'s size is copied or converted."""
+    Each step costs two products with ``M`` and small work on the block (:func:`_rayleigh_ritz`), all in
+    ``M``'s dtype: the closed form passes an fp64 ``M``, so that the split between nearly equal ``σ_r`` and
+    ``σ_{r+1}`` does not depend on the rounding of the products (which changes with the thread count)."""
     m, n = M.shape
     k = r + extra
     if k * SUBSPACE_MIN_SIDE > min(m, n):
         return None
     if not best_effort:
         max_iter = min(max_iter, iteration_budget(m, n, k))
-        if max_iter < 6:  # the closed form rarely converges sooner: the eigendecomposition is cheaper
+        if max_iter < 10:  # real weights need 9–17 (MiniLM, r = 8–64): the eigendecomposition is cheaper
             return None
-    total = float(torch.linalg.vector_norm(M)) ** 2  # fp32 norm: no fp64 copy of M
+    total = float(torch.linalg.vector_norm(M)) ** 2
     if total == 0:
         return None
     start = torch.randn(m, k, generator=generator or torch.Generator().manual_seed(0)).to(M)
     Q, _ = torch.linalg.qr(M.T @ start)  # an orthonormal basis in M's row space
     energies = []
     for iteration in range(max_iter):
-        # Rayleigh–Ritz: the best rank-r approximation of M restricted to span(Q)
         B = M @ Q
-        B64 = B.double()
-        values, vectors = torch.linalg.eigh(B64.T @ B64)  # ascending
-        top = vectors[:, -r:].flip(-1)
-        power = values[-r:].flip(-1).clamp_min(0)
-        energies.append(float(power.sum()))
+        U, S, V = _rayleigh_ritz(B, Q, r)
+        energies.append(float(S.double().square().sum()))
         left = _iterations_left(energies, total, tol, relative)
         if left == 0 or best_effort and iteration == max_iter - 1:
-            S = power.sqrt()
-            U = (B64 @ top) / S.clamp_min(torch.finfo(torch.float64).tiny)
-            return U.to(M), S.to(M), (Q.double() @ top).to(M)
+            return U, S, V
         if not best_effort and math.isfinite(left) and iteration + 1 + left > max_iter:
             return None  # it would not converge within its budget: the eigendecomposition is cheaper
         Q, _ = torch.linalg.qr(M.T @ B)
     return None
 
 
-def _top_eigh_triplets(M: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-r triplets from the full symmetric eigendecomposition of the Gram matrix ``MᵀM``."""
+def _rayleigh_ritz(B: Tensor, Q: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-r triplets of ``M`` restricted to the orthonormal basis ``Q``, from ``B = M Q``: the best
+    rank-r approximation of ``M`` within ``span(Q)``, by the eigendecomposition of the block's Gram matrix
+    (in fp64 whatever ``B``'s dtype; returned in ``B``'s dtype)."""
+    B64 = B.double()
+    values, vectors = torch.linalg.eigh(B64.T @ B64)  # ascending
+    top = vectors[:, -r:].flip(-1)
+    S = values[-r:].flip(-1).clamp_min(0).sqrt()
+    U = (B64 @ top) / S.clamp_min(torch.finfo(torch.float64).tiny)
+    return U.to(B), S.to(B), (Q.double() @ top).to(B)
+
+
+def _top_eigh_triplets(M: Tensor, r: int, precise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-r triplets from the full symmetric eigendecomposition of the Gram matrix ``MᵀM``; with ``precise``
+    (``M`` in fp64), refined by one step of subspace iteration on the top ``r + SUBSPACE_EXTRA`` eigenvectors
+    and a Rayleigh–Ritz step in fp64, which makes the split between nearly equal singular values
+    independent of the fp32 rounding (measured on MiniLM at 1 vs 2 threads: products within 3e-7, not 3e-5)."""
     _, eigenvectors = torch.linalg.eigh(M.T @ M)  # ascending
+    if precise is not None:
+        block = eigenvectors[:, -min(r + SUBSPACE_EXTRA, M.shape[1]):].to(precise)
+        Q, _ = torch.linalg.qr(precise.T @ (precise @ block))
+        return _rayleigh_ritz(precise @ Q, Q, r)
     V = eigenvectors[:, -r:].flip(-1)
     MV = M @ V  # = U·S for the top r triplets of M
     S = torch.linalg.vector_norm(MV, dim=0)
@@ -217,26 +233,29 @@ def _top_eigh_triplets(M: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def fit_svd(target: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
-    """Closed form: the truncated SVD of ``target`` split √S/√S. Returns ``(A0, B0, optimum)``.
+    """Closed form: the truncated SVD of ``target`` split √S/√S. Returns ``(A0, B0, optimum)`` in fp32.
 
-    Only the top r triplets are needed: they come from :func:`top_singular_triplets` (about 10× faster
-    than a full SVD at 4096² and r = 8), or, when that has not converged or the matrix is small, from
-    the full eigendecomposition of the smaller Gram matrix. Either way the product's relative error is
-    within 1e-7 of the optimum, which is returned as the relative error of the rank-r product."""
+    Only the top r triplets are needed: they come from :func:`top_singular_triplets` on an fp64 copy of the
+    target (about 10× faster than a full SVD at 4096² and r = 8), or, when that has not converged or the
+    matrix is small, from the fp32 eigendecomposition of the smaller Gram matrix refined in fp64. Either way
+    the product's relative error is within 1e-7 of the optimum, which is returned as the relative error of
+    the rank-r product, and the same seed gives the same product at any thread count (fp64 rounding)."""
     T = target.float()
     wide = T.shape[0] < T.shape[1]
     M = T.T if wide else T  # tall: its Gram matrix is the smaller one
-    triplets = top_singular_triplets(M, r)
-    U, S, V = triplets if triplets is not None else _top_eigh_triplets(M, r)
+    M64 = M.double()
+    triplets = top_singular_triplets(M64, r)
+    U, S, V = triplets if triplets is not None else _top_eigh_triplets(M, r, precise=M64)
     # measured directly: ‖W‖² − Σ S_i² would cancel catastrophically for (nearly) rank-r matrices
-    norm = float(torch.linalg.vector_norm(M))
-    US, rows = U * S, max(1, 2**22 // M.shape[1])  # the residual in blocks of 16 MiB, not one more copy of W
-    tail = math.sqrt(sum(float(torch.linalg.vector_norm(torch.addmm(M[i:i + rows], US[i:i + rows], V.T, alpha=-1))) ** 2
+    norm = float(torch.linalg.vector_norm(M64))
+    US, rows = U * S, max(1, 2**21 // M.shape[1])  # the residual in blocks of 16 MiB, not one more copy of W
+    tail = math.sqrt(sum(float(torch.linalg.vector_norm(torch.addmm(M64[i:i + rows], US[i:i + rows], V.T, alpha=-1))) ** 2
                          for i in range(0, M.shape[0], rows)))
+    del M64
     optimum = min(tail / norm, 1.0) if norm > 0 else 0.0
     left, right = (V, U.T) if wide else (U, V.T)
     A0, B0 = split_singular_triplets(left, S, right, 1.0)
-    return A0, B0, optimum
+    return A0.float(), B0.float(), optimum
 
 
 def krylov_cost(m: int, n: int, r: int, b: int) -> float:

@@ -194,6 +194,8 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 # 5 (both): Ritz pairs from the block's Gram matrix, and a cost model choosing iteration or eigendecomposition
 # 6 (svd_randomized): block Krylov in blocks of min(r, 16), batched over same-shape matrices, fp32, stopped at
 #   5e-5 × the optimum (estimated; was subspace iteration on r + 32 columns to 1e-5)
+# 6 (svd): the iteration in fp64, or the fp32 Gram eigendecomposition refined by one fp64 step, so that nearly
+#   equal σ_r ≈ σ_{r+1} split the same way at any thread count (MiniLM, 1 vs 2 threads: products 8e-4 → 3e-7)
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
                  solvers=tuple(FIT_CHUNK), start_sigmas=start_sigmas,
-                 init_versions={"svd": 5, "svd_randomized": 6})
+                 init_versions={"svd": 6, "svd_randomized": 6})
