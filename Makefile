@@ -1,4 +1,5 @@
-# `make test` sets up a virtual environment on a fresh machine and runs the test suite.
+# `make test` sets up a virtual environment on a fresh machine and runs the test suite, one file per worker
+# process (pytest-xdist), up to 4 processes.
 # `make quick` sets it up and runs the quick benchmark (LoRA vs IniLoRA vs PiSSA on MiniLM x reviews).
 # `make bench` runs the full benchmark (MiniLM x reviews, SmolLM2 x chain_sum, SmolLM2 x gsm_symbolic).
 # `make docs` builds the documentation site into site/ (the suite builds it too, strictly: tests/test_docs.py).
@@ -8,7 +9,7 @@ PIP = $(VENV)/bin/pip install -q -c constraints.txt
 
 .PHONY: test test-min install quick bench docs
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 install: $(VENV)/.installed
 
