@@ -91,6 +91,10 @@ def test_the_tuned_block_shows_what_the_file_holds():
                 assert f"| {method} | {entry['chosen_lr']:.3g} | {entry['test']['mean']:.3f} ± " in readme
 
 
+def _speed_row(speed, model, r, cell):
+    return next(row for row in speed["rows"] if (row["model"], row["r"], row["cell"]) == (model, r, cell))
+
+
 def _fit_cell(fit, model, rank, cell):
     return next(r for r in fit["runs"] if (r["model"], r["rank"], r["cell"], r["device"]) == (model, rank, cell, "cpu"))
 
@@ -123,10 +127,10 @@ CHANGES = {  # block -> (change one number in its loaded sources, a row the READ
                     "Two processes fit SmolLM2-135M's q/v 1.92× faster than one"),
     "init-drift": (lambda drift: drift["rows"][1].update(max_layer_drift=3.3e-8),
                    "| pissa | 3.3e-8 | 3.8e-6 / 1.3e-4 |"),
-    "try-it": (lambda scale, fit, tuned: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
+    "try-it": (lambda speed, fit, tuned: _fit_cell(fit, "smollm2", 8, "adam-batched").update(seconds=412.3),
                "412 s for SmolLM2-135M's 60 on one CPU thread"),
-    "choosing": (lambda fit, scale, tuned, quant: scale["matrices"]["attn 4096x4096"]["svd"].update(seconds_median=0.46),
-                 "takes 0.35–0.50× the closed form's time (0.23 s vs 0.46 s at 4096²"),
+    "choosing": (lambda fit, speed, tuned, quant: _speed_row(speed, "4096x4096", 16, "svd vs pissa").update(
+        inilora_seconds=[9.5]), "s vs 9.50 s at 4096², r = 16"),
     "quick-run": (lambda quick, at_tuned_lr, tuned, timing: timing.update(real_seconds=500.2),
                   "installing included: 8 min 20 s, of which"),
     "test-suite": (lambda suite: suite.update(real_seconds=401.2), "6 min 41 s in all"),
@@ -184,9 +188,9 @@ REFUSALS = {  # block -> (a change to its loaded sources that makes its words fa
                    "outside bf16's noise"),
     "quant-reading": (lambda quant: quant["rows"][4]["summary"]["mean"].__setitem__(0, 0.9), "IniLoRA-α/β add error"),
     "quant-finetune": (lambda data: data["runs"][0].update(accuracy=0.7), "every run stays at the majority class"),
-    "choosing": (lambda fit, scale, tuned, quant: _fit_cell(fit, "minilm", 8, "svd-randomized").update(seconds=0.1),
-                 "on small layers svd_randomized gains less"),
-    "try-it": (lambda scale, fit, tuned: _shift_finals(tuned, "chain_sum", "inilora:adam", 0.3),
+    "choosing": (lambda fit, speed, tuned, quant: _speed_row(speed, "4096x11008", 16, "svd_randomized vs pissa_niter_4").update(
+        inilora_seconds=[99.0]), "svd_randomized faster than the closed form at 7B shapes"),
+    "try-it": (lambda speed, fit, tuned: _shift_finals(tuned, "chain_sum", "inilora:adam", 0.3),
                "neither fit shown better than the other on any task"),
     "tuned-results": (lambda tuned: _declared_row(tuned, "reviews", "inilora-alpha vs lora").update(
         reading="equivalent"), "its figures give 'inconclusive'"),
@@ -212,14 +216,14 @@ def test_a_block_refuses_figures_that_no_longer_fit_its_words(name):
 def test_the_choosing_advice_refuses_a_tuned_verdict_that_favours_an_inilora_variant():
     tables = _tables()
     readme = _page("choosing")
-    fit, scale, tuned, quant = tables.load_sources("choosing")
+    fit, speed, tuned, quant = tables.load_sources("choosing")
     for name, rows in tuned["declared"].items():  # inilora:svd now better than lora on every task
         lower = tuned["summary"]["tasks"][name]["metric"] == "eval_loss"
         for row in rows:
             if row["comparison"] == "inilora:svd vs lora":
                 row.update(p_holm=0.001, delta=-0.05 if lower else 0.05, reading="better")
     with pytest.raises(ValueError, match="no IniLoRA variant reliably beats plain lora"):
-        tables.regenerated(readme, "choosing", [fit, scale, tuned, quant])
+        tables.regenerated(readme, "choosing", [fit, speed, tuned, quant])
 
 
 def test_a_results_markdown_is_rendered_from_its_json():

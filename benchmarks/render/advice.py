@@ -1,8 +1,10 @@
 """The page's advice on which method and solver to use — the lines under "Try it" and the list under "Choosing
-a method and solver" — with the costs and errors it quotes read from the fit benchmark, the 7B-shape timings, the
+a method and solver" — with the costs and errors it quotes read from the fit benchmark, the initialization-time table, the
 tuned benchmark and the 4-bit error ratios, and the words comparing them checked against those figures."""
 
 from __future__ import annotations
+
+import statistics
 
 from inilora.experiments.bench.tuned_preset import protocols
 from inilora.experiments.bench.stats import TOST_LEVEL, paired_values, read_comparison, t_interval
@@ -14,7 +16,7 @@ from .fit import by_column
 from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, span
 from .quant import removed_share
 
-TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix on one CPU thread ([`results/scale_7b.md`](results/scale_7b.md)).
+TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix at r = {speed_r} on one CPU thread ([`results/init_speed.md`](results/init_speed.md)).
 `solver="adam"`, the default, is the published 20,000-step Adam fit: {adam_minilm:.0f} s for MiniLM's {minilm_matrices} q/v matrices and
 {adam_smollm2:.0f} s for SmolLM2-135M's {smollm2_matrices} on one CPU thread ([`results/fit_benchmark.md`](results/fit_benchmark.md)).
 Choosing: each at its own tuned learning rate, published fit − closed form on the {fits_tasks} tasks both ran (an exploratory
@@ -26,9 +28,9 @@ CHOOSING = """- **Fit IniLoRA with `solver="svd"`** (the closed form): at the fi
   than the other (p adjusted over the {fits_tasks} tasks both ran = {fits_adjusted_span}; {fits_readings},
   [`results/tuned`](results/tuned/results.md)).
   Use `solver="adam"` (the default, 20,000 Adam steps) to reproduce the paper exactly. On 7B-size layers
-  `solver="svd_randomized"` takes {randomized_7b}× the closed form's time ({randomized_4096:.2f} s vs {svd_4096:.2f} s at 4096², one
-  thread) and stays within {randomized_error} of the optimum on SmolLM2's weights ([`results/scale_7b.md`](results/scale_7b.md));
-  on small layers the gain is smaller ({randomized_small}×).
+  `solver="svd_randomized"` takes {randomized_7b}× the closed form's time ({randomized_4096:.2f} s vs {svd_4096:.2f} s at 4096², r = {speed_r}, one
+  thread) and stays within {randomized_error} of the optimum ([`results/init_speed.md`](results/init_speed.md));
+  on MiniLM's and SmolLM2's layers, {randomized_small}×.
 - **PiSSA and IniLoRA start from the same product**, factored differently (singular basis vs the published
   fit's mixed basis); MiLoRA uses the smallest singular triplets instead. Plain `lora` is the baseline every
   comparison is made against.
@@ -52,9 +54,20 @@ def _cpu_columns(fit: dict) -> dict:
     return by_column([run for run in fit["runs"] if (run["device"], run["dtype"]) == ("cpu", "float32")])
 
 
-def _at_4096(scale: dict) -> dict:
-    _holds(scale["threads"] == 1, "the 7B shapes on one CPU thread")
-    return next(row for key, row in scale["matrices"].items() if key.endswith(" 4096x4096"))
+SPEED_R = 16  # the rank the advice quotes from the initialization-time table
+SEVEN_B = ("4096x4096", "4096x11008", "11008x4096")
+
+
+def _solver_seconds(speed: dict) -> dict[str, dict[str, float]]:
+    """Per shape at rank :data:`SPEED_R`, inilora's median seconds for each closed-form solver
+    (results/init_speed.json, one CPU thread); also the randomized solver's worst excess over the optimum."""
+    _holds(speed["threads"] == 1 and speed["device"] == "cpu", "the initialization times on one CPU thread")
+    cells = {"svd vs pissa": "svd", "svd_randomized vs pissa_niter_4": "svd_randomized"}
+    seconds: dict[str, dict[str, float]] = {}
+    for row in speed["rows"]:
+        if row["cell"] in cells and row["r"] == SPEED_R:
+            seconds.setdefault(row["model"], {})[cells[row["cell"]]] = statistics.median(row["inilora_seconds"])
+    return seconds
 
 
 FITS = ("inilora:adam", "inilora:svd")  # published fit, closed form
@@ -143,11 +156,11 @@ def _named(tasks: list[str]) -> str:
     return f" ({', '.join(tasks)})" if tasks else ""
 
 
-def try_it(scale: dict, fit: dict, tuned: dict) -> str:
-    """The lines under the first example (``scale``: results/scale_7b.json, ``fit``: results/fit_benchmark.json,
+def try_it(speed: dict, fit: dict, tuned: dict) -> str:
+    """The lines under the first example (``speed``: results/init_speed.json, ``fit``: results/fit_benchmark.json,
     ``tuned``: results/tuned/results.json): each solver's cost and the two fits compared at tuned rates."""
     adam = {model: cells["adam-batched"] for (model, rank), cells in _cpu_columns(fit).items() if rank == 8}
-    return TRY_IT.format(svd_4096=_at_4096(scale)["svd"]["seconds_median"],
+    return TRY_IT.format(svd_4096=_solver_seconds(speed)["4096x4096"]["svd"], speed_r=SPEED_R,
                          adam_minilm=adam["minilm"]["seconds"], minilm_matrices=adam["minilm"]["matrices"],
                          adam_smollm2=adam["smollm2"]["seconds"], smollm2_matrices=adam["smollm2"]["matrices"],
                          **_fits_fields(tuned))
@@ -169,22 +182,20 @@ def _words(row: dict) -> str:
     return f"equivalent within ±{row['margin']:g}" if row["reading"] == "equivalent" else row["reading"]
 
 
-def choosing(fit: dict, scale: dict, tuned: dict, quant: dict) -> str:
+def choosing(fit: dict, speed: dict, tuned: dict, quant: dict) -> str:
     """The list under "Choosing a method and solver" (``quant``: results/quant_error.json; the others as for
     ``try_it``): the closed form's error, the randomized solver's time against it at 7B shapes and on small layers."""
     columns = _cpu_columns(fit)
     _holds(max(cells["svd"]["max_ratio"] for cells in columns.values()) - 1 <= 1e-7,
            "the closed form at the optimum to 1e-7")
-    _holds(max(row["svd"]["seconds_median"] for row in scale["matrices"].values()) < 10, "seconds per layer")
-    at_7b = [row["svd_randomized"]["seconds_median"] / row["svd"]["seconds_median"]
-             for row in scale["matrices"].values()]
-    small = [cells["svd-randomized"]["seconds"] / cells["svd"]["seconds"] for cells in columns.values()]
+    seconds = _solver_seconds(speed)
+    _holds(max(seconds[shape]["svd"] for shape in SEVEN_B) < 10, "seconds per layer")
+    at_7b = [seconds[shape]["svd_randomized"] / seconds[shape]["svd"] for shape in SEVEN_B]
+    small = [cells["svd_randomized"] / cells["svd"] for model, cells in seconds.items() if model not in SEVEN_B]
     _holds(max(at_7b) < 1, "svd_randomized faster than the closed form at 7B shapes")
-    _holds(min(small) > max(at_7b), "on small layers svd_randomized gains less")
-    at_4096 = _at_4096(scale)
+    randomized_excess = [row["inilora_excess"] for row in speed["rows"] if row["cell"].startswith("svd_randomized")]
     return CHOOSING.format(
         **_fits_fields(tuned), versus_lora=versus_lora(tuned), final_seeds=FINAL_SEEDS, randomized_7b=span(at_7b, ".2f"),
-        randomized_4096=at_4096["svd_randomized"]["seconds_median"], svd_4096=at_4096["svd"]["seconds_median"],
-        randomized_error=bound(max(cells["svd-randomized"]["max_ratio"] - 1 for (model, _), cells in columns.items()
-                                   if model == "smollm2")),
-        randomized_small=span(small, ".2f"), quant_removed=removed_share(quant))
+        randomized_4096=seconds["4096x4096"]["svd_randomized"], svd_4096=seconds["4096x4096"]["svd"], speed_r=SPEED_R,
+        randomized_error=bound(max(randomized_excess)), randomized_small=span(small, ".2f"),
+        quant_removed=removed_share(quant))

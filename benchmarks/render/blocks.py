@@ -34,14 +34,15 @@ class Block:
 FIT, SCALE, TUNED, QUANT = ("results/fit_benchmark.json", "results/scale_7b.json", "results/tuned/results.json",
                             "results/quant_error.json")
 TUNED_4BIT = f"{tuned_4bit.OUT}/results.json"
+SPEED = "results/init_speed.json"
 
 BLOCKS = {
-    "try-it": Block("README.md", (SCALE, FIT, TUNED), advice.try_it),
+    "try-it": Block("README.md", (SPEED, FIT, TUNED), advice.try_it),
     "verdict": Block("README.md", (TUNED,), advice.verdict),
     "verdict-4bit": Block("README.md", (TUNED_4BIT,), tuned_4bit.verdict, optional=(TUNED_4BIT,)),
     "test-suite": Block("README.md", ("results/test_suite.json",), timings.suite_paragraph),
     "init-drift": Block("docs/api.md", ("results/init_drift.json",), drift.readme_block),
-    "choosing": Block("docs/choosing.md", (FIT, SCALE, TUNED, QUANT), advice.choosing),
+    "choosing": Block("docs/choosing.md", (FIT, SPEED, TUNED, QUANT), advice.choosing),
     "quant-error": Block("docs/quantization.md", (QUANT,), quant.readme_table),
     "quant-reading": Block("docs/quantization.md", (QUANT,), quant.readme_reading),
     "quant-finetune": Block("docs/quantization.md", ("results/quant_finetune.json",), quant.finetune_reading),
@@ -63,7 +64,7 @@ BLOCKS = {
     "fit-benchmark-cuda-md": Block("results/gpu/fit_benchmark_cuda.md", ("results/gpu/fit_benchmark_cuda.json",),
                                    fit.results_markdown, whole=True),
     "gpu-7b-md": Block("results/gpu/gpu_7b.md", ("results/gpu/gpu_7b.json",), gpu.results_markdown, whole=True),
-    "init-speed-md": Block("results/init_speed.md", ("results/init_speed.json",), init_speed.results_markdown,
+    "init-speed-md": Block("results/init_speed.md", (SPEED,), init_speed.results_markdown,
                            whole=True),
     "quant-error-md": Block("results/quant_error.md", (QUANT,), quant.results_markdown, whole=True),
     "quant-error-all-linear-md": Block("results/quant_error_all_linear.md", ("results/quant_error_all_linear.json",),
