@@ -35,6 +35,14 @@ def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     return model.to(dtype).eval()
 
 
+def with_spectrum(S: torch.Tensor, out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    """A matrix with exactly the singular values ``S`` and random singular vectors."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(out_features, len(S), generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(in_features, len(S), generator=g, dtype=torch.float64))
+    return ((U * S.double()) @ V.T).float()
+
+
 def fit_options(method: str, **options) -> dict:
     """``options`` for a method that runs the IniLoRA fit; none for one that does not (refused there)."""
     import inilora

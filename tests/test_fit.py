@@ -6,7 +6,7 @@ from inilora.fit import (_top_eigh_triplets as eigh_triplets, draw_start, fit_ad
                          fit_svd_randomized, top_singular_triplets)
 from inilora.options import AdamSchedule, RandomizedSVD
 from inilora.methods import layer_generator
-from conftest import realistic_matrix
+from conftest import realistic_matrix, with_spectrum
 
 
 def relative_error(W, A0, B0):
@@ -91,13 +91,6 @@ def excess_over_optimum(W, A0, B0, r):
     U, S32, Vh = torch.linalg.svd(W, full_matrices=False)
     fp32_svd = float(torch.linalg.norm(Wd - ((U[:, :r] * S32[:r]) @ Vh[:r]).double()) / torch.linalg.norm(Wd))
     return float(torch.linalg.norm(Wd - B0.double() @ A0.double()) / torch.linalg.norm(Wd)) - max(optimum, fp32_svd)
-
-
-def with_spectrum(S, out_features, in_features, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    U, _ = torch.linalg.qr(torch.randn(out_features, len(S), generator=g, dtype=torch.float64))
-    V, _ = torch.linalg.qr(torch.randn(in_features, len(S), generator=g, dtype=torch.float64))
-    return ((U * S.double()) @ V.T).float()
 
 
 SPECTRA = {

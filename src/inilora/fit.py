@@ -354,7 +354,8 @@ def fit_svd_randomized_batch(targets: Tensor, r: int, block: int, niter: int,
     M = T.transpose(1, 2) if wide else T
     triplets = krylov_triplets(M, r, block, niter, generators)
     if triplets is None:
-        triplets = tuple(torch.stack(parts) for parts in zip(*(_top_eigh_triplets(Mi, r) for Mi in M)))
+        triplets = tuple(torch.stack(parts) for parts in zip(*(_top_eigh_triplets(Mi, r, precise=Mi.double())
+                                                               for Mi in M)))
     A0, B0 = [], []
     for U, S, V in zip(*triplets):
         left, right = (V, U.T) if wide else (U, V.T)

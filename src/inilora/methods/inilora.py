@@ -196,6 +196,7 @@ def _log_fit(t: Target, options: InitOptions, factors: Factors, how: str) -> Non
 #   5e-5 × the optimum (estimated; was subspace iteration on r + 32 columns to 1e-5)
 # 6 (svd): the iteration in fp64, or the fp32 Gram eigendecomposition refined by one fp64 step, so that nearly
 #   equal σ_r ≈ σ_{r+1} split the same way at any thread count (MiniLM, 1 vs 2 threads: products 8e-4 → 3e-7)
+# 7 (svd_randomized): where the cost model picks the eigendecomposition, it is refined in fp64 as the closed form's
 INILORA = Method("inilora", residual=True, rank_limited=True, best_rank_r=True, compute=inilora_factors,
                  solvers=tuple(FIT_CHUNK), start_sigmas=start_sigmas,
-                 init_versions={"svd": 6, "svd_randomized": 6})
+                 init_versions={"svd": 6, "svd_randomized": 7})
