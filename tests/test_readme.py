@@ -265,3 +265,16 @@ def test_the_4bit_verdict_says_it_has_not_run_then_reads_the_arm_in_the_main_ver
     rows[0].update(reading="worse")  # a word its figures contradict: refused
     with pytest.raises(ValueError, match="the report says 'worse'"):
         tuned_4bit.verdict(results)
+
+
+def test_a_table_made_by_older_solvers_says_so_until_it_is_made_again():
+    _tables()
+    from inilora.methods import REGISTRY
+    from render import scale
+
+    result = json.loads((ROOT / "results/scale_7b.json").read_text())
+    result["provenance"]["init_versions"]["inilora"]["svd"] = 1
+    assert "`svd` version 1 then" in scale.superseded(result)
+    result["provenance"]["init_versions"]["inilora"] = {
+        solver: REGISTRY["inilora"].init_version(solver) or 1 for solver in ("svd", "svd_randomized")}
+    assert scale.superseded(result) == "" and "older solvers" not in scale.results_markdown(result)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from scale_7b import LAYERS, METHODS, PUBLISHED_STEPS
 
+from inilora.methods import REGISTRY
+
 from .formatting import bound
 
 README_NAMES = {"svd": "`svd` (closed form)", "svd_randomized": "`svd_randomized`",
                 "adam": f"`adam` ({PUBLISHED_STEPS // 1000}k steps)", "pissa": "PEFT `pissa`",
                 "pissa_niter_4": "PEFT `pissa_niter_4`"}
-README_TEXT = """Cost at 7B shapes, one CPU thread per matrix, r = {r}, Llama-2-7B-shaped matrices with a trained-like
+README_TEXT = """{superseded}Cost at 7B shapes, one CPU thread per matrix, r = {r}, Llama-2-7B-shaped matrices with a trained-like
 spectrum (`benchmarks/scale_7b.py`, each cell in a fresh process, {repeats} interleaved repeats, medians, on a quiet
 {cpus}-core machine; [`results/scale_7b.md`](results/scale_7b.md)):
 
@@ -25,6 +27,20 @@ ranks (early stop, extrapolated from the share of time it took on SmolLM2: {qv_s
 `svd` {all_svd:.3f} h, `adam` {all_adam:.0f} h / {all_adam_8:.1f} h. The closed form's top-r triplets come from subspace iteration with a
 convergence check (falling back to a full eigendecomposition), within {svd_error} of the optimum on SmolLM2 and
 MiniLM weights."""
+
+
+def superseded(result: dict) -> str:
+    """A warning when the closed-form solvers changed after these cells were measured (their init versions then
+    and now), pointing to the table made with today's code; empty when they did not."""
+    made = result["provenance"]["init_versions"]["inilora"]
+    now = {solver: REGISTRY["inilora"].init_version(solver) or 1 for solver in ("svd", "svd_randomized")}
+    changed = [f"`{solver}` version {made.get(solver, 1)} then, {version} now" for solver, version in now.items()
+               if made.get(solver, 1) != version]
+    if not changed:
+        return ""
+    return (f"**Measured with older solvers** (commit {result['provenance']['commit'][:7]}; {'; '.join(changed)}): "
+            "the times below are those solvers' own. Today's initialization times against PEFT's, the whole "
+            "`get_peft_model` included, are in [`results/init_speed.md`](results/init_speed.md).\n\n")
 
 
 def _readme_seconds(seconds: float) -> str:
@@ -51,7 +67,7 @@ def readme_block(result: dict, fit: dict) -> str:
                    and run["model"] == "smollm2")
     hours = result["extrapolated_7b_model"]
     return README_TEXT.format(
-        r=result["r"], repeats=min(len(cell["runs"]) for row in result["matrices"].values() for cell in row.values()),
+        superseded=superseded(result), r=result["r"], repeats=min(len(cell["runs"]) for row in result["matrices"].values() for cell in row.values()),
         cpus=result["cpu_count"], table="\n".join(table), layers=LAYERS,
         svd_pissa=spread("svd / pissa", 3), randomized_niter=spread("svd_randomized / pissa_niter_4", 2),
         randomized_error=bound(worst("svd-randomized", ("smollm2",))),
@@ -65,7 +81,7 @@ def readme_block(result: dict, fit: dict) -> str:
 
 def results_markdown(result: dict) -> str:
     methods = [m for m in METHODS if any(m in row for row in result["matrices"].values())]
-    lines = [f"# 7B-scale initialization cost (r = {result['r']}, 1 thread, CPU)", "",
+    lines = [f"# 7B-scale initialization cost (r = {result['r']}, 1 thread, CPU)", "", *([superseded(result).replace("](results/", "](").rstrip(), ""] if superseded(result) else []),
              f"Command: `{result['command']}`. Load averages (1/5/15 min) before and after each repeat: "
              f"{[tuple(round(x, 1) for x in l) for l in result['loadavg_1_5_15_per_repeat']]} on "
              f"{result['cpu_count']} cores (shared machine: times are medians of interleaved repeats).", "",
