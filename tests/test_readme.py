@@ -278,3 +278,20 @@ def test_a_table_made_by_older_solvers_says_so_until_it_is_made_again():
     result["provenance"]["init_versions"]["inilora"] = {
         solver: REGISTRY["inilora"].init_version(solver) or 1 for solver in ("svd", "svd_randomized")}
     assert scale.superseded(result) == "" and "older solvers" not in scale.results_markdown(result)
+
+
+def test_the_verdict_says_it_is_pending_while_its_aggregate_is_not_of_the_preset_s_tasks():
+    _tables()
+    from inilora.experiments.bench.plan import preset
+    from render import advice
+
+    tuned = json.loads((ROOT / "results/tuned/results.json").read_text())
+    current = [suite.task for suite in preset("tuned")[0]]
+    tasks = tuned["summary"]["tasks"]
+    if set(tasks) != set(current):  # the committed aggregate predates the task change
+        assert advice.pending(tuned).startswith("**Pending reruns.**")
+    example = next(iter(tasks.values()))
+    tuned["summary"]["tasks"] = {task: example for task in current}
+    assert advice.pending(tuned) == ""
+    tuned["summary"]["tasks"]["hyperbaton"] = example
+    assert "counts hyperbaton (no longer part of the preset) and lacks no task" in advice.pending(tuned)

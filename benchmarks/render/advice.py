@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 
+from inilora.experiments.bench.plan import preset
 from inilora.experiments.bench.tuned_preset import protocols
 from inilora.experiments.bench.stats import TOST_LEVEL, paired_values, read_comparison, t_interval
 from inilora.experiments.bench.tuned_report import declared_readings
@@ -135,7 +136,7 @@ def versus_lora(tuned: dict) -> str:
     return ";\n".join(f"    - {part}" for part in _against_lora(tuned)) + "."
 
 
-VERDICT = """Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
+VERDICT = """{pending}Not at tuned learning rates. The tuned benchmark gives every method its own learning rate, chosen on a
 validation split, then trains {final_seeds} seeds per task on {tasks} tasks ({models}) and reads each comparison
 declared in the preset: better or worse after Holm's correction within that family, equivalent when the 90 % CI lies
 inside the declared margin, otherwise inconclusive (not evidence of no difference). Against plain `lora`:
@@ -148,8 +149,22 @@ def verdict(tuned: dict) -> str:
     ``lora``, counted over the tasks with all final seeds."""
     tasks = tuned["summary"]["tasks"]
     models = sorted({task["model"] for task in tasks.values()}, key=list(MODEL_NAMES).index)
-    return VERDICT.format(final_seeds=FINAL_SEEDS, tasks=len(tasks), versus_lora=";\n".join(_against_lora(tuned)),
+    return VERDICT.format(pending=pending(tuned), final_seeds=FINAL_SEEDS, tasks=len(tasks), versus_lora=";\n".join(_against_lora(tuned)),
                           models=" and ".join(MODEL_NAMES[model] for model in models))
+
+
+def pending(tuned: dict) -> str:
+    """A warning when the aggregate is not of the preset's tasks (made before they changed): which of its tasks
+    the preset no longer has and which it has that the aggregate lacks; empty once they agree."""
+    current = [suite.task for suite in preset("tuned")[0]]
+    counted = list(tuned["summary"]["tasks"])
+    gone, new = [t for t in counted if t not in current], [t for t in current if t not in counted]
+    if not gone and not new:
+        return ""
+    return (f"**Pending reruns.** This is the last aggregate made before the benchmark's tasks changed: it counts "
+            f"{', '.join(gone) or 'no task'} (no longer part of the preset) and lacks {', '.join(new) or 'no task'}. "
+            "The runs under the current protocol are committed as "
+            "they finish ([where it stands](docs/benchmark.md#the-tuned-comparison-the-one-that-answers-the-papers-question)).\n\n")
 
 
 def _named(tasks: list[str]) -> str:
