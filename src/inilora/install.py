@@ -15,7 +15,7 @@ from . import layouts
 from .memory import release_freed_memory
 from .methods import Method
 from .options import InitOptions
-from .peft_glue import layer_layout, layer_matrices, mark_residual, set_residual
+from .peft_glue import layer_layout, layer_matrices, mark_residual, residual_as_held, set_residual
 from .quantize import QuantizedTargets
 from .report import InitReport, LayerReport
 
@@ -43,20 +43,22 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     if not method.residual and not B0.any():  # plain LoRA: a zero product, the weight untouched: nothing moved
         weight = layer_matrices(layer).detach()
         return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(nonzero or weight.any())), optimum, 0.0, 0.0)
-    W = layer_matrices(layer).detach().to(torch.float32, copy=True)  # the original, kept while the weight is overwritten
+    held = layer_matrices(layer).detach()
+    W = held.float()  # an fp32 weight is read where it is held: what is written back is measured before it is
     product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
     norm = torch.linalg.matrix_norm(W)
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
     difference = W - product
     init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
+    # drift: what the layer will hold, plus the product, against the original (in the product's storage)
+    drift = product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else held.float()).sub_(W)
     if method.residual:
         set_residual(layer, difference, method, keep_fp32)
-    # drift: what the layer now holds, plus the product, against the original
-    torch.add(layer_matrices(layer).detach().float(), product, out=difference).sub_(W)
+    low, high = torch.aminmax(drift)  # the largest |entry| without an |drift| tensor
     report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
-                         float((torch.linalg.matrix_norm(difference) / norm).max()), float(difference.abs().max()))
-    freed = 3 * W.numel() * W.element_size()
-    del W, product, difference
+                         float((torch.linalg.matrix_norm(drift) / norm).max()), float(torch.maximum(-low, high)))
+    freed = (3 - (W is held)) * W.numel() * W.element_size()
+    del W, held, product, difference, drift
     release_freed_memory(freed)
     return report
 

@@ -137,8 +137,9 @@ def join(A0: Tensor, B0: Tensor, layout: Layout, a_shape: torch.Size, b_shape: t
 
 
 def product(A0: Tensor, B0: Tensor, scaling: float) -> Tensor:
-    """``s · B0 @ A0`` per matrix, in fp32 (``E × out × in``)."""
-    return scaling * torch.bmm(B0.float(), A0.float())
+    """``s · B0 @ A0`` per matrix, in fp32 (``E × out × in``); scaled in place (no second weight-sized tensor)."""
+    product = torch.bmm(B0.float(), A0.float())
+    return product if scaling == 1 else product.mul_(scaling)
 
 
 def weight_view(module: nn.Module) -> Tensor:

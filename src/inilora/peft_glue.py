@@ -320,6 +320,14 @@ def _to_model_dtype(module: nn.Module, args, output):
     return output.to(getattr(module.get_base_layer(), RESIDUAL_MARK + "_dtype"))
 
 
+def residual_as_held(layer: BaseTunerLayer, residual: Tensor, keep_fp32: bool) -> Tensor:
+    """The fp32 values :func:`set_residual` leaves in the layer for ``residual`` (rounded to the weight's
+    dtype unless it is kept in fp32), so the drift can be measured before the original is overwritten."""
+    base_layer, attr = held_weight(layer)
+    dtype = getattr(base_layer, attr).dtype
+    return residual if keep_fp32 or dtype == torch.float32 else residual.to(dtype).float()
+
+
 def set_residual(layer: BaseTunerLayer, residual: Tensor, method: Method, keep_fp32: bool) -> None:
     """Write ``residual`` (``E × out × in``, fp32) into the base layer's weight, in place (no second copy of
     the weight is allocated). With ``keep_fp32`` on a bf16/fp16 layer the weight becomes fp32: the base

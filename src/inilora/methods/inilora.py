@@ -30,7 +30,7 @@ AUTO_CHUNK_CAP = 256 * 2**20
 def fit_target(target: Target, options: InitOptions) -> Tensor:
     """What the IniLoRA fit approximates: ``W / s`` (so ``s·B0·A0 ≈ W``) or, as published, ``W``."""
     W = target.weight.float()
-    return W / target.scaling if options.fit_scaled else W
+    return W / target.scaling if options.fit_scaled and target.scaling != 1 else W
 
 
 def start_sigmas(targets: Iterable[Target], options: InitOptions) -> dict[str, float]:
