@@ -288,3 +288,53 @@ def test_an_adapter_on_another_base_model_says_so_and_errors_name_the_function_c
             inilora.from_pretrained(other, tmp_path / "a")
     with pytest.raises(inilora.InitError, match="^inilora.from_pretrained takes a transformers model, not a PeftModel"):
         inilora.from_pretrained(peft_model, tmp_path / "a", adapter_name="other")
+
+
+def test_an_adapter_of_format_2_with_sha256_fingerprints_still_loads_and_is_still_checked(tmp_path, input_ids):
+    """Format 3 hashes fingerprints with xxh3_128; a format-2 adapter (SHA-256) is read with its own hash."""
+    from inilora.checksums import read_sealed, write_sealed
+    from inilora.layouts import weight_view
+    from inilora.state import RELOAD_DTYPES, dtype_name, fingerprint
+
+    expected = outputs(trained("llama", "inilora", tmp_path, input_ids=input_ids), input_ids)
+    meta_path = tmp_path / "adapter" / "inilora_config.json"
+    meta = read_sealed(meta_path)
+    assert meta["format_version"] == 3
+    weights = {n: weight_view(m) for n, m in tiny_model("llama").named_modules() if n in meta["layers"]}
+    assert all(meta["layers"][n]["fingerprint"] == fingerprint(w, algorithm="xxh3_128") for n, w in weights.items())
+
+    def as_format_2(algorithm):
+        record = {k: v for k, v in meta.items() if k != "sha256"}
+        record["format_version"] = 2
+        for name, w in weights.items():
+            record["layers"][name]["fingerprint"] = fingerprint(w, algorithm=algorithm)
+            record["layers"][name]["fingerprints"] = {dtype_name(d): fingerprint(w, d, algorithm) for d in RELOAD_DTYPES}
+        write_sealed(meta_path, record)
+
+    as_format_2("sha256")
+    assert torch.equal(outputs(inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter"), input_ids), expected)
+    assert inilora.from_pretrained(tiny_model("llama", torch.bfloat16), tmp_path / "adapter")  # its other dtypes too
+    with pytest.raises(inilora.AdapterLoadError, match="fingerprint mismatch"):
+        inilora.from_pretrained(tiny_model("llama", seed=1), tmp_path / "adapter")
+    as_format_2("xxh3_128")  # format 2 read with format 3's hash would take these: it does not
+    with pytest.raises(inilora.AdapterLoadError, match="fingerprint mismatch"):
+        inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+    meta["format_version"] = 99
+    write_sealed(meta_path, {k: v for k, v in meta.items() if k != "sha256"})
+    with pytest.raises(inilora.AdapterLoadError, match="format version 99; this inilora reads versions 2, 3"):
+        inilora.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3_128", "sha256"])
+def test_a_streamed_fingerprint_hashes_the_bytes_a_whole_cast_copy_would(algorithm, monkeypatch):
+    """Casts and strided views are hashed through a small buffer, a block of rows at a time (three blocks here)."""
+    import inilora.state as state
+
+    monkeypatch.setattr(state, "_BLOCK_BYTES", 4 * 1000 * 90)
+    W = torch.randn(250, 1000)
+    for weight, stored in ((W, W), (W.T, W), (W[:, ::3], W[:, ::3]), (W[7], W[7])):  # Conv1D's W.T hashes as stored
+        for dtype in (None, torch.bfloat16, torch.float16):
+            whole = stored.to(dtype or stored.dtype).contiguous()
+            assert state.fingerprint(weight, dtype, algorithm) == state.fingerprint(whole, None, algorithm)
+    assert state.fingerprint(W, torch.bfloat16, algorithm) != state.fingerprint(W, None, algorithm)
+    assert state.fingerprint(W, None, algorithm) != state.fingerprint(W + 2.0 ** -20, None, algorithm)

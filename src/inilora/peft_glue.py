@@ -23,7 +23,7 @@ from .errors import InitError
 from .layouts import Layout
 from .methods import Method, Target
 from .quantize import dequantized_weight, is_4bit, refuse_unsupported
-from .state import RELOAD_DTYPES, dtype_name, fingerprint
+from .state import FINGERPRINT_HASH, RELOAD_DTYPES, dtype_name, fingerprint
 
 RESIDUAL_MARK = "_inilora_residual"  # set on a base layer whose weight holds a residual
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -267,17 +267,20 @@ def layer_keys(targets: list[Target]) -> dict[str, list[Target]]:
     return grouped
 
 
-def layer_fingerprint(targets: list[Target], dtype: torch.dtype | None = None) -> str:
+def layer_fingerprint(targets: list[Target], dtype: torch.dtype | None = None, algorithm: str = FINGERPRINT_HASH) -> str:
     """One layer's fingerprint: its matrix's, or a hash of its experts' (in order). With ``dtype``: that of
-    its weight cast to ``dtype`` (what loading the same checkpoint in ``dtype`` gives), one matrix at a time."""
-    return matrices_fingerprint([t.weight for t in targets], dtype, [t.fingerprint for t in targets])
+    its weight cast to ``dtype`` (what loading the same checkpoint in ``dtype`` gives), one matrix at a time.
+    ``algorithm``: the hash of an adapter's format (:data:`inilora.state.FINGERPRINT_HASHES`)."""
+    return matrices_fingerprint([t.weight for t in targets], dtype, [t.fingerprint for t in targets], algorithm)
 
 
-def matrices_fingerprint(matrices, dtype: torch.dtype | None = None, known: list[str] | None = None) -> str:
+def matrices_fingerprint(matrices, dtype: torch.dtype | None = None, known: list[str] | None = None,
+                         algorithm: str = FINGERPRINT_HASH) -> str:
     """:func:`layer_fingerprint` of a layer's ``E × out × in`` matrices; ``known``: their own-dtype
-    fingerprints where already taken (empty strings where not)."""
-    prints = [known[e] if known and known[e] and dtype in (None, m.dtype) else
-              fingerprint(m if dtype in (None, m.dtype) else m.to(dtype)) for e, m in enumerate(matrices)]
+    fingerprints where already taken with ``algorithm`` (empty strings where not)."""
+    reuse = known and algorithm == FINGERPRINT_HASH
+    prints = [known[e] if reuse and known[e] and dtype in (None, m.dtype) else fingerprint(m, dtype, algorithm)
+              for e, m in enumerate(matrices)]
     if len(prints) == 1:
         return prints[0]
     return hashlib.sha256("".join(prints).encode()).hexdigest()[:32]

@@ -60,7 +60,9 @@ META_FILE = "inilora_config.json"
 CONFIG_FILE = "adapter_config.json"
 READ_BY_LOAD = (CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", INIT_FILE)  # checksummed
 ADAPTER_FILES = (*READ_BY_LOAD, META_FILE)  # one save's set: never mixed with files of an earlier save
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# the formats this version reads, and how each hashed the weights' fingerprints (3: xxh3_128; 2: SHA-256)
+FINGERPRINT_HASH_OF_FORMAT = {2: "sha256", 3: "xxh3_128"}
 ANOTHER_BASE = "This adapter belongs to another base model"
 PLAIN_PEFT_GUARD = ("inilora residual adapter: load it with inilora.from_pretrained(base_model, path); plain PEFT "
                     "would put it on the original weights and compute a different model")
@@ -237,9 +239,9 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor], LoraConfig]:
         raise AdapterLoadError(f"{path} has no {META_FILE}: it was not saved by inilora.save_pretrained "
                                "(a plain PEFT adapter loads with peft.PeftModel.from_pretrained).")
     meta = read_sealed(meta_path)
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in FINGERPRINT_HASH_OF_FORMAT:
         raise AdapterLoadError(f"{meta_path} has format version {meta.get('format_version')!r}; this inilora "
-                               f"reads version {FORMAT_VERSION}.")
+                               f"reads versions {', '.join(map(str, FINGERPRINT_HASH_OF_FORMAT))}.")
     verify_files(path, meta["files"])
     if INIT_FILE not in meta["files"]:
         raise AdapterLoadError(f"{path} is missing {INIT_FILE}, the initial factors the residual is rebuilt from.")
@@ -299,7 +301,7 @@ def from_pretrained(base_model: nn.Module, path: str | os.PathLike, *, adapter_n
             raise AdapterLoadError(f"Layer {name!r} of the base model is {dtype}; the adapter was made on a "
                                    f"{info['weight_dtype']} base and {why}. Load the base in {info['weight_dtype']}.")
         fingerprints[name] = info["fingerprint"] if dtype == info["weight_dtype"] else in_dtypes[dtype]
-        if layer_fingerprint(matrices) != fingerprints[name]:
+        if layer_fingerprint(matrices, algorithm=FINGERPRINT_HASH_OF_FORMAT[meta["format_version"]]) != fingerprints[name]:
             raise AdapterLoadError(f"{ANOTHER_BASE}: layer {name!r} of this model differs from the weight the "
                                    "adapter was made on (fingerprint mismatch); load the base model it was made on.")
         for key in (f"{name}.lora_A0", f"{name}.lora_B0"):

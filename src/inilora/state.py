@@ -16,14 +16,40 @@ from .options import InitOptions
 from .report import InitReport
 
 
-def fingerprint(weight: Tensor) -> str:
-    """A hash of a weight's dtype, shape and exact bytes (Conv1D's transposed view hashes as stored)."""
+# how a weight's bytes are hashed: xxh3_128 (~10x SHA-256's speed here: 4 vs 43 ms for 64 MiB) from adapter format 3
+# on; format 2 recorded SHA-256 fingerprints, still read. An accidental mismatch is what it guards against.
+def _xxh3_128():
+    import xxhash  # when first hashed: ``import inilora`` loads nothing beyond what ``import peft`` does
+
+    return xxhash.xxh3_128()
+
+
+FINGERPRINT_HASHES = {"sha256": hashlib.sha256, "xxh3_128": _xxh3_128}
+FINGERPRINT_HASH = "xxh3_128"
+_BLOCK_BYTES = 1 << 20  # a cast (or a copy to the host) is hashed one block of rows at a time
+
+
+def fingerprint(weight: Tensor, dtype: torch.dtype | None = None, algorithm: str = FINGERPRINT_HASH) -> str:
+    """A hash of a weight's dtype, shape and exact bytes (Conv1D's transposed view hashes as stored); with
+    ``dtype``, of the weight cast to it (what loading the same checkpoint in ``dtype`` gives). The bytes are
+    streamed: a cast, a strided view or a weight on an accelerator passes through one small host buffer, so no
+    weight-sized copy is made."""
     t = weight.detach()
     if not t.is_contiguous() and t.T.is_contiguous():
         t = t.T
-    digest = hashlib.sha256()  # the fastest stdlib hash here (SHA extensions): ~2x blake2b
-    digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    digest.update(tensor_bytes(t))
+    dtype = dtype or t.dtype
+    digest = FINGERPRINT_HASHES[algorithm]()
+    digest.update(f"{dtype}:{tuple(t.shape)}:".encode())
+    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous():
+        digest.update(tensor_bytes(t))
+    elif t.numel():
+        rows = t.reshape(1, -1) if t.dim() < 2 else t.flatten(1)
+        step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * max(t.element_size(), dtype.itemsize)))
+        buffer = torch.empty((min(step, rows.shape[0]), rows.shape[1]), dtype=dtype)
+        for start in range(0, rows.shape[0], step):
+            block = buffer[:min(step, rows.shape[0] - start)]
+            block.copy_(rows[start:start + step])
+            digest.update(tensor_bytes(block))
     return digest.hexdigest()[:32]
 
 
