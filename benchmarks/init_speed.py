@@ -117,13 +117,17 @@ def run_one(base, targets, r: int, side: str, cell: str):
     return time.perf_counter() - start, wrapped
 
 
-def measure(name: str, r: int, cell: str, repeats: int, peft_once: dict, device: str = "cpu") -> dict:
+def measure(name: str, r: int, cell: str, repeats: int, peft_once: dict, device: str = "cpu", warmup: int = 1) -> dict:
     base, targets = build(name)
     base = base.to(device)
     weights = originals(base, targets)
     times = {"inilora": [], "peft": []}
     errors = {}
     once_key = (name, PAIRS[cell][1])
+    for _ in range(warmup):  # untimed: first-call costs (lazy imports, the allocator's first pages) are not the init's
+        for side in ("peft", "inilora"):
+            if side == "inilora" or once_key not in peft_once:
+                run_one(base, targets, r, side, cell)
     for i in range(repeats):
         for side in ("peft", "inilora") if i % 2 == 0 else ("inilora", "peft"):  # interleaved, order alternating
             if side == "peft" and once_key in peft_once:
@@ -138,7 +142,7 @@ def measure(name: str, r: int, cell: str, repeats: int, peft_once: dict, device:
     row = {"model": name, "r": r, "cell": cell, "inilora_seconds": times["inilora"], "peft_seconds": times["peft"],
            "ratio": statistics.median(times["inilora"]) / statistics.median(times["peft"]),
            "inilora_excess": errors.get("inilora"), "peft_excess": errors.get("peft"),
-           "peft_measured_once": once_key in peft_once}
+           "peft_measured_once": once_key in peft_once, "warmup": warmup}
     if cell == "lora":
         row["lora_bound"] = 1.1 + 0.05 / statistics.median(times["peft"])  # 1.1× + 50 ms, as a ratio
     return row
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--ranks", nargs="+", type=int, default=[8, 16, 64])
     parser.add_argument("--cells", nargs="+", default=list(PAIRS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first, per row")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--peft-once", action="store_true",
@@ -167,7 +172,7 @@ def main() -> None:
     for name in args.models:
         for cell in args.cells:
             for r in args.ranks:
-                row = measure(name, r, cell, args.repeats, peft_once, args.device)
+                row = measure(name, r, cell, args.repeats, peft_once, args.device, args.warmup)
                 if args.peft_once and PAIRS[cell][1] == "pissa":
                     peft_once.setdefault((name, "pissa"), {"times": row["peft_seconds"]})
                 row["git"] = git_state()  # rows of earlier runs keep the commit that measured them

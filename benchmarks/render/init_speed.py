@@ -11,11 +11,13 @@ def results_markdown(data: dict) -> str:
     gits = [row.get("git", data["git"]) for row in data["rows"]]  # rows of a run before rows recorded their own
     commits = sorted({git["commit"][:7] + (" (dirty)" if git["dirty"] else "") for git in gits})
     runs = sorted({(len(row["inilora_seconds"]), len(row["peft_seconds"])) for row in data["rows"]})
+    warmed = sum(1 for row in data["rows"] if row.get("warmup"))
     lines = [f"# Initialization time: inilora / PEFT ({m.get('gpu') or m['cpu']}, {data['threads']} thread(s))", "",
              f"Rows measured at commit(s) {', '.join(commits)}; torch {data['versions']['torch']}, peft "
              f"{data['versions']['peft']}. Each row is the median of its interleaved runs (inilora, PEFT: "
              f"{', '.join(f'{a}/{b}' for a, b in runs)} runs; the JSON lists every run). Excess = error / Eckart–Young "
-             "optimum − 1, worst target. `lora`'s target: 1.1× PEFT + 50 ms, as a ratio.",
+             "optimum − 1, worst target. `lora`'s target: 1.1× PEFT + 50 ms, as a ratio."
+             + (f" {warmed} of {len(data['rows'])} rows first ran each side once, untimed (warm-up)." if warmed else ""),
              "Target weights have a decaying spectrum (benchmarks/init_speed.py); one matrix stands for each 7B shape; "
              "\"(once)\": PEFT's full SVD, the same work at every r, measured at the first rank and reused.", "",
              "| shape | r | cell | inilora s | PEFT s | ratio | inilora excess | PEFT excess |",
