@@ -15,7 +15,7 @@ from . import layouts
 from .memory import release_freed_memory
 from .methods import Method
 from .options import InitOptions
-from .peft_glue import layer_layout, layer_matrices, mark_residual, residual_as_held, set_residual
+from .peft_glue import held_weight, layer_layout, layer_matrices, mark_residual, residual_as_held, set_residual
 from .quantize import QuantizedTargets
 from .report import InitReport, LayerReport
 
@@ -48,19 +48,53 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
     norm = torch.linalg.matrix_norm(W)
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    difference = W - product
-    init_error = float((torch.linalg.matrix_norm(difference) / norm).max())
-    # drift: what the layer will hold, plus the product, against the original (in the product's storage)
-    drift = product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else held.float()).sub_(W)
-    if method.residual:
-        set_residual(layer, difference, method, keep_fp32)
+    if method.residual and W is held and _holds(layer, held):
+        # W − P written into the weight a block of rows at a time: no weight-sized difference is allocated
+        error = _subtract_in_place(held, product)
+        mark_residual(layer, method)
+    else:
+        difference = W - product
+        error = torch.linalg.matrix_norm(difference)
+        # drift: what the layer will hold, plus the product, against the original (in the product's storage)
+        product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else held.float()).sub_(W)
+        if method.residual:
+            set_residual(layer, difference, method, keep_fp32)
+        del difference
+    drift = product
     low, high = torch.aminmax(drift)  # the largest |entry| without an |drift| tensor
-    report = LayerReport(name, tuple(W.shape[1:]), r, s, init_error, optimum,
+    report = LayerReport(name, tuple(W.shape[1:]), r, s, float((error / norm).max()), optimum,
                          float((torch.linalg.matrix_norm(drift) / norm).max()), float(torch.maximum(-low, high)))
-    freed = (3 - (W is held)) * W.numel() * W.element_size()
-    del W, held, product, difference, drift
+    freed = (2 - (W is held)) * W.numel() * W.element_size()
+    del W, held, product, drift
     release_freed_memory(freed)
     return report
+
+
+_BLOCK_BYTES = 4 << 20  # rows of W − P formed at a time by _subtract_in_place
+
+
+def _holds(layer: BaseTunerLayer, matrices: torch.Tensor) -> bool:
+    """Whether ``matrices`` is a view of the weight the layer holds (writing it writes the weight)."""
+    base_layer, attr = held_weight(layer)
+    return matrices.untyped_storage().data_ptr() == getattr(base_layer, attr).untyped_storage().data_ptr()
+
+
+def _subtract_in_place(W: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
+    """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − product`` a block of rows at a time, leaving in
+    ``product`` the drift ``(W − product) + product − W`` of each entry; returns ‖W − product‖_F per matrix. Each
+    entry is what the whole-matrix arithmetic gives, bit for bit."""
+    E, rows, cols = W.shape
+    step = max(1, _BLOCK_BYTES // (E * cols * 4))
+    buffer = torch.empty(E, min(step, rows), cols, dtype=W.dtype, device=W.device)
+    squares = torch.zeros(E, dtype=torch.float64, device=W.device)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        w, p, d = W[:, start:stop], product[:, start:stop], buffer[:, :stop - start]
+        torch.sub(w, p, out=d)
+        squares += torch.linalg.vector_norm(d, dim=(1, 2), dtype=torch.float64).square()
+        p.add_(d).sub_(w)
+        w.copy_(d)
+    return squares.sqrt().float()
 
 
 def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
