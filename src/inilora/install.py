@@ -50,7 +50,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
     if method.residual and W is held and _holds(layer, held):
         # W − P written into the weight a block of rows at a time: no weight-sized difference is allocated
-        error = _subtract_in_place(held, product)
+        error = _subtract_in_place(held, product)  # ‖W − P‖ / ‖W‖, both summed in fp64
         mark_residual(layer, method)
     else:
         difference = W - product
@@ -60,9 +60,10 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         if method.residual:
             set_residual(layer, difference, method, keep_fp32)
         del difference
+        error = error / norm
     drift = product
     low, high = torch.aminmax(drift)  # the largest |entry| without an |drift| tensor
-    report = LayerReport(name, tuple(W.shape[1:]), r, s, float((error / norm).max()), optimum,
+    report = LayerReport(name, tuple(W.shape[1:]), r, s, float(error.max()), optimum,
                          float((torch.linalg.matrix_norm(drift) / norm).max()), float(torch.maximum(-low, high)))
     freed = (2 - (W is held)) * W.numel() * W.element_size()
     del W, held, product, drift
@@ -81,20 +82,22 @@ def _holds(layer: BaseTunerLayer, matrices: torch.Tensor) -> bool:
 
 def _subtract_in_place(W: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
     """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − product`` a block of rows at a time, leaving in
-    ``product`` the drift ``(W − product) + product − W`` of each entry; returns ‖W − product‖_F per matrix. Each
-    entry is what the whole-matrix arithmetic gives, bit for bit."""
+    ``product`` the drift ``(W − product) + product − W`` of each entry; returns ‖W − product‖_F / ‖W‖_F per
+    matrix (‖product‖_F where W = 0), summed in fp64. Each entry is the whole-matrix arithmetic's, bit for bit."""
     E, rows, cols = W.shape
     step = max(1, _BLOCK_BYTES // (E * cols * 4))
     buffer = torch.empty(E, min(step, rows), cols, dtype=W.dtype, device=W.device)
-    squares = torch.zeros(E, dtype=torch.float64, device=W.device)
+    squares = torch.zeros(2, E, dtype=torch.float64, device=W.device)  # of W − P, of W
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         w, p, d = W[:, start:stop], product[:, start:stop], buffer[:, :stop - start]
         torch.sub(w, p, out=d)
-        squares += torch.linalg.vector_norm(d, dim=(1, 2), dtype=torch.float64).square()
+        squares[0] += torch.linalg.vector_norm(d, dim=(1, 2), dtype=torch.float64).square()
+        squares[1] += torch.linalg.vector_norm(w, dim=(1, 2), dtype=torch.float64).square()
         p.add_(d).sub_(w)
         w.copy_(d)
-    return squares.sqrt().float()
+    error, weight = squares.sqrt()
+    return torch.where(weight > 0, error / weight.clamp_min(torch.finfo(torch.float64).tiny), error)
 
 
 def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
