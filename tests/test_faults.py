@@ -67,8 +67,11 @@ def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_adapter(worker):
     assert (expected["A"] - expected["B"]).abs().max().item() > 1e-2  # the two versions differ
     rng = random.Random(0)
     outcomes = []
-    for _ in range(KILLS):  # over about two saves: before, during and after the first one ends
-        worker.ask(f"kill {rng.uniform(0.0, 2.0 * worker.save_seconds):.4f}")
+    # over about two saves, one kill per stratum of the span (the first at once: before any save can end), so
+    # kills land before, during and after the first one ends however loaded the machine is
+    delays = [0.0] + [2.0 * worker.save_seconds * (i + rng.random()) / KILLS for i in range(1, KILLS)]
+    for delay in delays:
+        worker.ask(f"kill {delay:.4f}")
         try:
             got = logits(inilora.from_pretrained(base_model(), folder / "target"))
         except (AdapterLoadError, OSError, ValueError) as exc:
