@@ -50,7 +50,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
     if method.residual and W is held and _holds(layer, held):
         # W − P written into the weight a block of rows at a time: no weight-sized difference is allocated
-        error = _subtract_in_place(held, product)  # ‖W − P‖ / ‖W‖, both summed in fp64
+        error = _subtract_in_place(held, product)  # ‖W − P‖ / ‖W‖, both summed alike
         mark_residual(layer, method)
     else:
         difference = W - product
@@ -83,7 +83,7 @@ def _holds(layer: BaseTunerLayer, matrices: torch.Tensor) -> bool:
 def _subtract_in_place(W: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
     """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − product`` a block of rows at a time, leaving in
     ``product`` the drift ``(W − product) + product − W`` of each entry; returns ‖W − product‖_F / ‖W‖_F per
-    matrix (‖product‖_F where W = 0), summed in fp64. Each entry is the whole-matrix arithmetic's, bit for bit."""
+    matrix (‖product‖_F where W = 0), the blocks' norms summed in fp64. Each entry is the whole-matrix arithmetic's, bit for bit."""
     E, rows, cols = W.shape
     step = max(1, _BLOCK_BYTES // (E * cols * 4))
     buffer = torch.empty(E, min(step, rows), cols, dtype=W.dtype, device=W.device)
@@ -92,8 +92,8 @@ def _subtract_in_place(W: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
         stop = min(rows, start + step)
         w, p, d = W[:, start:stop], product[:, start:stop], buffer[:, :stop - start]
         torch.sub(w, p, out=d)
-        squares[0] += torch.linalg.vector_norm(d, dim=(1, 2), dtype=torch.float64).square()
-        squares[1] += torch.linalg.vector_norm(w, dim=(1, 2), dtype=torch.float64).square()
+        squares[0] += torch.linalg.vector_norm(d, dim=(1, 2)).double().square()  # fp32 within a block: no fp64 copy
+        squares[1] += torch.linalg.vector_norm(w, dim=(1, 2)).double().square()
         p.add_(d).sub_(w)
         w.copy_(d)
     error, weight = squares.sqrt()
