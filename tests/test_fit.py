@@ -142,3 +142,16 @@ def test_the_cost_models_choice_keeps_both_accuracy_guarantees(shape, r):
     assert excess_over_optimum(W, A0, B0, r) <= 1e-7
     A0, B0 = fit_svd_randomized(W, r, 32, 60, torch.Generator().manual_seed(0))
     assert excess_over_optimum(W, A0, B0, r) <= 1e-4
+
+
+def test_the_krylov_space_outgrows_its_first_buffers_and_still_reaches_the_optimum(monkeypatch):
+    """A near-flat spectrum at r = 4 with blocks of 2 needs a space larger than the first buffers' 4r = 16 rows:
+    they are doubled while it grows, and what they held is carried over."""
+    grown, original = [], fit._grown
+    monkeypatch.setattr(fit, "_grown", lambda *a, **k: grown.append(a[2]) or original(*a, **k))
+    S = torch.cat([torch.linspace(1.0, 0.9, 12), 0.85 * torch.linspace(1.0, 0.5, 188)])
+    W = with_spectrum(S, 300, 200)
+    A0, B0 = fit.fit_svd_randomized(W, 4, 2, 60, torch.Generator().manual_seed(0))
+    optimum = float(S[4:].double().square().sum().sqrt())
+    assert grown == [32, 32, 32]  # X, Y and G, doubled once
+    assert float(torch.linalg.matrix_norm(W.double() - B0.double() @ A0.double())) / optimum - 1 <= 1e-4

@@ -297,9 +297,17 @@ def krylov_triplets(M: Tensor, r: int, block: int, max_depth: int, generators: l
     # the basis and the products are kept transposed (blocks as rows): a product with the skinny operand on the
     # left runs 2-4x faster in CPU GEMM kernels at these widths (one with it on the right of Mᵀ is pathological)
     Mt = M.transpose(1, 2)
-    Xt = _orthonormal_rows(omega.transpose(1, 2) @ M)  # the basis of the matrices still growing, (E' × k × n)
-    Yt = Xt @ Mt  # (M X)ᵀ
-    G = Yt @ Yt.transpose(1, 2)  # (M X)ᵀ (M X)
+    # the space grows in place, in buffers of which the first k rows (and columns of G) are in use; doubled when
+    # full (up to the largest space, (depth + 1) blocks), so growing costs no copy of the whole space per block
+    capacity = min((depth + 1) * b, max(2 * b, -(-4 * r // b) * b))
+    X_all, Y_all, G_all = M.new_empty(E, capacity, n), M.new_empty(E, capacity, m), M.new_empty(E, capacity, capacity)
+    k = b
+    X_all[:, :k] = _orthonormal_rows(omega.transpose(1, 2) @ M)
+    Xt = X_all[:, :k]  # the basis of the matrices still growing, (E' × k × n)
+    Y_all[:, :k] = Xt @ Mt
+    Yt = Y_all[:, :k]  # (M X)ᵀ
+    G_all[:, :k, :k] = Yt @ Yt.transpose(1, 2)
+    G = G_all[:, :k, :k]  # (M X)ᵀ (M X)
     energies: list[list[float]] = [[] for _ in range(E)]
     active = list(range(E))
     first_check = max(0, (2 * r) // b - 2)  # energies from here on: three of them by a space of 2r columns
@@ -325,19 +333,35 @@ def krylov_triplets(M: Tensor, r: int, block: int, max_depth: int, generators: l
                 break
             keep = [i for i in range(len(active)) if i not in done]
             active = [active[i] for i in keep]
-            Xt, Yt, G = Xt[keep], Yt[keep], G[keep]
+            X_all, Y_all, G_all = X_all[keep], Y_all[keep], G_all[keep]
+            Xt, Yt, G = X_all[:, :k], Y_all[:, :k], G_all[:, :k, :k]
             M, Mt = M[keep], Mt[keep]  # only the matrices still growing
         Zt = Yt[:, -b:] @ M  # (Mᵀ M x)ᵀ for the last block
         for _ in range(2):  # block Gram–Schmidt, twice: the new block is orthogonal to the space in fp32
             Zt -= (Zt @ Xt.transpose(1, 2)) @ Xt
-        Xt_new = _orthonormal_rows(Zt)
-        Yt_new = Xt_new @ Mt
-        Yt = torch.cat([Yt, Yt_new], dim=1)
-        cross = Yt @ Yt_new.transpose(1, 2)  # the Gram matrix's new columns
-        k = G.shape[1]
-        G = torch.cat([torch.cat([G, cross[:, :k].transpose(1, 2)], dim=1), cross], dim=2)
-        Xt = torch.cat([Xt, Xt_new], dim=1)
+        if k + b > capacity:
+            capacity = min((depth + 1) * b, 2 * capacity)
+            X_all, Y_all, G_all = (_grown(X_all, k, capacity), _grown(Y_all, k, capacity),
+                                   _grown(G_all, k, capacity, square=True))
+        X_all[:, k:k + b] = _orthonormal_rows(Zt)
+        Y_all[:, k:k + b] = X_all[:, k:k + b] @ Mt
+        Yt = Y_all[:, :k + b]
+        cross = Yt @ Y_all[:, k:k + b].transpose(1, 2)  # the Gram matrix's new columns
+        G_all[:, :k + b, k:k + b] = cross
+        G_all[:, k:k + b, :k] = cross[:, :k].transpose(1, 2)
+        k += b
+        Xt, G = X_all[:, :k], G_all[:, :k, :k]
     return U, S, V
+
+
+def _grown(buffer: Tensor, k: int, capacity: int, square: bool = False) -> Tensor:
+    """``buffer (E × rows × …)`` with room for ``capacity`` rows (and columns, ``square``), its first k kept."""
+    grown = buffer.new_empty(buffer.shape[0], capacity, capacity if square else buffer.shape[2])
+    if square:
+        grown[:, :k, :k] = buffer[:, :k, :k]
+    else:
+        grown[:, :k] = buffer[:, :k]
+    return grown
 
 
 def _orthonormal_rows(Z: Tensor) -> Tensor:
