@@ -48,7 +48,8 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
     norm = torch.linalg.matrix_norm(W)
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    if method.residual and W is held and _holds(layer, held):
+    in_place = method.residual and W is held and _holds(layer, held)
+    if in_place:
         # W − P written into the weight a block of rows at a time: no weight-sized difference is allocated
         error = _subtract_in_place(held, product)  # ‖W − P‖ / ‖W‖, both summed alike
         mark_residual(layer, method)
@@ -56,7 +57,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         difference = W - product
         error = torch.linalg.matrix_norm(difference)
         # drift: what the layer will hold, plus the product, against the original (in the product's storage)
-        product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else held.float()).sub_(W)
+        product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else W).sub_(W)
         if method.residual:
             set_residual(layer, difference, method, keep_fp32)
         del difference
@@ -65,7 +66,7 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
     low, high = torch.aminmax(drift)  # the largest |entry| without an |drift| tensor
     report = LayerReport(name, tuple(W.shape[1:]), r, s, float(error.max()), optimum,
                          float((torch.linalg.matrix_norm(drift) / norm).max()), float(torch.maximum(-low, high)))
-    freed = (2 - (W is held)) * W.numel() * W.element_size()
+    freed = (1 + (not in_place) + (W is not held)) * W.numel() * W.element_size()  # product, difference, fp32 copy
     del W, held, product, drift
     release_freed_memory(freed)
     return report
