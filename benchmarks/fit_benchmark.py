@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import TARGETS, load, lora_config, measure, target_weights  # noqa: E402
+from _common import TARGETS, load, lora_config, measure, provenance, target_weights  # noqa: E402
 
 CELLS = ("adam-batched", "published-loop", "adam-early-stop", "svd", "svd-randomized", "peft-pissa",
          "peft-pissa_niter_4")
@@ -239,6 +239,7 @@ def main() -> None:
     runs = [run for run in previous["runs"]
             if not (run["device"] == args.device and run["dtype"] == args.dtype and run["model"] in args.models
                     and run["rank"] in args.ranks and run["cell"] in args.cells)]
+    made_by = provenance()  # each run made here records the commit, versions and init versions that made it
     work = args.factors_dir or Path(tempfile.mkdtemp(prefix="fit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.rescore:
@@ -256,7 +257,7 @@ def main() -> None:
                                      env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
                 if out.returncode != 0:
                     sys.exit(f"cell {model} r={r} {cell} failed:\n{out.stderr[-3000:]}")
-                run = json.loads(out.stdout.strip().splitlines()[-1])
+                run = {**json.loads(out.stdout.strip().splitlines()[-1]), "provenance": made_by}
                 if cell in ("published-loop", "adam-early-stop"):
                     compare_with_batched(run, runs, work)
                 runs.append(run)

@@ -131,17 +131,29 @@ def vs_pissa(cells: dict, cell: str) -> float | None:
     return cells[cell]["seconds"] / cells["peft-pissa"]["seconds"] if "peft-pissa" in cells else None
 
 
+def measured_at(run: dict) -> str:
+    """The commit a run was made at (``-dirty`` with uncommitted changes); a run made before runs recorded it:
+    the commit that added it to the file (``committed_in``)."""
+    made = run.get("provenance")
+    if made is None:
+        return f"before {run['committed_in']}" if "committed_in" in run else "unknown"
+    return (made["commit"] or "unknown")[:7] + ("-dirty" if made.get("dirty") else "")
+
+
 def results_markdown(data: dict) -> str:
     """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
     lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
-    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + [""]
+    note = ("\"measured at\": the commit each row was made at; \"before C\": a row made before rows recorded "
+                  "their commit, added to this file by commit C.")
+    lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + ["", note, ""]
     groups: dict = {}
     for run in data["runs"]:
         groups.setdefault((run["device"], run["dtype"]), []).append(run)
     for (device, dtype), runs in groups.items():
         lines += [f"### {device}, {dtype}", "",
                   "| model | r | cell | wall s | speed-up vs published loop | time / peft-pissa time | peak mem rise / model | "
-                  "max error / optimum | error gap vs adam-batched |", "|---|---|---|---|---|---|---|---|---|"]
+                  "max error / optimum | error gap vs adam-batched | measured at |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for cells in by_column(runs).values():
             for cell, run in cells.items():
                 up, pissa = speedup(cells, cell), vs_pissa(cells, cell)
@@ -152,6 +164,6 @@ def results_markdown(data: dict) -> str:
                 wall = f"{run['seconds']:.2f}" + (f" (est. from {run['sampled']})" if "sampled" in run else "")
                 lines.append(f"| {run['model']} | {run['rank']} | {cell} | {wall} | "
                              f"{'-' if up is None else f'{up:.2f}×'} | {'-' if pissa is None else f'{pissa:.2f}'} | "
-                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} |")
+                             f"{run['peak_rise_fraction']:.3f} | {run['max_ratio']:.7f} | {gap} | {measured_at(run)} |")
         lines.append("")
     return "\n".join(lines)
