@@ -82,6 +82,55 @@ def test_randomized_svd_is_within_1e4_of_the_optimum_seeded_and_capped_by_niter(
     assert relative_error(W, A2, B2) / optimum > ratio + 1e-4
 
 
+# SmolLM2-135M layer 22's q_proj at r = 8: the Krylov space's top-8 energy deficit (1 − its energy / the optimum's,
+# in units of ‖W‖²) after each block, and the optimum's relative error; the increments shrink by 0.31 per block
+# while the deficit itself shrinks by 0.46, then 0.64
+SMOLLM2_Q22_DEFICITS = [0.08373224, 0.02174706, 0.00762926, 0.00246103, 0.00089755, 0.00041314, 0.00026236]
+SMOLLM2_Q22_OPTIMUM = 0.91728793
+
+
+def test_the_krylov_stop_waits_while_the_real_error_is_above_the_guarantee():
+    best = 1 - SMOLLM2_Q22_OPTIMUM ** 2
+    energies = [best - d for d in SMOLLM2_Q22_DEFICITS]
+    excess = [(SMOLLM2_Q22_OPTIMUM ** 2 + d) ** 0.5 / SMOLLM2_Q22_OPTIMUM - 1 for d in SMOLLM2_Q22_DEFICITS]
+    assert excess[-1] > 1e-4
+    left = lambda k, cautious: fit._iterations_left(energies[:k], 1.0, fit.RANDOMIZED_TOL, relative=True,
+                                                     cautious=cautious)
+    assert left(len(energies), cautious=False) == 0  # the plain geometric estimate stopped here, at 1.6e-4
+    assert all(left(k, cautious=True) > 0 for k in range(1, len(energies) + 1))
+
+
+def test_randomized_svd_keeps_its_guarantee_where_krylov_slows_down():
+    # σ_i ∝ i^-0.3 with 5 % jitter: the plain geometric stop left this matrix at 1.33e-4 × the optimum
+    g = torch.Generator().manual_seed(4)
+    Q1, _ = torch.linalg.qr(torch.randn(576, 576, generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(576, 576, generator=g, dtype=torch.float64))
+    S = (torch.arange(576, dtype=torch.float64) + 1) ** -0.3 * (1 + 0.05 * torch.rand(576, generator=g, dtype=torch.float64))
+    W = ((Q1 * S.sort(descending=True).values) @ Q2.T).float()
+    o = RandomizedSVD()
+    A0, B0 = fit_svd_randomized(W, 8, o.block, o.niter, torch.Generator().manual_seed(4))
+    _, _, optimum = fit_svd(W, 8)
+    assert relative_error(W, A0, B0) / optimum <= 1 + 1e-4
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300)])
+def test_a_batch_fits_each_matrix_as_alone_and_its_scratch_copy_is_the_only_one_overwritten(shape):
+    # spectra decaying at different rates: the matrices stop after different numbers of blocks and leave the batch
+    batch = torch.stack([with_spectrum((torch.arange(200.0) + 1) ** -p, *shape, seed=i)
+                         for i, p in enumerate((0.2, 0.5, 1.0, 0.3, 2.0))])
+    o, given = RandomizedSVD(), batch.clone()
+    fit_batch = lambda targets, scratch: fit.fit_svd_randomized_batch(
+        targets, 16, o.block, o.niter, [layer_generator(0, f"m{i}") for i in range(5)], scratch=scratch)
+    A0, B0 = fit_batch(batch, scratch=False)
+    assert torch.equal(batch, given)  # the caller's tensor is read, never written
+    A1, B1 = fit_batch(batch, scratch=True)
+    assert not torch.equal(batch, given)  # the scratch copy is compacted in place as matrices stop
+    assert torch.equal(A0, A1) and torch.equal(B0, B1)
+    for i in range(5):
+        A, B = fit_svd_randomized(given[i], 16, o.block, o.niter, layer_generator(0, f"m{i}"))
+        assert torch.equal(A, A0[i]) and torch.equal(B, B0[i])
+
+
 def excess_over_optimum(W, A0, B0, r):
     """‖W − B0A0‖/‖W‖ (fp64) minus the better of the Eckart–Young optimum and what the exact fp32 SVD's
     truncation reaches (on a matrix of rank ≤ r the optimum is 0 and fp32 rounding alone is ~5e-7)."""
