@@ -20,9 +20,9 @@ READING = """- **The closed form at 7B**: `svd` initializes the 64 q/v matrices 
   stays under {peak_max:.1f} GiB over a {model_gib:.1f} GiB model.
 - **`svd_randomized` is not the fast path on this GPU**: {randomized_qv:.1f} s on q/v, where PEFT's `pissa_niter_4` takes
   {niter_qv:.2f} s ({niter_slower:.0f}× less; {niter_slower_all:.0f}× on all linear layers), unlike on the CPU at 7B shapes
-  (above). `pissa_niter_4` is {niter_error}% off the optimum (fit benchmark) where `svd_randomized` is within
-  {randomized_error}; its convergence check syncs with the host and runs an fp64 SVD every iteration, the likely cost (not
-  profiled on the GPU). Even `lora` through inilora takes {lora_qv:.1f} s, the floor under every inilora cell: on the CPU a
+  (above). `pissa_niter_4` is {niter_error}% off the optimum (CPU fit benchmark) where today's `svd_randomized` is
+  within {randomized_error}. The run here (commit {run_commit}) predates its block Krylov solver: the subspace iteration
+  it timed synced with the host and ran an fp64 SVD at every convergence check, the likely cost (not profiled on the GPU). Even `lora` through inilora takes {lora_qv:.1f} s, the floor under every inilora cell: on the CPU a
   profile puts that time in the per-layer checks and measurements (finite weights, the weight's fingerprint hashed
   on the host, the report's error and drift). Neither is tuned for GPUs yet.
 - **Training costs the same whatever the start**: one step of 4 × 512 tokens takes {step_qv} s with q/v adapters and
@@ -92,7 +92,8 @@ def readme_block(gpu: dict, fit: dict, cpu_fit: dict) -> str:
         gpu_speedup=speedup(minilm, "adam-batched"), svd_vs_pissa_small=span(small, ".1f"),
         cpu_speedup=speedup(cpu["minilm", 8], "adam-batched"),
         niter_error=span([100 * (ratio - 1) for ratio in cpu_every("peft-pissa_niter_4")], ".1f"),
-        randomized_error=bound(max(ratio - 1 for ratio in cpu_every("svd-randomized"))))
+        randomized_error=bound(max(ratio - 1 for ratio in cpu_every("svd-randomized"))),
+        run_commit=re.sub(r"\s.*", "", gpu.get("commit", ""))[:7])
     commit = re.sub(r"\s.*", "", gpu.get("commit", ""))[:7]
     head = (f"The prepared accelerator run (`benchmarks/gpu_check.sh`) on one {gpu['device_name']} (torch {gpu['torch']}, "
             f"transformers {gpu['transformers']}, peft {gpu['peft']}{', code at ' + commit if commit else ''}; "
