@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -172,7 +173,10 @@ def main() -> None:
     for name in args.models:
         for cell in args.cells:
             for r in args.ranks:
+                load_before = os.getloadavg()[0]
                 row = measure(name, r, cell, args.repeats, peft_once, args.device, args.warmup)
+                # the 1-minute load average before and after: how busy the machine's other cores were
+                row["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                 if args.peft_once and PAIRS[cell][1] == "pissa":
                     peft_once.setdefault((name, "pissa"), {"times": row["peft_seconds"]})
                 row["git"] = git_state()  # rows of earlier runs keep the commit that measured them

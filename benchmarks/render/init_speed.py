@@ -6,6 +6,16 @@ from __future__ import annotations
 import statistics
 
 
+def _loads(rows: list, cpus: int) -> str:
+    """What the rows that record it say about the machine's load while they ran."""
+    loads = [load for row in rows for load in row.get("loadavg_1min", ())]
+    if not loads:
+        return ""
+    recorded = sum(1 for row in rows if "loadavg_1min" in row)
+    return (f" {recorded} rows record the 1-minute load average before and after them: {min(loads):.1f}–{max(loads):.1f} "
+            f"on {cpus} cores (above 1: other work ran beside the measured thread).")
+
+
 def results_markdown(data: dict) -> str:
     m = data["machine"]
     gits = [row.get("git", data["git"]) for row in data["rows"]]  # rows of a run before rows recorded their own
@@ -17,7 +27,8 @@ def results_markdown(data: dict) -> str:
              f"{data['versions']['peft']}. Each row is the median of its interleaved runs (inilora, PEFT: "
              f"{', '.join(f'{a}/{b}' for a, b in runs)} runs; the JSON lists every run). Excess = error / Eckart–Young "
              "optimum − 1, worst target. `lora`'s target: 1.1× PEFT + 50 ms, as a ratio."
-             + (f" {warmed} of {len(data['rows'])} rows first ran each side once, untimed (warm-up)." if warmed else ""),
+             + (f" {warmed} of {len(data['rows'])} rows first ran each side once, untimed (warm-up)." if warmed else "")
+             + _loads(data["rows"], m["cpus"]),
              "Target weights have a decaying spectrum (benchmarks/init_speed.py); one matrix stands for each 7B shape; "
              "\"(once)\": PEFT's full SVD, the same work at every r, measured at the first rank and reused.", "",
              "| shape | r | cell | inilora s | PEFT s | ratio | inilora excess | PEFT excess |",
