@@ -16,6 +16,16 @@ ARCHS = ("llama", "gpt2", "bert")
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "bert": ["query", "value"]}
 
 
+def free_port() -> str:
+    """A TCP port no one listens on now, for a torchrun rendezvous: a fixed port collides when two test workers
+    start the same multi-process test at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "llama":

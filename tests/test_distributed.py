@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import tiny
+from conftest import free_port
 
 HERE = Path(__file__).parent
 
@@ -27,7 +28,7 @@ def test_two_process_ddp_training_starts_every_rank_from_the_same_factors(tmp_pa
     src = str(Path(__import__("inilora").__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(HERE)]), "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": "", "INILORA_CACHE": str(tmp_path / "cache")}  # a cold cache: the fit runs
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(HERE / "distributed_worker.py"),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), str(HERE / "distributed_worker.py"),
                            str(model), str(train_file), str(eval_file), str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +60,7 @@ def run_fit_worker(tmp_path, nproc):
         torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
         if torchrun is None:
             pytest.skip("torchrun is not installed")
-        command = [torchrun, "--nproc_per_node", str(nproc), "--master_port", "29541",
+        command = [torchrun, "--nproc_per_node", str(nproc), "--master_port", free_port(),
                    str(HERE / "distributed_fit_worker.py"), str(tmp_path)]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

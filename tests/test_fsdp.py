@@ -17,7 +17,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 import inilora
-from conftest import outputs, tiny_model
+from conftest import free_port, outputs, tiny_model
 from fsdp_worker import batch, model_and_adapter, train
 
 HERE = Path(__file__).parent
@@ -30,7 +30,7 @@ def test_fsdp2_training_after_initialization_saves_the_single_process_adapter(tm
         pytest.skip("torchrun is not installed")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(inilora.__file__).parents[1]), str(HERE)]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29557", str(HERE / "fsdp_worker.py"),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), str(HERE / "fsdp_worker.py"),
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import inilora
-from conftest import tiny_model
+from conftest import free_port, tiny_model
 
 from zero3_worker import CASES, CONFIG, IDS, TARGETS, options
 
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(inilora.__file__).parents[1]), str(HERE)]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", str(HERE / "zero3_worker.py"),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), str(HERE / "zero3_worker.py"),
                            str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
