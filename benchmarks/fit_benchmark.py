@@ -61,13 +61,19 @@ def errors(weights: dict, factors: dict) -> dict:
 
 
 def warm_up(device: str) -> None:
-    """Load the code paths (LAPACK, PEFT, Adam) on a tiny model so they are not counted as memory."""
+    """Load the code paths (LAPACK, PEFT, Adam, the closed form's iteration and the batched block Krylov) on tiny
+    inputs so they are not counted as memory."""
     import peft
     import torch
     from peft import LoraConfig
     from transformers import BertConfig, BertModel
 
     import inilora
+    from inilora.fit import fit_svd, fit_svd_randomized_batch
+
+    matrices = torch.randn(2, 256, 256, device=device)  # large enough for the iteration and Krylov paths
+    fit_svd(matrices[0], 4)
+    fit_svd_randomized_batch(matrices, 4, 16, 60, [torch.Generator().manual_seed(i) for i in range(2)], scratch=True)
 
     tiny = lambda: BertModel(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                                         num_attention_heads=2)).to(device)
