@@ -71,7 +71,8 @@ def warm_up(device: str) -> None:
     import inilora
     from inilora.fit import fit_svd, fit_svd_randomized_batch
 
-    matrices = torch.randn(2, 256, 256, device=device)  # large enough for the iteration and Krylov paths
+    # large enough for the iteration and Krylov paths; its own generator leaves the global one as the cells find it
+    matrices = torch.randn(2, 256, 256, generator=torch.Generator().manual_seed(0)).to(device)
     fit_svd(matrices[0], 4)
     fit_svd_randomized_batch(matrices, 4, 16, 60, [torch.Generator().manual_seed(i) for i in range(2)], scratch=True)
 
