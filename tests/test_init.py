@@ -304,5 +304,7 @@ def test_a_residual_written_in_place_block_by_block_is_the_whole_matrix_arithmet
         product = layouts.product(A0s, B0s, state.scaling)[0]
         expected = before[row.name] - product
         assert torch.equal(weight_view(layer.get_base_layer()), expected)
-        assert row.max_abs_drift == float((expected + product - before[row.name]).abs().max())
+        drift = expected + product - before[row.name]
+        assert row.max_abs_drift == float(drift.abs().max())
+        assert row.drift == pytest.approx(float(drift.norm() / before[row.name].norm()), rel=1e-5, abs=1e-12)
         assert row.init_error == pytest.approx(float((expected.norm() / before[row.name].norm())), rel=1e-6)

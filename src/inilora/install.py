@@ -44,29 +44,30 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         weight = layer_matrices(layer).detach()
         return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(nonzero or weight.any())), optimum, 0.0, 0.0)
     held = layer_matrices(layer).detach()
+    A0s, B0s = A0s.to(held.device).float(), B0s.to(held.device).float()
+    if method.residual and held.dtype == torch.float32 and _holds(layer, held):
+        # W − s·B0·A0 written into the weight a block of rows at a time: neither the product nor the difference
+        # is ever weight-sized (a fresh weight-sized tensor costs more in page faults than its product)
+        error, drift, largest = _subtract_in_place(held, A0s, B0s, s)
+        mark_residual(layer, method)
+        return LayerReport(name, tuple(held.shape[1:]), r, s, float(error.max()), optimum, float(drift.max()),
+                           float(largest.max()))
     W = held.float()  # an fp32 weight is read where it is held: what is written back is measured before it is
-    product = layouts.product(A0s.to(W.device), B0s.to(W.device), s)
+    product = layouts.product(A0s, B0s, s)
     norm = torch.linalg.matrix_norm(W)
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    in_place = method.residual and W is held and _holds(layer, held)
-    if in_place:
-        # W − P written into the weight a block of rows at a time: no weight-sized difference is allocated
-        error = _subtract_in_place(held, product)  # ‖W − P‖ / ‖W‖, both summed alike
-        mark_residual(layer, method)
-    else:
-        difference = W - product
-        error = torch.linalg.matrix_norm(difference)
-        # drift: what the layer will hold, plus the product, against the original (in the product's storage)
-        product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else W).sub_(W)
-        if method.residual:
-            set_residual(layer, difference, method, keep_fp32)
-        del difference
-        error = error / norm
+    difference = W - product
+    error = torch.linalg.matrix_norm(difference) / norm
+    # drift: what the layer will hold, plus the product, against the original (in the product's storage)
+    product.add_(residual_as_held(layer, difference, keep_fp32) if method.residual else W).sub_(W)
+    if method.residual:
+        set_residual(layer, difference, method, keep_fp32)
+    del difference
     drift = product
     low, high = torch.aminmax(drift)  # the largest |entry| without an |drift| tensor
     report = LayerReport(name, tuple(W.shape[1:]), r, s, float(error.max()), optimum,
                          float((torch.linalg.matrix_norm(drift) / norm).max()), float(torch.maximum(-low, high)))
-    freed = (1 + (not in_place) + (W is not held)) * W.numel() * W.element_size()  # product, difference, fp32 copy
+    freed = (2 + (W is not held)) * W.numel() * W.element_size()  # product, difference, fp32 copy
     del W, held, product, drift
     release_freed_memory(freed)
     return report
@@ -81,24 +82,34 @@ def _holds(layer: BaseTunerLayer, matrices: torch.Tensor) -> bool:
     return matrices.untyped_storage().data_ptr() == getattr(base_layer, attr).untyped_storage().data_ptr()
 
 
-def _subtract_in_place(W: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
-    """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − product`` a block of rows at a time, leaving in
-    ``product`` the drift ``(W − product) + product − W`` of each entry; returns ‖W − product‖_F / ‖W‖_F per
-    matrix (‖product‖_F where W = 0), the blocks' norms summed in fp64. Each entry is the whole-matrix arithmetic's, bit for bit."""
+def _subtract_in_place(W: torch.Tensor, A0: torch.Tensor, B0: torch.Tensor,
+                       scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − P``, ``P = s·B0·A0`` (fp32 factors), a block of
+    rows at a time. Returns, per matrix: ‖W − P‖_F / ‖W‖_F (‖W − P‖_F where W = 0), the drift
+    ‖(W − P) + P − W‖_F / ‖W‖_F (what the layer computes against the base, entry by entry) and its largest
+    |entry|; norms summed in fp32 within a block and in fp64 over blocks. Each entry is the whole-matrix
+    arithmetic's, bit for bit (a row block of ``B0 @ A0`` is that product's rows)."""
     E, rows, cols = W.shape
-    step = max(1, _BLOCK_BYTES // (E * cols * 4))
-    buffer = torch.empty(E, min(step, rows), cols, dtype=W.dtype, device=W.device)
-    squares = torch.zeros(2, E, dtype=torch.float64, device=W.device)  # of W − P, of W
+    step = min(rows, max(1, _BLOCK_BYTES // (E * cols * 4)))
+    product, difference = W.new_empty(E, step, cols), W.new_empty(E, step, cols)
+    squares = torch.zeros(3, E, dtype=torch.float64, device=W.device)  # of W − P, of W, of the drift
+    largest = torch.zeros(E, dtype=W.dtype, device=W.device)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        w, p, d = W[:, start:stop], product[:, start:stop], buffer[:, :stop - start]
+        w, p, d = W[:, start:stop], product[:, :stop - start], difference[:, :stop - start]
+        torch.bmm(B0[:, start:stop], A0, out=p)
+        if scaling != 1:
+            p.mul_(scaling)
         torch.sub(w, p, out=d)
-        squares[0] += torch.linalg.vector_norm(d, dim=(1, 2)).double().square()  # fp32 within a block: no fp64 copy
+        squares[0] += torch.linalg.vector_norm(d, dim=(1, 2)).double().square()
         squares[1] += torch.linalg.vector_norm(w, dim=(1, 2)).double().square()
-        p.add_(d).sub_(w)
+        p.add_(d).sub_(w)  # the drift of these entries
+        squares[2] += torch.linalg.vector_norm(p, dim=(1, 2)).double().square()
+        largest = torch.maximum(largest, p.abs_().amax(dim=(1, 2)))
         w.copy_(d)
-    error, weight = squares.sqrt()
-    return torch.where(weight > 0, error / weight.clamp_min(torch.finfo(torch.float64).tiny), error)
+    error, weight, drift = squares.sqrt()
+    weight = torch.where(weight > 0, weight, torch.ones_like(weight))
+    return error / weight, drift / weight, largest
 
 
 def init_dora_magnitude(layer: BaseTunerLayer, adapter_name: str, config: LoraConfig) -> None:
