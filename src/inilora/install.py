@@ -45,9 +45,9 @@ def install_layer(layer: BaseTunerLayer, adapter_name: str, name: str, A0: torch
         return LayerReport(name, tuple(weight.shape[1:]), r, s, float(bool(nonzero or weight.any())), optimum, 0.0, 0.0)
     held = layer_matrices(layer).detach()
     A0s, B0s = A0s.to(held.device).float(), B0s.to(held.device).float()
-    if method.residual and held.dtype == torch.float32 and _holds(layer, held):
-        # W − s·B0·A0 written into the weight a block of rows at a time: neither the product nor the difference
-        # is ever weight-sized (a fresh weight-sized tensor costs more in page faults than its product)
+    if method.residual and (held.dtype == torch.float32 or not keep_fp32) and _holds(layer, held):
+        # W − s·B0·A0 written into the weight (in its dtype) a block of rows at a time: neither the product nor
+        # the difference is ever weight-sized (a fresh weight-sized tensor costs more in page faults than its product)
         error, drift, largest = _subtract_in_place(held, A0s, B0s, s)
         mark_residual(layer, method)
         return LayerReport(name, tuple(held.shape[1:]), r, s, float(error.max()), optimum, float(drift.max()),
@@ -84,29 +84,34 @@ def _holds(layer: BaseTunerLayer, matrices: torch.Tensor) -> bool:
 
 def _subtract_in_place(W: torch.Tensor, A0: torch.Tensor, B0: torch.Tensor,
                        scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Overwrite the fp32 matrices ``W (E × out × in)`` with ``W − P``, ``P = s·B0·A0`` (fp32 factors), a block of
-    rows at a time. Returns, per matrix: ‖W − P‖_F / ‖W‖_F (‖W − P‖_F where W = 0), the drift
-    ‖(W − P) + P − W‖_F / ‖W‖_F (what the layer computes against the base, entry by entry) and its largest
-    |entry|; norms summed in fp32 within a block and in fp64 over blocks. Each entry is the whole-matrix
-    arithmetic's, bit for bit (a row block of ``B0 @ A0`` is that product's rows)."""
+    """Overwrite the matrices ``W (E × out × in)`` with ``W − P``, ``P = s·B0·A0`` (fp32 factors), a block of
+    rows at a time: the difference is formed in fp32 and rounded to W's dtype as it is written. Returns, per
+    matrix: ‖W − P‖_F / ‖W‖_F (‖W − P‖_F where W = 0), the drift ‖W_res + P − W‖_F / ‖W‖_F of what the layer now
+    holds (0 but for rounding) and its largest |entry|; norms summed in fp32 within a block and in fp64 over
+    blocks. Each entry is the whole-matrix arithmetic's, bit for bit (a row block of ``B0 @ A0`` is that
+    product's rows)."""
     E, rows, cols = W.shape
     step = min(rows, max(1, _BLOCK_BYTES // (E * cols * 4)))
-    product, difference = W.new_empty(E, step, cols), W.new_empty(E, step, cols)
+    product, difference = W.new_empty(E, step, cols, dtype=torch.float32), W.new_empty(E, step, cols, dtype=torch.float32)
+    exact = W.dtype == torch.float32
+    original = None if exact else W.new_empty(E, step, cols, dtype=torch.float32)
     squares = torch.zeros(3, E, dtype=torch.float64, device=W.device)  # of W − P, of W, of the drift
-    largest = torch.zeros(E, dtype=W.dtype, device=W.device)
+    largest = torch.zeros(E, dtype=torch.float32, device=W.device)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        w, p, d = W[:, start:stop], product[:, :stop - start], difference[:, :stop - start]
+        held, p, d = W[:, start:stop], product[:, :stop - start], difference[:, :stop - start]
+        w = held if exact else original[:, :stop - start].copy_(held)
         torch.bmm(B0[:, start:stop], A0, out=p)
         if scaling != 1:
             p.mul_(scaling)
         torch.sub(w, p, out=d)
         squares[0] += torch.linalg.vector_norm(d, dim=(1, 2)).double().square()
         squares[1] += torch.linalg.vector_norm(w, dim=(1, 2)).double().square()
-        p.add_(d).sub_(w)  # the drift of these entries
+        residual = d if exact else d.to(W.dtype)
+        p.add_(residual).sub_(w)  # the drift of these entries
         squares[2] += torch.linalg.vector_norm(p, dim=(1, 2)).double().square()
         largest = torch.maximum(largest, p.abs_().amax(dim=(1, 2)))
-        w.copy_(d)
+        held.copy_(residual)
     error, weight, drift = squares.sqrt()
     weight = torch.where(weight > 0, weight, torch.ones_like(weight))
     return error / weight, drift / weight, largest
