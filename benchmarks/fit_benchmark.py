@@ -100,8 +100,10 @@ def run_cell(args) -> dict:
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     weights = target_weights(model, args.model)
     cell, r = args.cell, args.rank
+    # threads: the cell's own (torch's default, or OMP_NUM_THREADS): Adam's many small steps slow down 10x and
+    # more when its threads outnumber the free cores
     result = {"model": args.model, "rank": r, "cell": cell, "device": args.device, "dtype": args.dtype,
-              "matrices": len(weights), "model_bytes": size}
+              "matrices": len(weights), "model_bytes": size, "threads": torch.get_num_threads()}
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:  # on a GPU the memory that matters is the device's: peak allocated over what the model holds
