@@ -64,7 +64,8 @@ READING = """- **The closed form is the fast path**: at the optimum to 1e-7 (rat
   but there it stops {stop_short_smollm2_8} short of the optimum (set a smaller `early_stop_tol` if that matters); at
   SmolLM2 r = 32 only {stop_smollm2_32:.2g}×.
 - **Memory**: every solver stays within the 1.15× bound (peak RSS rise ≤ {solver_memory:.2f} of the model's size, after a
-  warm-up that loads the code paths once; PEFT's own `pissa` init rises {pissa_memory})."""
+  warm-up that loads the code paths once; PEFT's own `pissa` init rises {pissa_memory}, the published reference loop
+  {published_memory})."""
 
 
 def readme_reading(data: dict, scale: dict) -> str:
@@ -83,8 +84,9 @@ def readme_reading(data: dict, scale: dict) -> str:
     stop = {column: speedup(cells, "adam-early-stop") for column, cells in columns.items()}
     minilm_32 = columns["minilm", 32]
     per_step_ms = lambda run: 1000 * run["seconds"] / run["matrices"] / PUBLISHED_STEPS
+    # the library's solvers: not PEFT's inits, nor the published loop (the reference the speed-ups are measured by)
     solver_memory = max(run["peak_rise_fraction"] for cells in columns.values() for cell, run in cells.items()
-                        if not cell.startswith("peft-"))
+                        if not cell.startswith("peft-") and cell != "published-loop")
     for holds, claim in ((svd_worst - 1 <= 1e-7, "the closed form at the optimum to 1e-7"),
                          (all(r > 1 for r in randomized_over_niter), "pissa_niter_4 faster than svd_randomized"),
                          (all(r < 1 for r in at_7b), "at 7B shapes svd_randomized is the faster"),
@@ -110,7 +112,8 @@ def readme_reading(data: dict, scale: dict) -> str:
         stop_smollm2_8=stop["smollm2", 8],
         stop_short_smollm2_8=_small(columns["smollm2", 8]["adam-early-stop"]["max_ratio"] - 1),
         stop_smollm2_32=stop["smollm2", 32], solver_memory=solver_memory,
-        pissa_memory=span([run["peak_rise_fraction"] for run in every("peft-pissa")], ".2f"))
+        pissa_memory=span([run["peak_rise_fraction"] for run in every("peft-pissa")], ".2f"),
+        published_memory=span([run["peak_rise_fraction"] for run in every("published-loop")], ".2f"))
 
 
 def by_column(runs: list) -> dict:
