@@ -101,9 +101,7 @@ def _subtract_in_place(W: torch.Tensor, A0: torch.Tensor, B0: torch.Tensor,
         stop = min(rows, start + step)
         held, p, d = W[:, start:stop], product[:, :stop - start], difference[:, :stop - start]
         w = held if exact else original[:, :stop - start].copy_(held)
-        torch.bmm(B0[:, start:stop], A0, out=p)
-        if scaling != 1:
-            p.mul_(scaling)
+        layouts.product(A0, B0[:, start:stop], scaling, out=p)
         torch.sub(w, p, out=d)
         squares[0] += torch.linalg.vector_norm(d, dim=(1, 2)).double().square()
         squares[1] += torch.linalg.vector_norm(w, dim=(1, 2)).double().square()

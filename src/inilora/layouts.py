@@ -136,9 +136,10 @@ def join(A0: Tensor, B0: Tensor, layout: Layout, a_shape: torch.Size, b_shape: t
     return A0[0].reshape(a_shape), B0[0].reshape(b_shape)
 
 
-def product(A0: Tensor, B0: Tensor, scaling: float) -> Tensor:
-    """``s · B0 @ A0`` per matrix, in fp32 (``E × out × in``); scaled in place (no second weight-sized tensor)."""
-    product = torch.bmm(B0.float(), A0.float())
+def product(A0: Tensor, B0: Tensor, scaling: float, out: Tensor | None = None) -> Tensor:
+    """``s · B0 @ A0`` per matrix, in fp32 (``E × out × in``; into ``out`` when given, e.g. a block of rows from
+    the rows of ``B0``); scaled in place (no second weight-sized tensor)."""
+    product = torch.bmm(B0.float(), A0.float(), out=out)
     return product if scaling == 1 else product.mul_(scaling)
 
 
