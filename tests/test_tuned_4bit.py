@@ -20,7 +20,7 @@ def test_the_4bit_arm_is_the_tuned_protocol_with_its_own_methods_tasks_and_famil
     suites, methods = bench.preset("tuned-4bit")
     full_suites, _ = bench.preset("tuned")
     assert methods == ("lora", "inilora:svd", "inilora:svd+loftq", "pissa")
-    assert [s.name for s in suites] == ["reviews", "tweets"] and all(s.full is None for s in suites)
+    assert [s.name for s in suites] == ["reviews", "courses", "tweets"] and all(s.full is None for s in suites)
     for suite in suites:  # each task as the full-precision preset has it, on an nf4 residual
         plain = next(s for s in full_suites if s.name == suite.name)
         assert suite.config == {**plain.config, "quantize": "nf4"}

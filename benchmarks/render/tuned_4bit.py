@@ -21,9 +21,14 @@ COMMAND = f"inilora bench --preset {PRESET} --out {OUT}"
 
 def _arm_line() -> str:
     named = [f"{NAMES.get(m, m)} (`{m}`)" for m in ARM["methods"]]
-    methods = ", ".join(named[:-1]) + f" and {named[-1]}"
+    methods = _listed(named)
     return (f"The tuned benchmark's 4-bit arm (`{COMMAND}`) trains {methods} on an {ARM['quantize']} residual, each "
-            f"at its own learning rate chosen on validation, {FINAL_SEEDS} final seeds, on {' and '.join(ARM['tasks'])}")
+            f"at its own learning rate chosen on validation, {FINAL_SEEDS} final seeds, on {_listed(ARM['tasks'])}")
+
+
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
 
 
 def _name(comparison: str) -> str:
