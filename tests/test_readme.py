@@ -287,6 +287,14 @@ def test_the_4bit_verdict_says_it_has_not_run_then_reads_the_arm_in_the_main_ver
     assert "4-bit IniLoRA beat QLoRA on every task measured (reviews): switch to it" in advice
     assert "4-bit PiSSA was not shown better or worse than QLoRA (1 of 1 tasks inconclusive)" in advice
     assert "QLoRA 1.000, 4-bit IniLoRA 0.924, 4-bit PiSSA 0.924" in advice
+    others = [task for task in tuned_4bit.ARM["tasks"] if task != "reviews"]  # not read yet: named as running
+    assert f"Read so far on reviews; {tuned_4bit._listed(others)} are still running" in verdict
+    assert "so far only reviews, the rest still running" in advice
+    for task in others:  # every task of the arm read: no such clause
+        results["summary"]["tasks"][task] = results["summary"]["tasks"]["reviews"]
+        results["declared"][task] = rows
+    assert "still running" not in tuned_4bit.verdict(results) + tuned_4bit.advice(results, quant)
+    assert f"better on {len(others) + 1} of {len(others) + 1} tasks" in tuned_4bit.verdict(results)
     rows[0].update(reading="worse")  # a word its figures contradict: refused
     with pytest.raises(ValueError, match="the report says 'worse'"):
         tuned_4bit.verdict(results)

@@ -50,8 +50,23 @@ def verdict(results: dict | None) -> str:
     if not readings:
         return f"{head} Under way: no declared comparison has all its final seeds yet ({len(results['runs'])} runs)."
     lines = [f"{_name(comparison)}: {counted(kinds)}" for comparison, kinds in readings.items()]
-    return (f"{head}\n" + ";\n".join(lines) + ".\nEvery column, each start's error ratio and the gap to "
-            f"full-precision `lora`: [`{OUT}`]({OUT}/results.md).")
+    return (f"{head}{_pending(readings)}\n" + ";\n".join(lines) + ".\nEvery column, each start's error ratio and "
+            f"the gap to full-precision `lora`: [`{OUT}`]({OUT}/results.md).")
+
+
+def _read_tasks(readings: dict[str, dict[str, list[str]]]) -> set[str]:
+    return {task for kinds in readings.values() for tasks in kinds.values() for task in tasks}
+
+
+def _pending(readings: dict[str, dict[str, list[str]]]) -> str:
+    """" Read so far on A; B and C are still running." while some of the arm's tasks have no reading."""
+    read = _read_tasks(readings)
+    left = [task for task in ARM["tasks"] if task not in read]
+    if not left:
+        return ""
+    done = [task for task in ARM["tasks"] if task in read]
+    return (f" Read so far on {_listed(done)}; {_listed(left)} {'is' if len(left) == 1 else 'are'} still running, "
+            "so what follows is the arm's first part, not its verdict.")
 
 
 def _advice_for(method: str, kinds: dict[str, list[str]]) -> str:
@@ -97,7 +112,9 @@ def advice(results: dict | None, quant: dict) -> str:
         return (f"**For QLoRA users.** The 4-bit arm is under way (`{COMMAND}`): no comparison with QLoRA has all "
                 "its final seeds yet, so there is no advice from fine-tuning yet.")
     holds(all(sum(map(len, kinds.values())) >= 1 for kinds in versus.values()), "each comparison read on a task")
-    return (f"**For QLoRA users** (the 4-bit arm at tuned learning rates, [`{OUT}`]({OUT}/results.md)): "
+    return (f"**For QLoRA users** (the 4-bit arm at tuned learning rates, [`{OUT}`]({OUT}/results.md)"
+            + (f"; so far only {_listed(sorted(_read_tasks(readings), key=ARM['tasks'].index))}, the rest still "
+               "running" if _pending(readings) else "") + "): "
             + "; ".join(_advice_for(method, kinds) for method, kinds in versus.items())
             + f". Start error ratios (QLoRA = 1): {_ratios(results)}; whether they predict the result: "
             f"[the scatter]({OUT}/error_ratio_vs_test.png).")

@@ -92,8 +92,8 @@ SCATTER = "error_ratio_vs_test.png"
 
 
 def scatter(summary: dict, path: Path) -> Path | None:
-    """The error ratio (x) against the test difference to QLoRA (y): a colour per method, a marker per task
-    (None when no method has paired final runs yet)."""
+    """The error ratio (x) against the test difference to QLoRA (y): a colour and ring size per method, a marker
+    per task (None when no method has paired final runs yet)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,8 +110,11 @@ def scatter(summary: dict, path: Path) -> Path | None:
         for j, task in enumerate(tasks):
             mine = [p for p in points if p["method"] == method and p["task"] == task]
             if mine:
-                ax.scatter([p["error_ratio"] for p in mine], [p["diff"] for p in mine], color=f"C{i}",
-                           marker=markers[j % len(markers)], alpha=0.75, label=f"{method} · {task}")
+                # rings of growing size: methods that share a start (inilora:svd and pissa: the same product)
+                # land on the same points, and each ring stays visible around the others
+                ax.scatter([p["error_ratio"] for p in mine], [p["diff"] for p in mine], facecolors="none",
+                           edgecolors=f"C{i}", s=30 + 35 * i, linewidths=1.5, marker=markers[j % len(markers)],
+                           label=f"{method} · {task}")
     ax.scatter([1.0], [0.0], color="black", marker="x", label="QLoRA (1, 0) by definition")
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.axvline(1, color="gray", linewidth=0.8, linestyle=":")
