@@ -298,7 +298,9 @@ def test_the_overview_sorts_each_declared_comparison_by_task_and_reading():
     assert table["inilora:svd vs lora"] == [
         "hyperbaton (+0.026, +0.016 to +0.037), gsm_symbolic (-0.050, -0.080 to -0.020)", "–",
         "reviews (+0.003, -0.002 to +0.008)", "–", "–"]
-    assert table["inilora-alpha vs lora"] == ["–", "reviews (-0.020, -0.030 to -0.010)", "–", "–", "hyperbaton"]
+    # hyperbaton short of its final seeds, gsm_symbolic with no row for it (a method without finals there): both wait
+    assert table["inilora-alpha vs lora"] == ["–", "reviews (-0.020, -0.030 to -0.010)", "–", "–",
+                                              "hyperbaton, gsm_symbolic"]
     assert list(table) == ["inilora:svd vs lora", "inilora-alpha vs lora"]  # the declared order
     assert "accuracy ±0.01, held-out loss ±0.02" in lines[0] and "not evidence of no difference" in lines[0]
     assert overview_lines({}, {}, 5) == []

@@ -14,7 +14,7 @@ from inilora.experiments.bench.tuning import higher_is_better, holm
 from inilora.experiments.bench.verdict import MARGINS, paired_p
 
 from .fit import by_column
-from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, span
+from .formatting import METRIC_NAMES, MODEL_NAMES, bound, claim_check, listed, span
 from .quant import removed_share
 
 TRY_IT = """`solver="svd"` is the fit's closed-form optimum (Eckart–Young): ~{svd_4096:.1f} s per 4096×4096 matrix at r = {speed_r} on one CPU thread ([`results/init_speed.md`](results/init_speed.md)).
@@ -153,18 +153,30 @@ def verdict(tuned: dict) -> str:
                           models=" and ".join(MODEL_NAMES[model] for model in models))
 
 
+WHERE_IT_STANDS = "docs/benchmark.md#the-tuned-comparison-the-one-that-answers-the-papers-question"
+
+
 def pending(tuned: dict) -> str:
     """A warning when the aggregate is not of the preset's tasks (made before they changed): which of its tasks
-    the preset no longer has and which it has that the aggregate lacks; empty once they agree."""
+    the preset no longer has and which it has that the aggregate lacks; or, when it is, which of them still lack
+    some declared comparison's final seeds (the counts are over the others); empty once every one is read."""
     current = [suite.task for suite in preset("tuned")[0]]
     counted = list(tuned["summary"]["tasks"])
     gone, new = [t for t in counted if t not in current], [t for t in current if t not in counted]
     if not gone and not new:
-        return ""
+        readings = counted_readings(tuned, FINAL_SEEDS).values()
+        running = [task for task in current if not readings or not all(any(task in tasks for tasks in kinds.values())
+                                                                       for kinds in readings)]
+        if not running:
+            return ""
+        return (f"**Still running.** {listed(running)} {'has' if len(running) == 1 else 'have'} not yet every declared "
+                f"comparison at all {FINAL_SEEDS} final seeds: the counts below are over the "
+                f"{len(current) - len(running)} tasks that have. The runs are committed as they finish "
+                f"([where it stands]({WHERE_IT_STANDS})).\n\n")
     return (f"**Pending reruns.** This is the last aggregate made before the benchmark's tasks changed: it counts "
             f"{', '.join(gone) or 'no task'} (no longer part of the preset) and lacks {', '.join(new) or 'no task'}. "
             "The runs under the current protocol are committed as "
-            "they finish ([where it stands](docs/benchmark.md#the-tuned-comparison-the-one-that-answers-the-papers-question)).\n\n")
+            f"they finish ([where it stands]({WHERE_IT_STANDS})).\n\n")
 
 
 def _named(tasks: list[str]) -> str:

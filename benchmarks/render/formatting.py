@@ -20,6 +20,11 @@ def claim_check(source: str, template: str, where: str):
     return holds
 
 
+def listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
+
+
 def span(values, fmt: str) -> str:
     """A range as the pages write it: ``0.11–0.18``, or one value when both ends print the same."""
     low, high = format(min(values), fmt), format(max(values), fmt)

@@ -22,10 +22,15 @@ Measured from a fresh clone on {cpus} CPU cores, installing included: {make_quic
 [`results/quick/`](results/quick/results.md) ({n_train:,} reviews, {epochs:g} epochs at batch {batch}: {steps} steps, inputs cut at
 {max_len} tokens): LoRA {lora} accuracy, above the majority class ({majority:.3f}) on every seed; IniLoRA {inilora}
 and PiSSA {pissa}; no paired difference is outside seed noise (p = {inilora_p:.2f} and {pissa_p:.2f}). The learning rates
-are {lr} for all three, inside the tuned grid: the rate the tuned benchmark chose for LoRA at its {tuned_steps} steps of
-{tuned_batch} ({tuned_lr}) leaves LoRA at the majority class on all {tuned_lr_seeds} seeds at this budget
-([`results/quick/lora_at_tuned_lr`](results/quick/lora_at_tuned_lr/results.md)), so the quick preset shows a
-LoRA that learns, not every method at its tuned rate."""
+are {lr} for all three, inside the tuned grid; {at_tuned_lr}"""
+# what LoRA does on the quick budget at the rate the tuned benchmark chose for it at its own budget, by the runs
+STUCK = """the rate the tuned benchmark chose for LoRA at its {tuned_steps} steps of {tuned_batch} ({tuned_lr})
+leaves LoRA at the majority class on all {seeds} seeds at this budget ({link}), so the quick preset shows a LoRA that
+learns, not every method at its tuned rate."""
+LEARNS = """at the rate the tuned benchmark chose for LoRA at its {tuned_steps} steps of {tuned_batch} ({tuned_lr}), LoRA
+reaches {accuracy} accuracy on this budget, above the majority class on all {seeds} seeds ({link}): the quick
+preset's one shared rate is not its tuned rate, and the tuned benchmark below gives every method its own."""
+LINK = "[`results/quick/lora_at_tuned_lr`](results/quick/lora_at_tuned_lr/results.md)"
 METHODS = ("lora", "inilora:svd", "pissa")
 
 
@@ -67,9 +72,11 @@ def readme_block(quick: dict, at_tuned_lr: dict, tuned: dict, timing: dict) -> s
     tuned_lr = _one((run["lr"] for run in at_tuned_lr["runs"]), "learning rate")
     _holds(tuned_lr == tuned_lora["chosen_lr"], "lora_at_tuned_lr runs at the rate the tuned benchmark chose")
     _holds(budget(at_tuned_lr["runs"]) == (n_train, steps, batch, epochs, max_len), "lora_at_tuned_lr on this budget")
-    stuck = at_tuned_lr["summary"]["reviews"]["rows"]["lora"]["values"]["accuracy"]
-    _holds(all(value == at_tuned_lr["summary"]["reviews"]["majority"] for value in stuck.values()),
-           "lora at the tuned rate stays at the majority class on every seed")
+    at_tuned = at_tuned_lr["summary"]["reviews"]
+    values = at_tuned["rows"]["lora"]["values"]["accuracy"].values()
+    stuck = all(value == at_tuned["majority"] for value in values)
+    _holds(stuck or all(value > at_tuned["majority"] for value in values),
+           "lora at the tuned rate either stays at the majority class on every seed or is above it on every seed")
     tuned_steps, tuned_batch = _one(((run["metrics"]["steps"], run["config"]["batch_size"]) for run in tuned["runs"]
                                      if (run["task"], run["method"]) == ("reviews", "lora")), "tuned budget")
     invocation = _one(((i["command"], i["wall_seconds"], i["cpus"]) for i in quick["invocations"]), "invocation")
@@ -79,5 +86,7 @@ def readme_block(quick: dict, at_tuned_lr: dict, tuned: dict, timing: dict) -> s
         cpus=timing["cpus"], make_quick=min_s(timing["real_seconds"]), bench_seconds=invocation[1], epochs=epochs,
         batch=batch, steps=steps, max_len=max_len, majority=majority, lora=_fmt(*rows["lora"]["accuracy"]),
         inilora=_fmt(*rows["inilora:svd"]["accuracy"]), pissa=_fmt(*rows["pissa"]["accuracy"]),
-        inilora_p=tests["inilora:svd"]["p"], pissa_p=tests["pissa"]["p"], lr=_rate(lr), tuned_steps=tuned_steps,
-        tuned_batch=tuned_batch, tuned_lr=_rate(tuned_lr), tuned_lr_seeds=len(stuck))
+        inilora_p=tests["inilora:svd"]["p"], pissa_p=tests["pissa"]["p"], lr=_rate(lr),
+        at_tuned_lr=(STUCK if stuck else LEARNS).format(
+            tuned_steps=tuned_steps, tuned_batch=tuned_batch, tuned_lr=_rate(tuned_lr), seeds=len(values),
+            accuracy=_fmt(*at_tuned["rows"]["lora"]["accuracy"]), link=LINK))

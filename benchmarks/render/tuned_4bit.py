@@ -7,7 +7,7 @@ from __future__ import annotations
 from inilora.experiments.bench.tuned_preset import arm, protocols
 
 from .advice import counted, counted_readings
-from .formatting import MODEL_NAMES, claim_check
+from .formatting import MODEL_NAMES, claim_check, listed
 from .quant import removed_share
 
 PRESET, OUT = "tuned-4bit", "results/tuned_4bit"
@@ -21,14 +21,10 @@ COMMAND = f"inilora bench --preset {PRESET} --out {OUT}"
 
 def _arm_line() -> str:
     named = [f"{NAMES.get(m, m)} (`{m}`)" for m in ARM["methods"]]
-    methods = _listed(named)
+    methods = listed(named)
     return (f"The tuned benchmark's 4-bit arm (`{COMMAND}`) trains {methods} on an {ARM['quantize']} residual, each "
-            f"at its own learning rate chosen on validation, {FINAL_SEEDS} final seeds, on {_listed(ARM['tasks'])}")
+            f"at its own learning rate chosen on validation, {FINAL_SEEDS} final seeds, on {listed(ARM['tasks'])}")
 
-
-def _listed(items: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
 
 
 def _name(comparison: str) -> str:
@@ -65,7 +61,7 @@ def _pending(readings: dict[str, dict[str, list[str]]]) -> str:
     if not left:
         return ""
     done = [task for task in ARM["tasks"] if task in read]
-    return (f" Read so far on {_listed(done)}; {_listed(left)} {'is' if len(left) == 1 else 'are'} still running, "
+    return (f" Read so far on {listed(done)}; {listed(left)} {'is' if len(left) == 1 else 'are'} still running, "
             "so what follows is the arm's first part, not its verdict.")
 
 
@@ -113,7 +109,7 @@ def advice(results: dict | None, quant: dict) -> str:
                 "its final seeds yet, so there is no advice from fine-tuning yet.")
     holds(all(sum(map(len, kinds.values())) >= 1 for kinds in versus.values()), "each comparison read on a task")
     return (f"**For QLoRA users** (the 4-bit arm at tuned learning rates, [`{OUT}`]({OUT}/results.md)"
-            + (f"; so far only {_listed(sorted(_read_tasks(readings), key=ARM['tasks'].index))}, the rest still "
+            + (f"; so far only {listed(sorted(_read_tasks(readings), key=ARM['tasks'].index))}, the rest still "
                "running" if _pending(readings) else "") + "): "
             + "; ".join(_advice_for(method, kinds) for method, kinds in versus.items())
             + f". Start error ratios (QLoRA = 1): {_ratios(results)}; whether they predict the result: "
