@@ -276,15 +276,22 @@ def declared_readings(declared: dict[str, list[dict]], metrics: dict[str, str],
 READING_COLUMNS = ("better", "worse", "equivalent", "inconclusive")
 
 
+PANEL_COLUMNS = 3  # a figure's panels wrap into rows of this many, so six tasks stay readable at page width
+
+
 def _panels(names: list[str], draw, path: Path) -> Path:
-    """One figure, a panel per task (``draw(ax, name)``), saved to ``path``."""
+    """One figure, a panel per task (``draw(ax, name)``), rows of :data:`PANEL_COLUMNS`, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    columns = min(len(names), PANEL_COLUMNS)
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         draw(ax, name)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -297,34 +304,44 @@ def _panels(names: list[str], draw, path: Path) -> Path:
 def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
     """tuning_curves.png (validation metric vs learning rate), test_metrics.png (test mean ± std at the
     chosen rate), val_loss_curves.png (validation loss during training, final runs, mean over seeds)."""
+    from matplotlib.ticker import NullFormatter
+
     tasks = summary["tasks"]
+    # one colour per method in every panel, whichever methods a task has points for yet
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(m for t in tasks.values() for m in t["methods"]))}
 
     def tuning(ax, name):
         task = tasks[name]
         for method, entry in task["methods"].items():
             points = sorted((float(lr), v) for lr, v in entry["val_by_lr"].items() if v is not None)
             if points:
-                line, = ax.plot(*zip(*points), marker="o", label=method)
+                ax.plot(*zip(*points), marker="o", label=method, color=colours[method])
                 if entry["chosen_lr"] is not None:
                     ax.plot([entry["chosen_lr"]], [entry["val_by_lr"][f"{entry['chosen_lr']:.3g}"]], marker="*",
-                            markersize=14, color=line.get_color())
+                            markersize=14, color=colours[method])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a grid within one decade labels its minor ticks, overlapping
         ax.set(title=f"{name}: validation {task['metric']} vs learning rate (★ chosen)", xlabel="learning rate",
                ylabel=f"validation {task['metric']} (mean over tuning seeds)")
 
     def test_metric(ax, name):
         task = tasks[name]
         methods = [m for m, e in task["methods"].items() if e["test"]["values"]]
-        means = [task["methods"][m]["test"]["mean"] for m in methods]
-        stds = [task["methods"][m]["test"]["std"] for m in methods]
-        ax.bar(range(len(methods)), means, yerr=stds, capsize=4,
-               color=["tab:gray" if m == BASELINE else "tab:blue" for m in methods])
+        # points, not bars: the axis is cut to the values, and a bar's length from a cut axis would mislead
+        for i, method in enumerate(methods):
+            test, colour = task["methods"][method]["test"], "tab:gray" if method == BASELINE else "tab:blue"
+            ax.scatter([i] * len(test["values"]), test["values"], s=12, color=colour, alpha=0.35,
+                       label="one seed" if i == 0 else None)
+            ax.errorbar([i], [test["mean"]], yerr=[test["std"] or 0.0], fmt="o", color=colour, capsize=5,
+                        markersize=7, label="mean ± std" if i == 0 else None)
         if task["majority"] is not None:
             ax.axhline(task["majority"], color="black", linestyle=":", label="majority class")
-        if means:
-            ax.set_ylim(max(0.0, min(means) - 0.05), min(1.0, max(means) + 0.05))
+        if not methods:
+            ax.text(0.5, 0.5, "no final runs yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_yticks([])
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        ax.set(title=f"{name}: test {task['metric']} at the chosen lr (mean ± std)", ylabel=task["metric"])
+        ax.set_xlim(-0.6, max(len(methods), 1) - 0.4)
+        ax.set(title=f"{name}: test {task['metric']} at the chosen lr", ylabel=task["metric"])
 
     def val_loss(ax, name):
         for method, entry in tasks[name]["methods"].items():
@@ -334,7 +351,9 @@ def plots(summary: dict, ledger_records: dict, out: Path) -> list[Path]:
             curve = mean_curve([{int(p[0]): p[1] for p in r["val_curve"]} for r in ledger_records[name, method]
                                 if f"{r['lr']:.3g}" == chosen and r["val_curve"]])
             if curve:
-                ax.plot(*zip(*curve), label=method)
+                ax.plot(*zip(*curve), label=method, color=colours[method])
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no rate chosen yet", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set(title=f"{name}: validation loss at the chosen lr", xlabel="step", ylabel="validation loss")
 
     names = list(tasks)
