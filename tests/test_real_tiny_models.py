@@ -69,9 +69,12 @@ def test_real_tiny_model_end_to_end(name, method, tmp_path):
     peft_model = inilora.get_peft_model(base, config, method=method, progress=False,
                                         **({"solver": "svd"} if method == "inilora" else {}))
     kinds = {type(m.get_base_layer()).__name__ for m in peft_model.modules() if hasattr(m, "lora_A")}
-    with torch.no_grad():
-        assert relative(run(peft_model), expected) <= 1e-5
-    assert peft_model.inilora.report.max_drift <= 1e-5
+    drift = peft_model.inilora.report.max_drift
+    with torch.no_grad():  # the same model, up to the residual's fp32 rounding (the report's drift) as the network
+        # amplifies it: α's large random product leaves a drift of 6e-7 and moves the UNet's output by 1.1e-5 on one
+        # CPU, under 1e-5 on another; the others drift ≤ 2.3e-8 and move it ≤ 8.3e-7. A wrong residual moves it O(1)
+        assert relative(run(peft_model), expected) <= max(1e-5, 50 * drift)
+    assert drift <= 1e-5
     assert {"unet": {"Conv2d", "Linear"}, "vit": {"Conv2d", "Linear"}, "moe": {"Linear", "Qwen3MoeExperts"}}[name] <= kinds
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     loss_of(run(peft_model)).backward()
