@@ -333,7 +333,7 @@ def test_the_verdict_says_it_is_pending_while_its_aggregate_is_not_of_the_preset
     for row in tuned["declared"][current[-1]]:  # one task short of its final seeds: still running, not counted
         row.update(n=advice.FINAL_SEEDS - 1)
     assert advice.pending(tuned).startswith(f"**Still running.** {current[-1]} has not yet every declared comparison")
-    assert f"the counts below are over the {len(current) - 1} tasks that have" in advice.pending(tuned)
+    assert f"({len(current) - 1} of {len(current)} tasks have all)" in advice.pending(tuned)
     assert f" of {len(current) - 1} tasks" in advice.verdict(tuned).split("Against plain")[1]
     tuned["summary"]["tasks"]["hyperbaton"] = tasks[name]
     assert "counts hyperbaton (no longer part of the preset) and lacks no task" in advice.pending(tuned)

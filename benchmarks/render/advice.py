@@ -170,9 +170,9 @@ def pending(tuned: dict) -> str:
         if not running:
             return ""
         return (f"**Still running.** {listed(running)} {'has' if len(running) == 1 else 'have'} not yet every declared "
-                f"comparison at all {FINAL_SEEDS} final seeds: the counts below are over the "
-                f"{len(current) - len(running)} tasks that have. The runs are committed as they finish "
-                f"([where it stands]({WHERE_IT_STANDS})).\n\n")
+                f"comparison at all {FINAL_SEEDS} final seeds; each count below is over the tasks where its comparison "
+                f"has them ({len(current) - len(running)} of {len(current)} tasks have all). The runs are committed as "
+                f"they finish ([where it stands]({WHERE_IT_STANDS})).\n\n")
     return (f"**Pending reruns.** This is the last aggregate made before the benchmark's tasks changed: it counts "
             f"{', '.join(gone) or 'no task'} (no longer part of the preset) and lacks {', '.join(new) or 'no task'}. "
             "The runs under the current protocol are committed as "
