@@ -304,6 +304,13 @@ def test_the_overview_sorts_each_declared_comparison_by_task_and_reading():
     assert list(table) == ["inilora:svd vs lora", "inilora-alpha vs lora"]  # the declared order
     assert "accuracy ±0.01, held-out loss ±0.02" in lines[0] and "not evidence of no difference" in lines[0]
     assert overview_lines({}, {}, 5) == []
+    # a task whose tuned lora was still improving at the end of its budget is marked wherever it appears
+    marked = overview_lines(declared, {"reviews": "accuracy", "hyperbaton": "accuracy", "gsm_symbolic": "eval_loss"}, 5,
+                            unconverged=("hyperbaton",))
+    row = next(line for line in marked if line.startswith("| inilora-alpha vs lora"))
+    assert "hyperbaton†, gsm_symbolic" in row and "hyperbaton† (+0.026" in marked[4]
+    assert marked[-2].startswith("† Not converged") and "on hyperbaton (under each task below)" in marked[-2]
+    assert not any("†" in line for line in lines)
 
 
 def test_a_task_compared_on_its_loss_chooses_and_tests_on_the_loss():

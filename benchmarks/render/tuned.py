@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from inilora.experiments.bench.stats import SIGNIFICANCE, TOST_LEVEL, UNDEFINED
 from inilora.experiments.bench.tuned_preset import protocols
-from inilora.experiments.bench.tuned_report import READING_COLUMNS, _ci, _p, declared_readings, words
-from inilora.experiments.bench.tuning import higher_is_better
+from inilora.experiments.bench.tuned_report import (READING_COLUMNS, _ci, _p, declared_readings, not_converged_lines,
+                                                    words)
+from inilora.experiments.bench.tuning import CONVERGED_FALL, higher_is_better
 from inilora.experiments.bench.verdict import BASELINE, DECLARED, MARGINS, mean_difference, mean_val_curve
 
-from .formatting import METRIC_NAMES
+from .formatting import METRIC_NAMES, listed
 
 
 def _margins_text(metrics: dict[str, str]) -> str:
@@ -17,21 +18,29 @@ def _margins_text(metrics: dict[str, str]) -> str:
     return ", ".join(f"{METRIC_NAMES.get(m, m)} ±{MARGINS[m]:g}" for m in used if m in MARGINS)
 
 
-def overview_lines(declared: dict[str, list[dict]], metrics: dict[str, str], seeds: int) -> list[str]:
+UNCONVERGED_MARK = "†"
+
+
+def overview_lines(declared: dict[str, list[dict]], metrics: dict[str, str], seeds: int,
+                   unconverged: tuple[str, ...] = ()) -> list[str]:
     """The verdict across tasks: per declared comparison, the tasks where it reads better, worse, equivalent
     within its margin or inconclusive — each with Δ and its 95 % CI over seeds — and those still waiting for
-    their final seeds."""
+    their final seeds. The tasks in ``unconverged`` (tuned ``lora`` still improving at the end of its budget)
+    are marked wherever they appear, with a note under the table."""
     rows = {(row["comparison"], task): row for task, task_rows in declared.items() for row in task_rows}
     readings = declared_readings(declared, metrics, seeds)
     if not readings:
         return []
 
+    def named(task: str) -> str:
+        return task + UNCONVERGED_MARK * (task in unconverged)
+
     def cell(comparison: str, kind: str) -> str:
         tasks = [task for task, _ in readings[comparison].get(kind, [])]
         if kind == "waiting":
-            return ", ".join(tasks) or "–"
-        return ", ".join(f"{task} ({rows[comparison, task]['delta']:+.3f}, {_ci(rows[comparison, task]['ci95'])})"
-                         for task in tasks) or "–"
+            return ", ".join(map(named, tasks)) or "–"
+        return ", ".join(f"{named(task)} ({rows[comparison, task]['delta']:+.3f}, "
+                         f"{_ci(rows[comparison, task]['ci95'])})" for task in tasks) or "–"
     order = [f"{m} vs {r}" for m, r in DECLARED]
     lines = [f"Verdict: each declared comparison on the tasks where both methods have all {seeds} final seeds. "
              "Δ is the mean paired difference (method − reference) in the task's metric, with its 95 % CI over "
@@ -42,7 +51,11 @@ def overview_lines(declared: dict[str, list[dict]], metrics: dict[str, str], see
              "inconclusive (Δ, 95 % CI) | waiting for finals |", "|---|---|---|---|---|---|"]
     for name in sorted(readings, key=order.index):
         lines.append(f"| {name} | " + " | ".join(cell(name, kind) for kind in (*READING_COLUMNS, "waiting")) + " |")
-    return [*lines, ""]
+    marked = [task for task in declared if task in unconverged]
+    if not marked:
+        return [*lines, ""]
+    return [*lines, "", f"{UNCONVERGED_MARK} Not converged: tuned `lora`'s validation loss still fell more than "
+            f"{CONVERGED_FALL:.0%} over the last quarter of training on {listed(marked)} (under each task below).", ""]
 
 
 def verdict_lines(declared: list[dict], seeds: int, higher: bool = True) -> list[str]:
@@ -79,10 +92,10 @@ def readme_block(results: dict) -> str:
              f"{len(runs)} runs counted so far, {summary['cpu_hours']:.1f} CPU hours "
              f"([`results/tuned/results.md`](results/tuned/results.md) has every column).", "",
              *overview_lines(results.get("declared", {}), {n: t["metric"] for n, t in summary["tasks"].items()},
-                             final_seeds)]
+                             final_seeds, tuple(n for n, t in summary["tasks"].items() if t.get("converged") is False))]
     for name, task in summary["tasks"].items():
         majority = f", majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"**{name}** ({task['model']}, test {task['metric']}{majority})", "",
+        lines += [f"**{name}** ({task['model']}, test {task['metric']}{majority})", "", *not_converged_lines(task),
                   "| method | chosen lr | test (mean ± std) | seeds | Δ vs lora | p vs lora, adj. over all methods |",
                   "|---|---|---|---|---|---|"]
         base = task["methods"].get(BASELINE, {}).get("test", {})

@@ -121,7 +121,8 @@ def declared_entry(row: dict) -> dict:
     return {key: row[key] for key in keys} | ({"why": row["why"]} if row.get("why") else {})
 
 
-def _not_converged(task: dict) -> list[str]:
+def not_converged_lines(task: dict) -> list[str]:
+    """A task's note that tuned ``lora`` had not levelled off by the end of its budget (none when it had)."""
     if task.get("converged") is not False:
         return []
     return [f"Not converged: `{BASELINE}`'s validation loss still fell {task['val_loss_fall_last_quarter']:.1%} over "
@@ -140,7 +141,7 @@ def markdown(summary: dict, declared: dict, counts: dict) -> str:
              f"Command: `{summary['command']}`; CPU time of the counted runs: {summary['cpu_hours']:.2f} h.", ""]
     for name, task in summary["tasks"].items():
         majority = f"; majority class {task['majority']:.3f}" if task["majority"] is not None else ""
-        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "", *_not_converged(task),
+        lines += [f"## {name} — {task['model']}, test {task['metric']}{majority}", "", *not_converged_lines(task),
                   f"| method | runs | lr grid | chosen lr | val {task['metric']} at chosen | test {task['metric']} "
                   "(mean ± std, seeds) | Δ vs lora | p (paired t) | p adj. over all methods | wins vs lora | "
                   "steps to lora's final val | val-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
