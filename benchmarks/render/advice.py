@@ -110,6 +110,12 @@ def counted_readings(results: dict, seeds: int) -> dict[str, dict[str, list[str]
             for comparison, kinds in declared_readings(results["declared"], metrics, seeds).items()}
 
 
+def fully_read(readings: dict[str, dict[str, list[str]]]) -> set[str]:
+    """The tasks on which every comparison of :func:`counted_readings` is read (has all its final seeds)."""
+    tasks = [{task for kind in kinds.values() for task in kind} for kinds in readings.values()]
+    return set.intersection(*tasks) if tasks else set()
+
+
 def counted(kinds: dict[str, list[str]]) -> str:
     """One comparison's readings as the verdicts word them: "better on 1 of 6 tasks (hyperbaton), worse on 0, ..."."""
     read = sum(map(len, kinds.values()))
@@ -164,9 +170,8 @@ def pending(tuned: dict) -> str:
     counted = list(tuned["summary"]["tasks"])
     gone, new = [t for t in counted if t not in current], [t for t in current if t not in counted]
     if not gone and not new:
-        readings = counted_readings(tuned, FINAL_SEEDS).values()
-        running = [task for task in current if not readings or not all(any(task in tasks for tasks in kinds.values())
-                                                                       for kinds in readings)]
+        read = fully_read(counted_readings(tuned, FINAL_SEEDS))
+        running = [task for task in current if task not in read]
         if not running:
             return ""
         return (f"**Still running.** {listed(running)} {'has' if len(running) == 1 else 'have'} not yet every declared "

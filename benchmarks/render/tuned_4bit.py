@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from inilora.experiments.bench.tuned_preset import arm, protocols
 
-from .advice import counted, counted_readings
+from .advice import counted, counted_readings, fully_read
 from .formatting import MODEL_NAMES, claim_check, listed
 from .quant import removed_share
 
@@ -50,13 +50,9 @@ def verdict(results: dict | None) -> str:
             f"the gap to full-precision `lora`: [`{OUT}`]({OUT}/results.md).")
 
 
-def _read_tasks(readings: dict[str, dict[str, list[str]]]) -> set[str]:
-    return {task for kinds in readings.values() for tasks in kinds.values() for task in tasks}
-
-
 def _pending(readings: dict[str, dict[str, list[str]]]) -> str:
-    """" Read so far on A; B and C are still running." while some of the arm's tasks have no reading."""
-    read = _read_tasks(readings)
+    """" Read so far on A; B and C are still running." while some of the arm's tasks are not read."""
+    read = fully_read(readings)
     left = [task for task in ARM["tasks"] if task not in read]
     if not left:
         return ""
@@ -109,8 +105,8 @@ def advice(results: dict | None, quant: dict) -> str:
                 "its final seeds yet, so there is no advice from fine-tuning yet.")
     holds(all(sum(map(len, kinds.values())) >= 1 for kinds in versus.values()), "each comparison read on a task")
     return (f"**For QLoRA users** (the 4-bit arm at tuned learning rates, [`{OUT}`]({OUT}/results.md)"
-            + (f"; so far only {listed(sorted(_read_tasks(readings), key=ARM['tasks'].index))}, the rest still "
-               "running" if _pending(readings) else "") + "): "
+            + (f"; so far only {listed([task for task in ARM['tasks'] if task in fully_read(readings)])}, the rest "
+               "still running" if _pending(readings) else "") + "): "
             + "; ".join(_advice_for(method, kinds) for method, kinds in versus.items())
             + f". Start error ratios (QLoRA = 1): {_ratios(results)}; whether they predict the result: "
             f"[the scatter]({OUT}/error_ratio_vs_test.png).")

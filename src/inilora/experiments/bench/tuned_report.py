@@ -258,19 +258,17 @@ def declared_readings(declared: dict[str, list[dict]], metrics: dict[str, str],
     """Per declared comparison, per reading (:func:`reading_of`, or "waiting" for final seeds), the tasks read
     so, each with its mean paired difference, in the order of ``declared``. A task with no row for a comparison
     (one of its methods has no final run there yet) waits too."""
-    readings: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    comparisons = dict.fromkeys(row["comparison"] for rows in declared.values() for row in rows)
+    readings: dict[str, dict[str, list[tuple[str, float]]]] = {comparison: {} for comparison in comparisons}
     for task, rows in declared.items():
-        for row in rows:
-            kind = "waiting" if row["n"] < seeds else reading_of(row, higher_is_better(metrics[task]))
-            readings.setdefault(row["comparison"], {}).setdefault(kind, []).append((task, row["delta"]))
-    for task in declared:
-        present = {row["comparison"] for row in declared[task]}
-        for comparison in readings.keys() - present:
-            readings[comparison].setdefault("waiting", []).append((task, math.nan))
-    order = list(declared)
-    for kinds in readings.values():
-        if "waiting" in kinds:
-            kinds["waiting"].sort(key=lambda entry: order.index(entry[0]))
+        by_name = {row["comparison"]: row for row in rows}
+        for comparison in comparisons:
+            row = by_name.get(comparison)
+            if row is None or row["n"] < seeds:
+                readings[comparison].setdefault("waiting", []).append((task, math.nan if row is None else row["delta"]))
+            else:
+                kind = reading_of(row, higher_is_better(metrics[task]))
+                readings[comparison].setdefault(kind, []).append((task, row["delta"]))
     return readings
 
 
